@@ -1,0 +1,5 @@
+"""`python -m tinyproxy_py` runs the command line."""
+
+from .cli import main
+
+main(prog_name="tinyproxy-py")

@@ -1,0 +1,101 @@
+"""The command line: `tinyproxy-py serve` and friends. The only module that imports click.
+
+Options are generated from `Config` (config.py), so every setting has a flag whose
+default and help text come from the one source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import Config, describe
+from .server import ProxyServer
+
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
+
+
+def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one --option per Config field, in declaration order."""
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for name, default, unit, help_text in reversed(describe()):
+        suffix = f" ({unit})" if unit else ""
+        command = click.option(
+            "--" + name.replace("_", "-"),
+            name,
+            type=_TYPES[str(types[name])],
+            default=default,
+            show_default=default is not None,
+            help=help_text + suffix,
+        )(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="tinyproxy-py")
+def main() -> None:
+    """tinyproxy-py: a small, leak-free forward HTTP/HTTPS proxy."""
+
+
+@main.command()
+@config_options
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Log level; every request and tunnel is logged at info.",
+)
+def serve(log_level: str, **settings: Any) -> None:
+    """Run the proxy until Ctrl-C or SIGTERM (a second signal exits at once)."""
+    try:
+        config = Config(**settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    stop = threading.Event()
+    _on_signals(stop)
+    try:
+        proxy = ProxyServer(config)
+        proxy.start()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        click.echo(
+            f"tinyproxy-py listening on {proxy.url}; use it with: "
+            f"export HTTP_PROXY={proxy.url} HTTPS_PROXY={proxy.url}"
+        )
+        while not stop.wait(0.5):
+            pass
+    finally:
+        proxy.stop()
+
+
+def _on_signals(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM: stop gracefully. Second: exit at once."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        logging.getLogger("tinyproxy_py").info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The client's socket and the bytes received from it but not yet used.
+
+Owned by exactly one handler thread. Every read has a deadline: the keep-alive idle
+timeout before a request starts, the header deadline for the whole head (counted from
+its first byte, so a client dribbling bytes is still cut off), the read timeout for body
+bytes and for sends to a client that stopped reading. Socket errors become Aborted,
+which is not an OSError, so urllib3 never mistakes a client failure for an origin's.
+Imports: http1, errors, config.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+from .config import Config
+from .errors import Aborted, RequestTimeout
+from .http1 import ChunkedDecoder, RequestHead, parse_request_head
+
+RECV_SIZE = 65536
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ClientConnection:
+    def __init__(self, sock: socket.socket, config: Config) -> None:
+        self.sock = sock
+        self.config = config
+        self.buffer = bytearray()
+        self.body_pending = False
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    def read_head(self, idle_timeout: float) -> RequestHead | None:
+        """The next request head, or None if the client closed or idled out between requests."""
+        deadline: float | None = None
+        while True:
+            if self.buffer:
+                if deadline is None:
+                    deadline = time.monotonic() + self.config.header_timeout
+                parsed = parse_request_head(self.buffer, self.config)
+                if parsed is not None:
+                    head, used = parsed
+                    del self.buffer[:used]
+                    return head
+            timeout = idle_timeout if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                raise RequestTimeout("request head not complete before the header deadline")
+            data = self._recv(timeout, idle_ok=deadline is None)
+            if data is None:
+                return None
+            if not data:
+                if self.buffer:
+                    raise Aborted("client closed the connection mid-head")
+                return None
+            self.buffer += data
+
+    def _recv(self, timeout: float, *, idle_ok: bool) -> bytes | None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            if idle_ok:
+                return None
+            raise RequestTimeout("request head not complete before the header deadline") from None
+        except OSError as exc:
+            raise Aborted(f"client connection failed: {exc}") from exc
+        self.bytes_received += len(data)
+        return data
+
+    def body(self, head: RequestHead) -> Iterator[bytes]:
+        """The request body as bounded chunks, read only as the consumer pulls them.
+
+        If the consumer stops early, `body_pending` stays True and the connection must
+        not be reused: the rest of the body is still on the wire.
+        """
+        self.body_pending = True
+        if head.expect_continue:
+            self.send(CONTINUE)
+        if head.chunked:
+            yield from self._chunked_body()
+        elif head.content_length:
+            yield from self._sized_body(head.content_length)
+        self.body_pending = False
+
+    def _sized_body(self, remaining: int) -> Iterator[bytes]:
+        while remaining:
+            if not self.buffer:
+                self.buffer += self._body_recv()
+            piece = bytes(self.buffer[:remaining])
+            del self.buffer[: len(piece)]
+            remaining -= len(piece)
+            yield piece
+
+    def _chunked_body(self) -> Iterator[bytes]:
+        decoder = ChunkedDecoder(max_line=self.config.max_line_bytes, max_trailer=self.config.max_head_bytes)
+        data, self.buffer = bytes(self.buffer), bytearray()
+        while True:
+            pieces = decoder.feed(data)
+            yield from (p for p in pieces if p)
+            if decoder.done:
+                self.buffer += decoder.unused
+                return
+            data = self._body_recv()
+
+    def _body_recv(self) -> bytes:
+        self.sock.settimeout(self.config.read_timeout)
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except OSError as exc:
+            cause = "client-timeout" if isinstance(exc, TimeoutError) else "client-abort"
+            raise Aborted(f"reading the request body failed: {exc}", cause=cause) from exc
+        if not data:
+            raise Aborted("client closed before the request body ended")
+        self.bytes_received += len(data)
+        return data
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        self.sock.settimeout(self.config.read_timeout)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise Aborted(f"sending to the client failed: {exc}") from exc
+        self.bytes_sent += len(data)
+
+    def send_quietly(self, data: bytes) -> None:
+        """Best effort, for error replies to a client that may already be gone."""
+        try:
+            self.send(data)
+        except Aborted:
+            pass
+
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """Hand the socket and unread bytes to a new owner; this object is done."""
+        pending, self.buffer = bytes(self.buffer), bytearray()
+        sock = socket.socket(fileno=self.sock.detach())
+        return sock, pending

@@ -1,0 +1,77 @@
+"""The one source of truth for every setting: name, type, default, help text.
+
+The CLI builds its options from `fields(Config)`, and the docs list the same metadata,
+so neither can drift from the code. Defaults follow DESIGN.md (Go's http.Transport and
+http.Server for the timeouts). Imports: stdlib only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _opt(default: Any, help: str, *, unit: str = "") -> Any:
+    return field(default=default, metadata={"help": help, "unit": unit})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one proxy instance. Immutable: build a new one to change it."""
+
+    host: str = _opt("127.0.0.1", "Address to listen on (IPv4 or IPv6 literal).")
+    port: int = _opt(8888, "TCP port to listen on; 0 picks a free port.")
+    connect_timeout: float = _opt(10.0, "TCP connect to an origin or CONNECT target.", unit="seconds")
+    read_timeout: float = _opt(
+        60.0, "Wait for an origin's response head, and between its body bytes.", unit="seconds"
+    )
+    pool_idle_timeout: float = _opt(
+        90.0, "Idle upstream connections older than this are closed.", unit="seconds"
+    )
+    pool_hosts: int = _opt(100, "Origin hosts whose connection pools are kept (LRU).")
+    pool_idle_per_host: int = _opt(10, "Idle upstream connections kept per origin host.")
+    header_timeout: float = _opt(
+        10.0, "Deadline for a client's whole request head, from its first byte.", unit="seconds"
+    )
+    client_idle_timeout: float = _opt(
+        30.0, "Keep-alive: how long a client connection may wait between requests.", unit="seconds"
+    )
+    tunnel_idle_timeout: float = _opt(
+        300.0, "A CONNECT tunnel with no byte either way is closed.", unit="seconds"
+    )
+    tunnel_linger: float = _opt(30.0, "A half-closed tunnel idle this long is closed.", unit="seconds")
+    max_clients: int = _opt(256, "Concurrent client connections (threads); 503 beyond.")
+    max_tunnels: int = _opt(10_000, "Open CONNECT tunnels; 503 beyond.")
+    max_line_bytes: int = _opt(8192, "Longest request line; 414 beyond.", unit="bytes")
+    max_head_bytes: int = _opt(65_536, "Largest request head; 431 beyond.", unit="bytes")
+    max_headers: int = _opt(100, "Most header fields in a request head; 431 beyond.")
+    shutdown_grace: float = _opt(
+        10.0, "On stop, how long in-flight requests may take to finish.", unit="seconds"
+    )
+    ca_bundle: str | None = _opt(None, "CA bundle (PEM) for https:// origins; default: certifi's bundle.")
+    via_name: str = _opt("tinyproxy-py", "Pseudonym this proxy adds to Via headers.")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and (isinstance(value, bool) or value < 0):
+                raise ValueError(f"{f.name} must be a non-negative number, got {value!r}")
+            if f.type == "float" and f.name != "port" and value == 0:
+                raise ValueError(f"{f.name} must be greater than 0")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be within 0..65535, got {self.port}")
+        at_least_one = ("max_clients", "max_tunnels", "max_line_bytes", "max_headers")
+        for name in (*at_least_one, "pool_hosts", "pool_idle_per_host"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_head_bytes < self.max_line_bytes:
+            raise ValueError("max_head_bytes must be at least max_line_bytes")
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def describe() -> list[tuple[str, Any, str, str]]:
+    """(name, default, unit, help) for every setting, in declaration order."""
+    return [(f.name, f.default, f.metadata["unit"], f.metadata["help"]) for f in dataclasses.fields(Config)]

@@ -1,0 +1,390 @@
+"""Sans-IO HTTP/1.1 for the client side: request heads in, response heads out.
+
+Strategy (after h11): a parser is handed the bytes received so far and either
+1) returns a parsed head and how many bytes it used, 2) returns None, meaning
+"I need more data", or 3) raises a ProxyError whose status is the answer.
+Rules: strict RFC 9112 (lenient parsing is how smuggling happens); every input
+is bounded by a limit from Config; this module knows no sockets.
+Imports: errors, config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .config import Config
+from .errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeadTooLarge,
+    NotImplementedByProxy,
+    URITooLong,
+    VersionNotSupported,
+)
+
+Headers = list[tuple[str, str]]
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_HOST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\]")
+_PORT = re.compile(r"[0-9]{1,5}")
+_AUTHORITY_AND_TAIL = re.compile(r"([^/?#]*)(.*)", re.DOTALL)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass
+class RequestHead:
+    """A parsed, validated request head. `form` is absolute, authority or origin."""
+
+    method: str
+    target: str
+    version: str
+    headers: Headers
+    form: str = "absolute"
+    scheme: str = ""
+    host: str = ""
+    port: int = 0
+    path: str = "/"
+    content_length: int | None = None
+    chunked: bool = False
+    keep_alive: bool = True
+    expect_continue: bool = False
+    connection_tokens: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def authority(self) -> str:
+        """host[:port] as it should appear in a Host header (default port left out)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port == DEFAULT_PORTS.get(self.scheme):
+            return host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.authority}{self.path}"
+
+    def get(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+def parse_request_head(buf: bytes | bytearray, limits: Config) -> tuple[RequestHead, int] | None:
+    """Parse one request head from the front of `buf`.
+
+    Returns (head, bytes used) or None when more bytes are needed. Raises a ProxyError
+    for anything malformed or over a limit, as early as the bytes seen allow.
+    """
+    end = buf.find(b"\r\n\r\n", 0, limits.max_head_bytes + 4)
+    if end < 0:
+        _check_incomplete(buf, limits)
+        return None
+    raw = bytes(buf[: end + 2])
+    _check_line_endings(raw)
+    lines = raw.split(b"\r\n")[:-1]
+    if len(lines[0]) > limits.max_line_bytes:
+        raise URITooLong(f"request line longer than {limits.max_line_bytes} bytes")
+    method, target, version = _parse_request_line(lines[0])
+    if len(lines) - 1 > limits.max_headers:
+        raise HeadTooLarge(f"more than {limits.max_headers} header fields")
+    headers = [_parse_field(line) for line in lines[1:]]
+    head = RequestHead(method, target, version, headers)
+    _apply_target(head)
+    _apply_framing(head)
+    _apply_connection(head)
+    return head, end + 4
+
+
+def _check_incomplete(buf: bytes | bytearray, limits: Config) -> None:
+    """Fail early on a partial head that can already never be valid."""
+    line_end = buf.find(b"\r\n", 0, limits.max_line_bytes + 2)
+    if line_end < 0 and len(buf) > limits.max_line_bytes + 1:
+        raise URITooLong(f"request line longer than {limits.max_line_bytes} bytes")
+    if len(buf) > limits.max_head_bytes:
+        raise HeadTooLarge(f"request head larger than {limits.max_head_bytes} bytes")
+    _check_line_endings(bytes(buf[:-1]) if buf.endswith(b"\r") else bytes(buf))
+
+
+def _check_line_endings(raw: bytes) -> None:
+    if _BARE_LF.search(raw):
+        raise BadRequest("line ending without CR")
+    if _BARE_CR.search(raw):
+        raise BadRequest("bare CR in request head")
+
+
+def _parse_request_line(line: bytes) -> tuple[str, str, str]:
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise BadRequest("request line is not 'method SP target SP version'")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method):
+        raise BadRequest("method is not a token")
+    if not _TARGET.fullmatch(target):
+        raise BadRequest("request target has characters outside visible ASCII")
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise BadRequest("malformed HTTP version")
+    if match.group(1) != b"1" or match.group(2) not in (b"0", b"1"):
+        raise VersionNotSupported(f"{version.decode('ascii')} is not supported")
+    return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
+
+
+def _parse_field(line: bytes) -> tuple[str, str]:
+    if line[:1] in (b" ", b"\t"):
+        raise BadRequest("obsolete line folding in header")
+    name, colon, value = line.partition(b":")
+    if not colon or not _TOKEN.fullmatch(name):
+        raise BadRequest("header field name is not a token")
+    value = value.strip(b" \t")
+    if not _FIELD_VALUE.fullmatch(value):
+        raise BadRequest(f"control character in header {name.decode('ascii')}")
+    return name.decode("ascii"), value.decode("latin-1")
+
+
+def _apply_target(head: RequestHead) -> None:
+    """Check the request-target form against the method and split it."""
+    target = head.target
+    if head.method == "CONNECT":
+        head.form = "authority"
+        head.host, head.port = parse_authority(target, default_port=None)
+        return
+    if target.startswith("/"):
+        head.form, head.path = "origin", target
+        return
+    scheme, sep, rest = target.partition("://")
+    scheme = scheme.lower()
+    if not sep or not scheme.isalpha():
+        raise BadRequest("request target must be an absolute URL (or host:port for CONNECT)")
+    if scheme not in DEFAULT_PORTS:
+        raise NotImplementedByProxy(f"scheme {scheme!r} is not supported")
+    authority, tail = _AUTHORITY_AND_TAIL.fullmatch(rest).groups()  # type: ignore[union-attr]
+    if "@" in authority:
+        raise BadRequest("userinfo in request target")
+    head.scheme = scheme
+    head.host, head.port = parse_authority(authority, default_port=DEFAULT_PORTS[scheme])
+    tail = tail.partition("#")[0]
+    head.path = ("/" + tail if tail.startswith("?") else tail) or "/"
+
+
+def parse_authority(authority: str, default_port: int | None) -> tuple[str, int]:
+    """Split `host:port` (IPv6 in brackets) into a host without brackets and a port."""
+    if authority.startswith("["):
+        host, bracket, port_part = authority.partition("]")
+        host += bracket
+        if port_part and not port_part.startswith(":"):
+            raise BadRequest(f"bad authority {authority!r}")
+        port_text = port_part[1:] if port_part else ""
+        has_port = bool(port_part)
+    else:
+        host, colon, port_text = authority.rpartition(":")
+        has_port = bool(colon)
+        if not has_port:
+            host = authority
+    if not host or not _HOST.fullmatch(host):
+        raise BadRequest(f"bad host in {authority!r}")
+    if not has_port:
+        if default_port is None:
+            raise BadRequest(f"{authority!r} has no port")
+        return host.strip("[]"), default_port
+    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
+        raise BadRequest(f"bad port in {authority!r}")
+    return host.strip("[]"), int(port_text)
+
+
+def _values(headers: Headers, name: str) -> list[str]:
+    """All comma-separated list members of header `name`, lower-cased and trimmed."""
+    return [
+        item.strip().lower()
+        for key, value in headers
+        if key.lower() == name
+        for item in value.split(",")
+        if item.strip()
+    ]
+
+
+def _apply_framing(head: RequestHead) -> None:
+    """RFC 9112 §6: decide how the body is delimited, refusing anything ambiguous."""
+    has_te = any(k.lower() == "transfer-encoding" for k, _ in head.headers)
+    lengths = [v for k, v in head.headers if k.lower() == "content-length"]
+    if has_te:
+        if lengths:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if head.version == "HTTP/1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        codings = _values(head.headers, "transfer-encoding")
+        if not codings or codings[-1] != "chunked":
+            raise NotImplementedByProxy("final transfer coding is not chunked")
+        if len(codings) > 1:
+            raise NotImplementedByProxy("transfer codings other than chunked")
+        head.chunked = True
+    elif lengths:
+        members = {item.strip() for value in lengths for item in value.split(",")}
+        if len(members) != 1 or not _DIGITS.fullmatch(next(iter(members))):
+            raise BadRequest("invalid or conflicting Content-Length")
+        head.content_length = int(members.pop())
+    hosts = [v for k, v in head.headers if k.lower() == "host"]
+    if len(hosts) > 1 or (head.version == "HTTP/1.1" and not hosts):
+        raise BadRequest("an HTTP/1.1 request needs exactly one Host header")
+
+
+def _apply_connection(head: RequestHead) -> None:
+    tokens = frozenset(_values(head.headers, "connection"))
+    head.connection_tokens = tokens
+    if head.version == "HTTP/1.1":
+        head.keep_alive = "close" not in tokens
+    else:
+        head.keep_alive = "keep-alive" in tokens
+    expect = _values(head.headers, "expect")
+    if expect:
+        if expect != ["100-continue"]:
+            raise ExpectationFailed("only 'Expect: 100-continue' is supported")
+        head.expect_continue = head.version == "HTTP/1.1"
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[str, str]], connection_tokens: Iterable[str] = ()) -> Headers:
+    """Drop hop-by-hop fields (RFC 9110 §7.6.1), including those Connection names."""
+    drop = HOP_BY_HOP.union(connection_tokens)
+    return [(k, v) for k, v in headers if k.lower() not in drop]
+
+
+def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    return frozenset(_values(list(headers), "connection"))
+
+
+def via_value(version: str, pseudonym: str) -> str:
+    """A Via member (RFC 9110 §7.6.3): protocol version received, then our pseudonym."""
+    return f"{version.removeprefix('HTTP/')} {pseudonym}"
+
+
+def response_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def chunk(data: bytes | bytearray | memoryview) -> list[bytes | bytearray | memoryview]:
+    """One chunk of a chunked body, as pieces for a gathering send."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ChunkedDecoder:
+    """Decode a chunked request body fed in arbitrary pieces.
+
+    `feed` returns the data decoded so far; once `done`, `unused` holds the bytes that
+    follow the body (they belong to the next pipelined request). Chunk extensions are
+    validated and dropped; trailers are validated and dropped (urllib3 cannot send them).
+    """
+
+    MAX_SIZE_DIGITS = 16
+
+    def __init__(self, max_line: int = 4096, max_trailer: int = 16384) -> None:
+        self._buf = bytearray()
+        self._remaining = 0
+        self._state = "size"
+        self._trailer_bytes = 0
+        self._max_line = max_line
+        self._max_trailer = max_trailer
+        self.done = False
+        self.unused = b""
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while not self.done and self._step(out):
+            pass
+        if self.done:
+            self.unused = bytes(self._buf)
+            self._buf.clear()
+        return out
+
+    def _step(self, out: list[bytes]) -> bool:
+        """Advance one state; False when more input is needed."""
+        if self._state == "data":
+            if not self._buf:
+                return False
+            taken = bytes(self._buf[: self._remaining])
+            del self._buf[: len(taken)]
+            self._remaining -= len(taken)
+            out.append(taken)
+            if self._remaining == 0:
+                self._state = "data-end"
+            return True
+        line = self._line()
+        if line is None:
+            return False
+        if self._state == "size":
+            self._remaining = self._parse_size(line)
+            self._state = "data" if self._remaining else "trailer"
+        elif self._state == "data-end":
+            if line:
+                raise BadRequest("chunk data longer than its size")
+            self._state = "size"
+        else:
+            self._trailer_line(line)
+        return True
+
+    def _line(self) -> bytes | None:
+        end = self._buf.find(b"\r\n", 0, self._max_line + 2)
+        if end < 0:
+            if len(self._buf) > self._max_line + 1:
+                raise BadRequest("chunk line too long")
+            if b"\n" in self._buf or b"\r" in self._buf[:-1]:
+                raise BadRequest("bare CR or LF in chunked framing")
+            return None
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 2]
+        if b"\r" in line or b"\n" in line:
+            raise BadRequest("bare CR or LF in chunked framing")
+        return line
+
+    def _parse_size(self, line: bytes) -> int:
+        size, _, extensions = line.partition(b";")
+        size = size.rstrip(b" \t")
+        if not size or len(size) > self.MAX_SIZE_DIGITS or not _is_hex(size):
+            raise BadRequest("invalid chunk size")
+        if extensions and not _FIELD_VALUE.fullmatch(extensions):
+            raise BadRequest("control character in chunk extension")
+        return int(size, 16)
+
+    def _trailer_line(self, line: bytes) -> None:
+        if not line:
+            self.done = True
+            return
+        self._trailer_bytes += len(line) + 2
+        if self._trailer_bytes > self._max_trailer:
+            raise BadRequest("trailer section too large")
+        _parse_field(line)
+
+
+def _is_hex(text: bytes) -> bool:
+    return all(c in b"0123456789abcdefABCDEF" for c in text)

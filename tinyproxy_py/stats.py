@@ -1,0 +1,57 @@
+"""Counters (only grow) and gauges (go up and down) for one proxy instance.
+
+Every live object the proxy owns is counted by a gauge; a gauge that does not return
+to zero once traffic stops is a leak, and the tests look for exactly that.
+Imports: stdlib only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Stats:
+    """Thread-safe counters and gauges; `snapshot()` gives a consistent copy."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: Counter[str] = Counter()
+        self._gauges: Counter[str] = Counter()
+        self.started = time.monotonic()
+
+    def count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += amount
+
+    def adjust(self, gauge: str, delta: int) -> None:
+        with self._lock:
+            self._gauges[gauge] += delta
+
+    @contextmanager
+    def live(self, gauge: str) -> Iterator[None]:
+        """Count one live object for the duration of the block."""
+        self.adjust(gauge, 1)
+        try:
+            yield
+        finally:
+            self.adjust(gauge, -1)
+
+    def gauge(self, name: str) -> int:
+        with self._lock:
+            return self._gauges[name]
+
+    def counter(self, name: str) -> int:
+        with self._lock:
+            return self._counters[name]
+
+    def snapshot(self) -> dict[str, dict[str, int] | float]:
+        with self._lock:
+            return {
+                "uptime": time.monotonic() - self.started,
+                "counters": dict(self._counters),
+                "gauges": dict(self._gauges),
+            }
