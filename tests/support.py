@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import selectors
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -189,3 +193,51 @@ def get(proxy_address: tuple[str, int], url: str, headers: str = "", version: st
     raw = f"GET {url} {version}\r\nHost: {host}\r\n{headers}\r\n".encode()
     with socket.create_connection(proxy_address, timeout=MUST_NOT_EXPIRE) as sock:
         return request_over(sock, raw)
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A numeric field of /proc/PID/status (VmRSS and VmHWM in KiB, Threads)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+@contextmanager
+def proxy_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m tinyproxy_py serve --port 0 ARGS` in a child; yields (process, proxy URL).
+
+    Stopped with SIGTERM on exit (killed if it does not exit in time).
+    """
+    command = [sys.executable, "-m", "tinyproxy_py", "serve", "--port", "0", *args]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env()
+    )
+    try:
+        line = _read_line(proc, MUST_NOT_EXPIRE)
+        url = line.split("listening on ", 1)[1].split(";", 1)[0]
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(MUST_NOT_EXPIRE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError("the proxy printed nothing")
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"the proxy exited: {proc.stderr.read() if proc.stderr else ''}")
+    return line

@@ -1,0 +1,42 @@
+"""Config: defaults from DESIGN.md, validation that names the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinyproxy_py import Config
+from tinyproxy_py.config import describe
+
+
+def test_defaults_match_the_design_table() -> None:
+    config = Config()
+    assert (config.host, config.port) == ("127.0.0.1", 8888)
+    assert config.connect_timeout == 10 and config.read_timeout == 60
+    assert config.pool_idle_timeout == 90 and config.pool_hosts == 100 and config.pool_idle_per_host == 10
+    assert config.header_timeout == 10 and config.client_idle_timeout == 30
+    assert config.tunnel_idle_timeout == 300 and config.tunnel_linger == 30
+    assert config.max_clients == 256 and config.max_tunnels == 10_000
+    assert config.max_head_bytes == 64 * 1024 and config.max_headers == 100
+    assert config.shutdown_grace == 10
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"read_timeout": 0.0}, "read_timeout must be greater than 0"),
+        ({"connect_timeout": -1.0}, "connect_timeout must be a non-negative number"),
+        ({"port": 70000}, "port must be within"),
+        ({"max_clients": 0}, "max_clients must be at least 1"),
+        ({"pool_idle_per_host": 0}, "pool_idle_per_host must be at least 1"),
+        ({"max_head_bytes": 100}, "max_head_bytes must be at least max_line_bytes"),
+        ({"max_tunnels": True}, "max_tunnels must be a non-negative number"),
+    ],
+)
+def test_invalid_values_are_refused_with_the_field_name(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Config(**changes)  # type: ignore[arg-type]
+
+
+def test_every_setting_is_described() -> None:
+    names = [name for name, _, _, help_text in describe() if help_text]
+    assert names == list(Config.__dataclass_fields__)

@@ -1,0 +1,36 @@
+"""The error classes answer as DESIGN.md's error table says."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinyproxy_py import errors
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (errors.BadRequest, 400),
+        (errors.Forbidden, 403),
+        (errors.RequestTimeout, 408),
+        (errors.URITooLong, 414),
+        (errors.HeadTooLarge, 431),
+        (errors.NotImplementedByProxy, 501),
+        (errors.UpstreamError, 502),
+        (errors.Overloaded, 503),
+        (errors.UpstreamTimeout, 504),
+        (errors.VersionNotSupported, 505),
+    ],
+)
+def test_status_of_each_error(error: type[errors.ProxyError], status: int) -> None:
+    assert error().status == status
+
+
+def test_render_is_a_complete_response_naming_the_cause() -> None:
+    raw = errors.render(errors.UpstreamTimeout("origin slow", cause="read-timeout"))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert b"Connection: close" in head
+    assert b"X-Tinyproxy-Py-Cause: read-timeout" in head
+    assert body == b"504 Gateway Timeout: origin slow\n"
+    assert f"Content-Length: {len(body)}".encode() in head

@@ -1,0 +1,61 @@
+"""The dependency direction, checked on the source: parsing knows no sockets, the core no click."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "tinyproxy_py"
+PURE = {"http1", "config", "errors", "stats"}
+IO_MODULES = {"socket", "selectors", "ssl", "urllib3", "click"}
+
+
+def imports(module: str) -> tuple[set[str], set[str]]:
+    """(absolute top-level imports, relative imports) of tinyproxy_py/<module>.py."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    absolute, relative = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            absolute.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                relative.add(node.module or "")
+            else:
+                absolute.add((node.module or "").split(".")[0])
+    return absolute, relative
+
+
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+
+@pytest.mark.parametrize("module", sorted(PURE))
+def test_pure_modules_do_no_io(module: str) -> None:
+    absolute, _ = imports(module)
+    assert not absolute & IO_MODULES
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_only_cli_imports_click_and_nothing_imports_cli(module: str) -> None:
+    absolute, relative = imports(module)
+    if module != "cli":
+        assert "click" not in absolute
+    if module != "__main__":
+        assert "cli" not in relative
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_package_imports_itself_only_relatively(module: str) -> None:
+    absolute, _ = imports(module)
+    assert "tinyproxy_py" not in absolute
+
+
+def test_http1_depends_only_on_errors_and_config() -> None:
+    _, relative = imports("http1")
+    assert relative <= {"errors", "config"}
+
+
+def test_only_forward_and_pool_know_urllib3() -> None:
+    users = {m for m in MODULES if "urllib3" in imports(m)[0]}
+    assert users == {"forward", "pool"}

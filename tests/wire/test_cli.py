@@ -1,0 +1,89 @@
+"""The command line in a real child process: start, serve, stop, options, bad values."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from ..origin import OriginServer, pattern_bytes
+from ..support import MUST_NOT_EXPIRE, client_env, proxy_process
+
+SERVE = [sys.executable, "-m", "tinyproxy_py", "serve"]
+
+
+def test_serve_prints_usage_line_forwards_and_exits_0_on_sigterm(origin: OriginServer) -> None:
+    with proxy_process() as (proc, url):
+        result = subprocess.run(
+            ["curl", "-sS", "--fail", "-x", url, origin.url("/bytes/5000")],
+            capture_output=True,
+            env=client_env(),
+            timeout=MUST_NOT_EXPIRE,
+            check=True,
+        )
+        assert result.stdout == pattern_bytes(5000)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(MUST_NOT_EXPIRE) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    assert f"GET {origin.url('/bytes/5000')} 200 5000" in log
+    assert "stopped" in log
+
+
+def test_env_proxy_with_urllib_in_a_child(origin: OriginServer) -> None:
+    with proxy_process("--log-level", "warning") as (proc, url):
+        code = (
+            f"import urllib.request; print(len(urllib.request.urlopen({origin.url('/bytes/1234')!r}).read()))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=client_env(HTTP_PROXY=url),
+            timeout=MUST_NOT_EXPIRE,
+            check=True,
+        )
+        assert result.stdout.strip() == "1234"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(MUST_NOT_EXPIRE) == 0
+
+
+def test_help_lists_every_limit_with_its_default() -> None:
+    result = subprocess.run([*SERVE, "--help"], capture_output=True, text=True, timeout=MUST_NOT_EXPIRE)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option, default in [
+        ("--port", "8888"),
+        ("--connect-timeout", "10.0"),
+        ("--read-timeout", "60.0"),
+        ("--pool-idle-timeout", "90.0"),
+        ("--header-timeout", "10.0"),
+        ("--client-idle-timeout", "30.0"),
+        ("--tunnel-idle-timeout", "300.0"),
+        ("--tunnel-linger", "30.0"),
+        ("--max-clients", "256"),
+        ("--max-tunnels", "10000"),
+        ("--max-head-bytes", "65536"),
+        ("--max-headers", "100"),
+        ("--shutdown-grace", "10.0"),
+    ]:
+        assert option in text
+        assert f"[default: {default}]" in text.split(option, 1)[1].split("--", 1)[0]
+
+
+def test_bad_value_exits_2_with_a_reason() -> None:
+    result = subprocess.run(
+        [*SERVE, "--max-clients", "0"], capture_output=True, text=True, timeout=MUST_NOT_EXPIRE
+    )
+    assert result.returncode == 2
+    assert "max_clients must be at least 1" in result.stderr
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with proxy_process() as (_, url):
+        port = url.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [*SERVE, "--port", port], capture_output=True, text=True, timeout=MUST_NOT_EXPIRE
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
