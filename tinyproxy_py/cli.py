@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from . import __version__
 from .config import Config, describe
 from .server import ProxyServer
 
+THREAD_STACK_SIZE = 512 * 1024
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
 
 
@@ -64,6 +66,7 @@ def serve(log_level: str, **settings: Any) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    _prepare_process(config)
     stop = threading.Event()
     _on_signals(stop)
     try:
@@ -82,6 +85,37 @@ def serve(log_level: str, **settings: Any) -> None:
             pass
     finally:
         proxy.stop()
+
+
+def _prepare_process(config: Config) -> None:
+    """Process-wide settings an embedding program decides for itself, so only the CLI makes them.
+
+    Small thread stacks keep max_clients threads cheap (the handler path is shallow); the
+    open-files limit is raised toward the hard limit so max_tunnels can actually be reached.
+    """
+    threading.stack_size(THREAD_STACK_SIZE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    needed = 2 * config.max_clients + 2 * config.max_tunnels + config.pool_hosts * config.pool_idle_per_host
+    log = logging.getLogger("tinyproxy_py")
+    log.info(
+        "limits: max_clients=%d max_tunnels=%d open files=%d (the limits need up to %d) thread stack=%d KiB",
+        config.max_clients,
+        config.max_tunnels,
+        soft,
+        needed,
+        THREAD_STACK_SIZE // 1024,
+    )
+    if needed > soft:
+        log.warning(
+            "the open-files limit (%d) is below what the limits need (%d): lower max_tunnels", soft, needed
+        )
 
 
 def _on_signals(stop: threading.Event) -> None:

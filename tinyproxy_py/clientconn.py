@@ -11,6 +11,7 @@ Imports: http1, errors, config.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -23,9 +24,10 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class ClientConnection:
-    def __init__(self, sock: socket.socket, config: Config) -> None:
+    def __init__(self, sock: socket.socket, config: Config, draining: threading.Event | None = None) -> None:
         self.sock = sock
         self.config = config
+        self.draining = draining or threading.Event()  # set: the server is stopping
         self.buffer = bytearray()
         self.body_pending = False
         self.bytes_received = 0

@@ -62,16 +62,17 @@ class Outcome:
 
 def forward(head: RequestHead, client: ClientConnection, pool: UpstreamPool, config: Config) -> Outcome:
     """Forward `head` (and its body) to the origin and relay the response to the client."""
-    response = _send(head, client, pool, config)
-    complete = False
-    try:
-        outcome = _relay(head, response, client, config)
-        complete = True
-        return outcome
-    finally:
-        if not complete:
-            response.close()
-        response.release_conn()
+    with pool.slots.hold(f"{head.scheme}://{head.authority}"):
+        response = _send(head, client, pool, config)
+        complete = False
+        try:
+            outcome = _relay(head, response, client, config)
+            complete = True
+            return outcome
+        finally:
+            if not complete:
+                response.close()
+            response.release_conn()
 
 
 def _send(
@@ -144,7 +145,8 @@ def _relay(
         if length is not None:
             headers.append(("Content-Length", str(length)))
     chunked = not bodiless and length is None and head.version == "HTTP/1.1"
-    keep_alive = head.keep_alive and not client.body_pending and (bodiless or length is not None or chunked)
+    framed = bodiless or length is not None or chunked
+    keep_alive = head.keep_alive and framed and not client.body_pending and not client.draining.is_set()
     if chunked:
         headers.append(("Transfer-Encoding", "chunked"))
     if not keep_alive:

@@ -35,7 +35,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         config = self.proxy.config
-        client = ClientConnection(self.request, config)
+        client = ClientConnection(self.request, config, self.proxy.draining)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         idle_timeout = config.header_timeout
         while True:

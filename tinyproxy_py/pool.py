@@ -11,8 +11,12 @@ Imports: config, stats; urllib3, certifi.
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import certifi
@@ -22,6 +26,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.response import BaseHTTPResponse
 
 from .config import Config
+from .errors import Overloaded
 from .stats import Stats
 
 
@@ -103,11 +108,43 @@ class _HTTPSConnection(_TrackedConnectionMixin, HTTPSConnection):
 
 class _TrackedPoolMixin:
     tracker: ConnectionTracker
+    pool: queue.LifoQueue[Any] | None
 
     def _new_conn(self) -> Any:
         conn = super()._new_conn()  # type: ignore[misc]
         conn.tracker = self.tracker
         return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            conn.idle_since = time.monotonic()
+            if self.pool is not None and self.pool.full():
+                conn.close()  # quietly: urllib3 would log a warning for every surplus connection
+                return
+        super()._put_conn(conn)  # type: ignore[misc]
+
+    def close_idle(self, older_than: float = 0.0) -> int:
+        """Close pooled connections idle for `older_than` seconds or more; never one in use.
+
+        Connections in use are not in the queue, and holding the queue's mutex keeps any
+        thread from taking one out while we look.
+        """
+        idle_queue, now, closed = self.pool, time.monotonic(), 0
+        if idle_queue is None:
+            return 0
+        with idle_queue.mutex:
+            for conn in idle_queue.queue:
+                if conn is not None and conn.sock is not None and now - conn.idle_since >= older_than:
+                    conn.close()
+                    closed += 1
+        return closed
+
+    def idle_count(self) -> int:
+        idle_queue = self.pool
+        if idle_queue is None:
+            return 0
+        with idle_queue.mutex:
+            return sum(1 for conn in idle_queue.queue if conn is not None and conn.sock is not None)
 
 
 class _HTTPPool(_TrackedPoolMixin, HTTPConnectionPool):
@@ -127,11 +164,50 @@ class _PoolManager(urllib3.PoolManager):
         return pool
 
 
+class HostSlots:
+    """An optional cap on connections in use per origin (Go's MaxConnsPerHost).
+
+    Entries exist only while a host has requests in flight, so the table is bounded by
+    max_clients. A cap of 0 means no cap.
+    """
+
+    def __init__(self, cap: int, wait: float) -> None:
+        self._cap, self._wait = cap, wait
+        self._in_use: dict[str, int] = {}
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, host: str) -> Iterator[None]:
+        if not self._cap:
+            yield
+            return
+        deadline = time.monotonic() + self._wait
+        with self._changed:
+            while self._in_use.get(host, 0) >= self._cap:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Overloaded(f"{host} already has {self._cap} connections in use", cause="host-busy")
+                self._changed.wait(remaining)
+            self._in_use[host] = self._in_use.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_use[host] -= 1
+                if not self._in_use[host]:
+                    del self._in_use[host]
+                self._changed.notify()
+
+
 class UpstreamPool:
-    """One bounded PoolManager plus the tracker of its open connections."""
+    """One bounded PoolManager, the tracker of its open connections, and the idle reaper."""
 
     def __init__(self, config: Config, stats: Stats) -> None:
+        self.config = config
         self.tracker = ConnectionTracker(stats)
+        self.slots = HostSlots(config.max_conns_per_host, config.connect_timeout)
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="tinyproxy-py-reaper", daemon=True)
         self._manager = _PoolManager(
             num_pools=config.pool_hosts,
             maxsize=config.pool_idle_per_host,
@@ -143,6 +219,32 @@ class UpstreamPool:
         )
         self._manager.tracker = self.tracker
         self._manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        # urllib3 does not close an evicted host pool (a80c248c: another thread may still
+        # be using it). Close its idle connections; one in use goes back into the evicted
+        # pool when released, and urllib3's finalizer closes it once the pool is unreferenced.
+        self._manager.pools.dispose_func = _close_all_idle
+
+    def start(self) -> None:
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        """Close idle connections past the idle timeout, even for hosts never asked for again."""
+        interval = min(self.config.pool_idle_timeout / 4, 5.0)
+        while not self._stop.wait(interval):
+            for pool in self._pools():
+                pool.close_idle(older_than=self.config.pool_idle_timeout)
+
+    def _pools(self) -> list[_TrackedPoolMixin]:
+        pools = self._manager.pools
+        with pools.lock:
+            return list(pools._container.values())  # type: ignore[arg-type]
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Open connections per origin: {"https://host:port": {"idle": n}}, for the stats."""
+        return {
+            f"{pool.scheme}://{pool.host}:{pool.port}": {"idle": pool.idle_count()}  # type: ignore[attr-defined]
+            for pool in self._pools()
+        }
 
     def urlopen(self, method: str, url: str, body: Any, headers: Any) -> BaseHTTPResponse:
         """Send a request; the caller owns the response and must release or close it."""
@@ -159,6 +261,13 @@ class UpstreamPool:
         )
 
     def close(self) -> None:
-        """Close idle connections and abort those in use (their threads then fail fast)."""
+        """Stop the reaper, close idle connections and abort those in use (their threads fail fast)."""
+        self._stop.set()
+        if self._reaper.is_alive():
+            self._reaper.join()
         self._manager.clear()
         self.tracker.abort_all()
+
+
+def _close_all_idle(pool: Any) -> None:
+    pool.close_idle()

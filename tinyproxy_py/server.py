@@ -14,6 +14,8 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -64,7 +66,7 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            with self.proxy._client_socket(request):
+            with self.proxy.stats.live("handler_threads"), self.proxy._registered(request):
                 super().process_request_thread(request, client_address)
         finally:
             self.proxy._slots.release()
@@ -87,6 +89,7 @@ class ProxyServer:
         self._clients_lock = threading.Lock()
         self._clients: set[socket.socket] = set()
         self._server: _ThreadingServer | None = None
+        self.draining = threading.Event()  # set once stop() begins: no more keep-alive
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> ProxyServer:
@@ -121,6 +124,7 @@ class ProxyServer:
             self.hub.close()
             raise
         self.hub.start()
+        self.pool.start()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.25},
@@ -135,6 +139,7 @@ class ProxyServer:
         server, self._server = self._server, None
         if server is None:
             return
+        self.draining.set()
         server.shutdown()
         server.server_close()
         if self._thread is not None:
@@ -164,22 +169,39 @@ class ProxyServer:
             except OSError:
                 pass
 
-    def _client_socket(self, sock: socket.socket) -> _ClientRegistration:
-        return _ClientRegistration(self, sock)
+    @contextmanager
+    def _registered(self, sock: socket.socket) -> Iterator[None]:
+        """Count a client connection and let stop() reach its socket while it is open."""
+        with self._clients_lock:
+            self._clients.add(sock)
+        try:
+            with self.stats.live("clients"):
+                yield
+        finally:
+            with self._clients_lock:
+                self._clients.discard(sock)
 
+    # The listening socket, the hub's epoll object and its wake-up socket pair.
+    _FIXED_FDS = 4
 
-class _ClientRegistration:
-    """Counts a client connection and lets stop() reach its socket while it is open."""
+    def resources(self) -> dict[str, int]:
+        """Live objects by kind, and how many file descriptors they account for.
 
-    def __init__(self, proxy: ProxyServer, sock: socket.socket) -> None:
-        self.proxy, self.sock = proxy, sock
-
-    def __enter__(self) -> None:
-        with self.proxy._clients_lock:
-            self.proxy._clients.add(self.sock)
-        self.proxy.stats.adjust("clients", 1)
-
-    def __exit__(self, *exc: object) -> None:
-        with self.proxy._clients_lock:
-            self.proxy._clients.discard(self.sock)
-        self.proxy.stats.adjust("clients", -1)
+        Compare `fds_accounted` with the process's open descriptors (minus those it had
+        before the proxy started) to detect a leak: the difference must not grow.
+        """
+        gauges = self.stats.snapshot()["gauges"]
+        assert isinstance(gauges, dict)
+        upstream_idle = sum(usage["idle"] for usage in self.pool.usage().values())
+        upstream_open = gauges.get("upstream_open", 0)
+        counts = {
+            "clients": gauges.get("clients", 0),
+            "handler_threads": gauges.get("handler_threads", 0),
+            "requests_in_flight": gauges.get("requests_in_flight", 0),
+            "tunnels": self.hub.count,
+            "upstream_open": upstream_open,
+            "upstream_idle": upstream_idle,
+            "upstream_in_use": upstream_open - upstream_idle,
+        }
+        counts["fds_accounted"] = self._FIXED_FDS + counts["clients"] + 2 * counts["tunnels"] + upstream_open
+        return counts

@@ -1,0 +1,113 @@
+"""Bounds under load: max_clients, the idle reaper, pool eviction, the per-host cap, fd accounting."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from tinyproxy_py import ProxyServer
+
+from ..origin import OriginServer, pattern_bytes, running_origin
+from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, Response, get, open_fds, request_over, wait_until
+
+
+def test_one_client_over_max_clients_gets_503_at_once(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(max_clients=3, header_timeout=5.0)
+    holders = [socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) for _ in range(3)]
+    try:
+        assert wait_until(lambda: proxy.stats.gauge("clients") == 3)
+        started = time.monotonic()
+        with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as extra:
+            response = Response(extra)
+        assert response.status == 503
+        assert time.monotonic() - started < EXPIRE_SOON
+        # The clients holding the slots are served normally.
+        for sock in holders:
+            raw = f"GET {origin.url('/bytes/10')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            assert request_over(sock, raw).body == pattern_bytes(10)
+    finally:
+        for sock in holders:
+            sock.close()
+    assert proxy.stats.counter("errors.overloaded") == 1
+
+
+def test_reaper_closes_idle_upstream_connections_without_new_requests(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(pool_idle_timeout=0.4)
+    assert get(proxy.address, origin.url("/bytes/10")).status == 200
+    assert proxy.resources()["upstream_idle"] == 1
+    assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0, timeout=5.0)
+    assert proxy.resources()["upstream_idle"] == 0
+
+
+def test_evicted_host_pool_never_closes_a_connection_in_use(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(pool_hosts=1, read_timeout=5.0)
+    result: list[Response] = []
+    slow = threading.Thread(target=lambda: result.append(get(proxy.address, origin.url("/slow/1"))))
+    slow.start()
+    assert wait_until(lambda: len(origin.requests) == 1)
+    with running_origin() as other:
+        # A second host evicts the first host's pool while its request is in flight.
+        for _ in range(3):
+            assert get(proxy.address, other.url("/bytes/5")).body == pattern_bytes(5)
+        slow.join(MUST_NOT_EXPIRE)
+        assert result and result[0].status == 200 and result[0].body == b"slow\n"
+        # The connection released into the evicted pool is closed once that pool is gone.
+        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 1)
+
+
+def test_per_host_cap_answers_503_when_the_wait_expires(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(max_conns_per_host=1, connect_timeout=0.3, read_timeout=5.0)
+    result: list[Response] = []
+    slow = threading.Thread(target=lambda: result.append(get(proxy.address, origin.url("/slow/1.5"))))
+    slow.start()
+    assert wait_until(lambda: len(origin.requests) == 1)
+    started = time.monotonic()
+    busy = get(proxy.address, origin.url("/bytes/5"))
+    assert busy.status == 503
+    assert busy.header("X-Tinyproxy-Py-Cause") == "host-busy"
+    assert time.monotonic() - started < MUST_NOT_EXPIRE
+    slow.join(MUST_NOT_EXPIRE)
+    assert result[0].status == 200
+    assert get(proxy.address, origin.url("/bytes/5")).status == 200
+
+
+def test_per_host_cap_lets_a_waiter_through_when_a_slot_frees(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(max_conns_per_host=1, connect_timeout=3.0, read_timeout=5.0)
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(get(proxy.address, origin.url("/slow/0.3")).status))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(MUST_NOT_EXPIRE)
+    assert results == [200, 200, 200]
+
+
+def test_resources_account_for_every_open_descriptor(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    before = open_fds()
+    proxy = make_proxy()
+    for size in (10, 100_000):
+        assert get(proxy.address, origin.url(f"/bytes/{size}")).status == 200
+    assert wait_until(lambda: proxy.stats.gauge("clients") == 0)
+    resources = proxy.resources()
+    assert resources["upstream_open"] == resources["upstream_idle"] == 1
+    assert resources["upstream_in_use"] == 0
+    # The proxy's own descriptors, plus the origin's end of each pooled connection
+    # (the origin lives in this process too).
+    assert wait_until(lambda: open_fds() - before == resources["fds_accounted"] + resources["upstream_open"])
