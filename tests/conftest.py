@@ -29,6 +29,7 @@ SHORT_LIMITS = {
     "tunnel_linger": 2.0,
     "pool_idle_timeout": 5.0,
     "shutdown_grace": 2.0,
+    "connect_ports": (0,),  # test origins listen on ephemeral ports
 }
 
 

@@ -19,25 +19,29 @@ from typing import Any
 import click
 
 from . import __version__
-from .config import Config, describe
+from .config import Config
 from .server import ProxyServer
 
 THREAD_STACK_SIZE = 512 * 1024
-_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str}
+_SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}
 
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one --option per Config field, in declaration order."""
-    types = {f.name: f.type for f in dataclasses.fields(Config)}
-    for name, default, unit, help_text in reversed(describe()):
-        suffix = f" ({unit})" if unit else ""
+    for f in reversed(dataclasses.fields(Config)):
+        kind = str(f.type)
+        repeatable = kind.startswith("tuple[")
+        scalar = _SCALARS[kind[6:-6] if repeatable else kind]
+        unit = f.metadata["unit"]
         command = click.option(
-            "--" + name.replace("_", "-"),
-            name,
-            type=_TYPES[str(types[name])],
-            default=default,
-            show_default=default is not None,
-            help=help_text + suffix,
+            "--" + (f.metadata["flag"] or f.name.replace("_", "-")),
+            f.name,
+            type=scalar,
+            multiple=repeatable,
+            is_flag=scalar is bool,
+            default=f.default,
+            show_default=f.default not in (None, ()),
+            help=f.metadata["help"] + (f" ({unit})" if unit else ""),
         )(command)
     return command
 
@@ -61,7 +65,8 @@ def serve(log_level: str, **settings: Any) -> None:
     """Run the proxy until Ctrl-C or SIGTERM (a second signal exits at once)."""
     try:
         config = Config(**settings)
-    except ValueError as exc:
+        proxy = ProxyServer(config)
+    except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from exc
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -70,17 +75,15 @@ def serve(log_level: str, **settings: Any) -> None:
     stop = threading.Event()
     _on_signals(stop)
     try:
-        proxy = ProxyServer(config)
         proxy.start()
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from exc
     try:
-        click.echo(
-            f"tinyproxy-py listening on {proxy.url}; use it with: "
-            f"export HTTP_PROXY={proxy.url} HTTPS_PROXY={proxy.url}"
-        )
+        local = proxy.url.replace("[::]", "[::1]").replace("0.0.0.0", "127.0.0.1")
+        click.echo(f"tinyproxy-py listening on {proxy.url}; use it with: ", nl=False)
+        click.echo(f"export HTTP_PROXY={local} HTTPS_PROXY={local}")
         while not stop.wait(0.5):
             pass
     finally:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _opt(default: Any, help: str, *, unit: str = "") -> Any:
-    return field(default=default, metadata={"help": help, "unit": unit})
+def _opt(default: Any, help: str, *, unit: str = "", flag: str = "") -> Any:
+    """A setting; `flag` names its command-line option when the field name reads badly there."""
+    return field(default=default, metadata={"help": help, "unit": unit, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,28 @@ class Config:
     shutdown_grace: float = _opt(
         10.0, "On stop, how long in-flight requests may take to finish.", unit="seconds"
     )
+    allow: tuple[str, ...] = _opt(
+        ("127.0.0.0/8", "::1"),
+        "Client address or CIDR block that may use the proxy (repeatable; replaces the default).",
+    )
+    deny: tuple[str, ...] = _opt(
+        (), "Client address or CIDR block refused, checked before allow (repeatable)."
+    )
+    basic_auth: tuple[str, ...] = _opt((), "USER:PASSWORD for proxy Basic authentication (repeatable).")
+    auth_file: str | None = _opt(None, "File of USER:PASSWORD lines for proxy Basic authentication.")
+    auth_realm: str = _opt("tinyproxy-py", "Realm named in the 407 challenge.")
+    connect_ports: tuple[int, ...] = _opt(
+        (443, 563), "Port CONNECT may reach (repeatable); 0 allows every port.", flag="connect-port"
+    )
+    filter_hosts: tuple[str, ...] = _opt(
+        (),
+        "Host filter: example.com, *.example.com (subdomains) or re:REGEX (repeatable).",
+        flag="filter-host",
+    )
+    filter_mode: str = _opt("deny", "deny: refuse hosts matching a filter; allow: refuse all others.")
+    forwarded_for: bool = _opt(False, "Add the client's address to X-Forwarded-For.")
     ca_bundle: str | None = _opt(None, "CA bundle (PEM) for https:// origins; default: certifi's bundle.")
-    via_name: str = _opt("tinyproxy-py", "Pseudonym this proxy adds to Via headers.")
+    via_name: str = _opt("tinyproxy-py", "Pseudonym this proxy adds to Via headers; empty: no Via.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -69,6 +90,10 @@ class Config:
         for name in (*at_least_one, "pool_hosts", "pool_idle_per_host"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.filter_mode not in ("deny", "allow"):
+            raise ValueError(f"filter_mode must be 'deny' or 'allow', got {self.filter_mode!r}")
+        if not self.connect_ports or not all(0 <= p <= 65535 for p in self.connect_ports):
+            raise ValueError("connect_ports must be ports (0 allows every port)")
         if self.max_head_bytes < self.max_line_bytes:
             raise ValueError("max_head_bytes must be at least max_line_bytes")
 
@@ -79,3 +104,24 @@ class Config:
 def describe() -> list[tuple[str, Any, str, str]]:
     """(name, default, unit, help) for every setting, in declaration order."""
     return [(f.name, f.default, f.metadata["unit"], f.metadata["help"]) for f in dataclasses.fields(Config)]
+
+
+def parse_credential(text: str) -> tuple[str, str]:
+    user, colon, password = text.partition(":")
+    if not colon or not user:
+        raise ValueError("credentials must look like USER:PASSWORD")
+    return user, password
+
+
+def load_credentials(path: str) -> tuple[tuple[str, str], ...]:
+    """USER:PASSWORD lines of an auth file (blank lines and # comments skipped)."""
+    users = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                try:
+                    users.append(parse_credential(line))
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{number}: {exc}") from None
+    return tuple(users)

@@ -15,10 +15,13 @@ class ProxyError(Exception):
     status: HTTPStatus = HTTPStatus.BAD_GATEWAY
     cause: str = "proxy-error"
 
-    def __init__(self, message: str = "", *, cause: str | None = None) -> None:
+    def __init__(
+        self, message: str = "", *, cause: str | None = None, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message or self.status.phrase)
         if cause is not None:
             self.cause = cause
+        self.headers = headers  # extra response fields, e.g. a 407's Proxy-Authenticate
 
     @property
     def message(self) -> str:
@@ -65,6 +68,16 @@ class Forbidden(ProxyError):
     cause = "forbidden"
 
 
+class ProxyAuthRequired(ProxyError):
+    status = HTTPStatus.PROXY_AUTHENTICATION_REQUIRED
+    cause = "auth"
+
+
+class LoopDetected(ProxyError):
+    status = HTTPStatus.LOOP_DETECTED
+    cause = "loop"
+
+
 class UpstreamError(ProxyError):
     """The origin refused, could not be resolved, or spoke broken HTTP (502)."""
 
@@ -104,6 +117,7 @@ def render(error: ProxyError, *, close: bool = True) -> bytes:
         f"Content-Length: {len(body)}\r\n"
         f"X-Tinyproxy-Py-Cause: {error.cause}\r\n"
     )
+    head += "".join(f"{name}: {value}\r\n" for name, value in error.headers)
     if close:
         head += "Connection: close\r\n"
     return head.encode("latin-1") + b"\r\n" + body

@@ -31,7 +31,6 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER
 
 from .clientconn import ClientConnection
-from .config import Config
 from .errors import Aborted, ProxyError, UpstreamError, UpstreamTimeout
 from .http1 import (
     LAST_CHUNK,
@@ -60,13 +59,18 @@ class Outcome:
     bytes_down: int = 0
 
 
-def forward(head: RequestHead, client: ClientConnection, pool: UpstreamPool, config: Config) -> Outcome:
-    """Forward `head` (and its body) to the origin and relay the response to the client."""
+def forward(
+    head: RequestHead, client: ClientConnection, pool: UpstreamPool, pseudonym: str, client_ip: str | None
+) -> Outcome:
+    """Forward `head` (and its body) to the origin and relay the response to the client.
+
+    `pseudonym` goes into Via ("" adds none); `client_ip`, if given, into X-Forwarded-For.
+    """
     with pool.slots.hold(f"{head.scheme}://{head.authority}"):
-        response = _send(head, client, pool, config)
+        response = _send(head, client, pool, _upstream_headers(head, pseudonym, client_ip))
         complete = False
         try:
-            outcome = _relay(head, response, client, config)
+            outcome = _relay(head, response, client, pseudonym)
             complete = True
             return outcome
         finally:
@@ -76,9 +80,8 @@ def forward(head: RequestHead, client: ClientConnection, pool: UpstreamPool, con
 
 
 def _send(
-    head: RequestHead, client: ClientConnection, pool: UpstreamPool, config: Config
+    head: RequestHead, client: ClientConnection, pool: UpstreamPool, headers: HTTPHeaderDict
 ) -> BaseHTTPResponse:
-    headers = _upstream_headers(head, config)
     body = client.body(head) if head.has_body else None
     try:
         return pool.urlopen(head.method, head.url, body, headers)
@@ -99,7 +102,7 @@ def _stale_connection(exc: HTTPError, pool: UpstreamPool) -> bool:
     return stale and pool.tracker.last_request_reused()
 
 
-def _upstream_headers(head: RequestHead, config: Config) -> HTTPHeaderDict:
+def _upstream_headers(head: RequestHead, pseudonym: str, client_ip: str | None) -> HTTPHeaderDict:
     headers = HTTPHeaderDict()
     headers["Host"] = head.authority
     for name, value in strip_hop_by_hop(head.headers, head.connection_tokens):
@@ -107,7 +110,11 @@ def _upstream_headers(head: RequestHead, config: Config) -> HTTPHeaderDict:
             headers.add(name, value)
     if head.content_length is not None:
         headers["Content-Length"] = str(head.content_length)
-    headers.add("Via", via_value(head.version, config.via_name))
+    if pseudonym:
+        headers.add("Via", via_value(head.version, pseudonym))
+    if client_ip is not None:
+        prior = headers.pop("X-Forwarded-For", None)
+        headers["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
     for name in ("User-Agent", "Accept-Encoding"):
         if name not in headers:
             headers[name] = SKIP_HEADER
@@ -131,13 +138,14 @@ def _upstream_error(exc: HTTPError, head: RequestHead) -> ProxyError:
 
 
 def _relay(
-    head: RequestHead, response: BaseHTTPResponse, client: ClientConnection, config: Config
+    head: RequestHead, response: BaseHTTPResponse, client: ClientConnection, pseudonym: str
 ) -> Outcome:
     """Send the response head and stream the body, framed for this client."""
     status = response.status
     raw = list(response.headers.items())
     headers = strip_hop_by_hop(raw, connection_tokens(raw))
-    headers.append(("Via", via_value(f"HTTP/{response.version / 10:.1f}", config.via_name)))
+    if pseudonym:
+        headers.append(("Via", via_value(f"HTTP/{response.version / 10:.1f}", pseudonym)))
     bodiless = head.method == "HEAD" or status in (204, 304) or status < 200
     length = None if bodiless or response.chunked else response.length_remaining
     if not bodiless:

@@ -37,6 +37,11 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         config = self.proxy.config
         client = ClientConnection(self.request, config, self.proxy.draining)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.proxy.policy.check_client(self.client_address[0])
+        except ProxyError as error:
+            self._fail(error, None, client, time.monotonic())
+            return
         idle_timeout = config.header_timeout
         while True:
             started = time.monotonic()
@@ -45,6 +50,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
                 head = client.read_head(idle_timeout)
                 if head is None:
                     return
+                self._admit(head)
                 if head.method == "CONNECT":
                     self._tunnel(head, client)
                     return
@@ -57,11 +63,22 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
                 return
             idle_timeout = config.client_idle_timeout
 
-    def _forward(self, head: RequestHead, client: ClientConnection) -> Outcome:
-        if head.form != "absolute":
+    def _admit(self, head: RequestHead) -> None:
+        """Apply the policy (policy.py gives the order) before anything goes upstream."""
+        if head.form == "origin":
             raise BadRequest("this is a proxy: send absolute-form requests (http://host/path)")
+        policy = self.proxy.policy
+        policy.check_credentials(head.get("Proxy-Authorization"))
+        via = [value for name, value in head.headers if name.lower() == "via"]
+        policy.check_loop(head.host, head.port, via, self.proxy.address)
+        if head.method == "CONNECT":
+            policy.check_connect_port(head.port)
+        policy.check_host(head.host)
+
+    def _forward(self, head: RequestHead, client: ClientConnection) -> Outcome:
+        client_ip = self.client_address[0] if self.proxy.config.forwarded_for else None
         with self.proxy.stats.live("requests_in_flight"):
-            return forward(head, client, self.proxy.pool, self.proxy.config)
+            return forward(head, client, self.proxy.pool, self.proxy.pseudonym, client_ip)
 
     def _tunnel(self, head: RequestHead, client: ClientConnection) -> None:
         """Dial the target, answer 200 and hand both sockets to the hub."""

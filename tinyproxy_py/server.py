@@ -10,6 +10,7 @@ Imports: handler, tunnel, pool, config, stats, errors.
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import socketserver
 import threading
@@ -19,9 +20,10 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-from .config import Config
+from .config import Config, load_credentials
 from .errors import Overloaded, render
 from .handler import ProxyRequestHandler
+from .policy import Policy, check_exposure
 from .pool import UpstreamPool
 from .stats import Stats
 from .tunnel import TunnelHub
@@ -83,7 +85,15 @@ class ProxyServer:
     """
 
     def __init__(self, config: Config | None = None) -> None:
+        """Check the configuration (ValueError names what is wrong); nothing is opened yet."""
         self.config = config or Config()
+        users = load_credentials(self.config.auth_file) if self.config.auth_file else ()
+        check_exposure(self.config, has_users=bool(users))
+        # A token unique to this instance, carried in our Via member: seeing it come
+        # back in a request means the request looped through us.
+        token = secrets.token_hex(4)
+        self.pseudonym = f"{self.config.via_name} ({token})" if self.config.via_name else ""
+        self.policy = Policy(self.config, users=users, via_token=self.pseudonym)
         self.stats = Stats()
         self._slots = threading.BoundedSemaphore(self.config.max_clients)
         self._clients_lock = threading.Lock()

@@ -150,7 +150,7 @@ def test_request_hop_by_hop_headers_removed(proxy: ProxyServer, origin: OriginSe
     assert "upgrade" not in seen and "trailer" not in seen
     assert seen["x-end"] == ["kept"]
     assert seen["user-agent"] == ["tester"]
-    assert seen["via"] == ["1.1 tinyproxy-py"]
+    assert seen["via"] == [f"1.1 {proxy.pseudonym}"]
 
 
 def test_host_comes_from_the_request_url(proxy: ProxyServer, origin: OriginServer) -> None:
@@ -164,7 +164,7 @@ def test_host_comes_from_the_request_url(proxy: ProxyServer, origin: OriginServe
 
 def test_via_is_appended_to_an_existing_one(proxy: ProxyServer, origin: OriginServer) -> None:
     seen = origin_saw(proxy, origin, "Via: 1.0 corporate\r\n")
-    assert seen["via"] == ["1.0 corporate", "1.1 tinyproxy-py"]
+    assert seen["via"] == ["1.0 corporate", f"1.1 {proxy.pseudonym}"]
 
 
 def test_response_hop_by_hop_headers_removed(proxy: ProxyServer, origin: OriginServer) -> None:
@@ -172,7 +172,7 @@ def test_response_hop_by_hop_headers_removed(proxy: ProxyServer, origin: OriginS
     names = {k.lower() for k, _ in response.headers}
     assert not names & {"x-secret", "keep-alive", "upgrade"}
     assert response.header("X-Kept") == "end-to-end"
-    assert response.header("Via") == "1.1 tinyproxy-py"
+    assert response.header("Via") == f"1.1 {proxy.pseudonym}"
 
 
 def test_set_cookie_keeps_order_and_multiplicity(proxy: ProxyServer, origin: OriginServer) -> None:

@@ -1,0 +1,186 @@
+"""Policy decisions as plain function calls: no sockets, no threads."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+
+import pytest
+
+from tinyproxy_py import Config
+from tinyproxy_py.errors import Forbidden, LoopDetected, ProxyAuthRequired
+from tinyproxy_py.policy import Policy, check_exposure, parse_host_patterns, parse_networks
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"])
+def test_default_acl_admits_loopback(address: str) -> None:
+    Policy(Config()).check_client(address)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "192.168.1.2", "2001:db8::1", "::ffff:10.0.0.1"])
+def test_default_acl_refuses_everyone_else(address: str) -> None:
+    with pytest.raises(Forbidden, match="not in the allow list"):
+        Policy(Config()).check_client(address)
+
+
+def test_deny_is_checked_before_allow_and_allow_replaces_the_default() -> None:
+    policy = Policy(Config(allow=("10.0.0.0/8", "2001:db8::/32"), deny=("10.0.0.5", "2001:db8::bad")))
+    policy.check_client("10.0.0.4")
+    policy.check_client("2001:db8::1")
+    for refused in ("10.0.0.5", "2001:db8::bad", "127.0.0.1"):
+        with pytest.raises(Forbidden):
+            policy.check_client(refused)
+
+
+def test_bad_acl_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an address or CIDR block"):
+        parse_networks(["10.0.0.0/33"])
+
+
+def test_no_users_means_no_authentication() -> None:
+    Policy(Config()).check_credentials(None)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        basic("u", "wrong"),
+        basic("x", "p"),
+        "Basic !!!notbase64",
+        "Bearer abc",
+        basic("u", "p")[:-2],
+    ],
+)
+def test_missing_or_wrong_credentials_get_407_with_a_challenge(header: str | None) -> None:
+    policy = Policy(Config(basic_auth=("u:p", "other:secret"), auth_realm="corp"))
+    with pytest.raises(ProxyAuthRequired) as info:
+        policy.check_credentials(header)
+    assert info.value.status == 407
+    assert info.value.headers == (("Proxy-Authenticate", 'Basic realm="corp"'),)
+
+
+def test_right_credentials_pass_for_any_configured_user() -> None:
+    policy = Policy(Config(basic_auth=("u:p",)), users=[("file-user", "pa:ss")])
+    policy.check_credentials(basic("u", "p"))
+    policy.check_credentials(basic("file-user", "pa:ss"))
+    policy.check_credentials(basic("u", "p").replace("Basic", "basic"))
+
+
+def test_credentials_are_compared_in_constant_time_against_every_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    policy = Policy(Config(basic_auth=("first:1", "second:2", "third:3")))
+    for header in (basic("first", "1"), basic("third", "3"), basic("nobody", "x")):
+        calls.clear()
+        try:
+            policy.check_credentials(header)
+        except ProxyAuthRequired:
+            pass
+        # Every user is compared, with equal-length digests, whichever matched.
+        assert len(calls) == 3
+        assert {len(a) for a, _ in calls} == {32}
+
+
+def test_loop_by_our_via_token() -> None:
+    policy = Policy(Config(), via_token="tinyproxy-py (abcd1234)")
+    policy.check_loop("example.org", 80, ["1.1 tinyproxy-py (ffff0000)"], ("127.0.0.1", 8888))
+    with pytest.raises(LoopDetected):
+        policy.check_loop("example.org", 80, ["1.0 a", "1.1 tinyproxy-py (abcd1234)"], ("127.0.0.1", 8888))
+
+
+@pytest.mark.parametrize(
+    ("host", "listening", "loops"),
+    [
+        ("127.0.0.1", ("127.0.0.1", 8888), True),
+        ("localhost", ("127.0.0.1", 8888), True),
+        ("127.0.0.2", ("127.0.0.1", 8888), True),
+        ("::1", ("::1", 8888), True),
+        ("127.0.0.1", ("0.0.0.0", 8888), True),
+        ("10.1.1.1", ("10.1.1.1", 8888), True),
+        ("10.1.1.2", ("10.1.1.1", 8888), False),
+        ("example.org", ("127.0.0.1", 8888), False),
+    ],
+)
+def test_loop_by_target_address(host: str, listening: tuple[str, int], loops: bool) -> None:
+    policy = Policy(Config())
+    policy.check_loop(host, listening[1] + 1, [], listening)
+    if loops:
+        with pytest.raises(LoopDetected):
+            policy.check_loop(host, listening[1], [], listening)
+    else:
+        policy.check_loop(host, listening[1], [], listening)
+
+
+def test_connect_ports_default_and_any() -> None:
+    default = Policy(Config())
+    default.check_connect_port(443)
+    with pytest.raises(Forbidden, match="port 8443 is not allowed"):
+        default.check_connect_port(8443)
+    Policy(Config(connect_ports=(0,))).check_connect_port(8443)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "matches"),
+    [
+        ("example.com", "example.com", True),
+        ("example.com", "EXAMPLE.com.", True),
+        ("example.com", "www.example.com", False),
+        ("*.example.com", "www.example.com", True),
+        ("*.example.com", "a.b.example.com", True),
+        ("*.example.com", "example.com", False),
+        ("*.example.com", "badexample.com", False),
+        (r"re:^ads\d+\.", "ads12.tracker.net", True),
+        (r"re:^ads\d+\.", "myads1.tracker.net", False),
+    ],
+)
+def test_host_patterns(pattern: str, host: str, matches: bool) -> None:
+    assert parse_host_patterns([pattern])[0].matches(host) is matches
+
+
+def test_filter_modes_name_the_rule() -> None:
+    deny = Policy(Config(filter_hosts=("*.ads.example",)))
+    deny.check_host("example.org")
+    with pytest.raises(Forbidden, match=r"blocked by filter '\*\.ads\.example'"):
+        deny.check_host("x.ads.example")
+    allow = Policy(Config(filter_hosts=("127.0.0.1", "localhost"), filter_mode="allow"))
+    allow.check_host("localhost")
+    with pytest.raises(Forbidden, match="not in the allowed host filters"):
+        allow.check_host("accounts.example.com")
+
+
+def test_bad_regex_filter_is_refused() -> None:
+    with pytest.raises(ValueError, match="bad regular expression"):
+        parse_host_patterns(["re:(unclosed"])
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_open_listener_without_allow_rule_or_auth_is_refused(host: str) -> None:
+    with pytest.raises(ValueError, match="--allow CIDR"):
+        check_exposure(Config(host=host))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(host="127.0.0.1"),
+        Config(host="::1"),
+        Config(host="0.0.0.0", allow=("10.0.0.0/8",)),
+        Config(host="0.0.0.0", basic_auth=("u:p",)),
+    ],
+)
+def test_loopback_or_deliberately_opened_listener_is_accepted(config: Config) -> None:
+    check_exposure(config)

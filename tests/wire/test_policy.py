@@ -1,0 +1,181 @@
+"""Access control end to end: ACL, proxy auth, CONNECT ports, host filters, loops, XFF."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from tinyproxy_py import ProxyServer
+
+from ..origin import OriginServer, pattern_bytes
+from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, Response, client_env, get, proxy_process, recv_all
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["curl", "-sS", *args], capture_output=True, env=client_env(), timeout=MUST_NOT_EXPIRE, check=False
+    )
+
+
+def connect(proxy: ProxyServer, target: str) -> Response:
+    """A CONNECT the proxy refuses: its answer has a Content-Length body, parsed like a GET's."""
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        return Response(sock)
+
+
+def test_client_outside_the_allow_list_gets_403(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(allow=("10.0.0.0/8",))
+    response = get(proxy.address, origin.url("/bytes/1"))
+    assert response.status == 403
+    assert response.header("X-Tinyproxy-Py-Cause") == "acl"
+    assert origin.requests == []
+
+
+def test_deny_rule_beats_allow_rule_over_ipv6(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    allowed = make_proxy(host="::1")
+    assert get(allowed.address, origin.url("/bytes/3")).body == pattern_bytes(3)
+    denied = make_proxy(host="::1", allow=("::/0",), deny=("::1",))
+    assert get(denied.address, origin.url("/bytes/3")).status == 403
+
+
+def test_curl_with_wrong_password_gets_407_and_right_one_200(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(basic_auth=("u:right",), auth_realm="test realm")
+    host, port = proxy.address
+    wrong = curl("-i", "-x", f"http://u:wrong@{host}:{port}", origin.url("/bytes/4"))
+    assert wrong.stdout.startswith(b"HTTP/1.1 407")
+    assert b'Proxy-Authenticate: Basic realm="test realm"' in wrong.stdout
+    missing = curl("-i", "-x", f"http://{host}:{port}", origin.url("/bytes/4"))
+    assert missing.stdout.startswith(b"HTTP/1.1 407")
+    right = curl("--fail", "-x", f"http://u:right@{host}:{port}", origin.url("/headers"))
+    assert right.returncode == 0
+    seen = {name.lower() for name, _ in json.loads(right.stdout)["headers"]}
+    assert "proxy-authorization" not in seen
+    assert len(origin.requests) == 1
+
+
+def test_connect_requires_credentials_too(
+    make_proxy: Callable[..., ProxyServer], tls_origin: OriginServer, ca_file: object
+) -> None:
+    proxy = make_proxy(basic_auth=("u:p",))
+    host, port = proxy.address
+    url = tls_origin.url("/bytes/6", host="localhost")
+    refused = curl("-p", "-x", f"http://{host}:{port}", "--cacert", str(ca_file), url)
+    assert refused.returncode != 0 and b"407" in refused.stderr
+    accepted = curl("--fail", "-p", "-x", f"http://u:p@{host}:{port}", "--cacert", str(ca_file), url)
+    assert accepted.returncode == 0 and accepted.stdout == pattern_bytes(6)
+
+
+def test_connect_to_a_port_not_allowed_gets_403(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(connect_ports=(443,))
+    response = connect(proxy, f"127.0.0.1:{origin.port}")
+    assert response.status == 403
+    assert f"port {origin.port} is not allowed".encode() in response.body
+
+
+def test_filtered_host_refused_over_http_and_connect(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(filter_hosts=("localhost",))
+    blocked = get(proxy.address, origin.url("/bytes/1", host="localhost"))
+    assert blocked.status == 403
+    assert b"blocked by filter 'localhost'" in blocked.body
+    assert connect(proxy, f"localhost:{origin.port}").status == 403
+    assert get(proxy.address, origin.url("/bytes/1")).status == 200  # 127.0.0.1 is not filtered
+    assert len(origin.requests) == 1
+
+
+def test_allow_mode_refuses_every_other_host(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(filter_hosts=("127.0.0.1",), filter_mode="allow")
+    assert get(proxy.address, origin.url("/bytes/1")).status == 200
+    assert get(proxy.address, origin.url("/bytes/1", host="localhost")).status == 403
+
+
+def test_request_aimed_at_the_proxy_itself_gets_508_and_serving_goes_on(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy()
+    host, port = proxy.address
+    started = time.monotonic()
+    assert get(proxy.address, f"http://{host}:{port}/").status == 508
+    assert connect(proxy, f"localhost:{port}").status == 508
+    assert time.monotonic() - started < EXPIRE_SOON
+    assert get(proxy.address, origin.url("/bytes/2")).status == 200
+
+
+def test_request_carrying_our_via_token_gets_508(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy()
+    response = get(proxy.address, origin.url("/bytes/1"), headers=f"Via: 1.1 {proxy.pseudonym}\r\n")
+    assert response.status == 508
+    assert origin.requests == []
+
+
+def test_two_chained_instances_are_not_a_loop(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    first, second = make_proxy(), make_proxy()
+    via = f"Via: 1.1 {first.pseudonym}\r\n"
+    assert get(second.address, origin.url("/bytes/1"), headers=via).status == 200
+
+
+def test_forwarded_for_is_off_by_default_and_appends_when_on(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    def seen(proxy: ProxyServer, headers: str = "") -> dict[str, str]:
+        body = get(proxy.address, origin.url("/headers"), headers=headers).body
+        return {k.lower(): v for k, v in json.loads(body)["headers"]}
+
+    assert "x-forwarded-for" not in seen(make_proxy())
+    on = make_proxy(forwarded_for=True)
+    assert seen(on)["x-forwarded-for"] == "127.0.0.1"
+    assert seen(on, "X-Forwarded-For: 192.0.2.1\r\n")["x-forwarded-for"] == "192.0.2.1, 127.0.0.1"
+
+
+def test_via_can_be_disabled(make_proxy: Callable[..., ProxyServer], origin: OriginServer) -> None:
+    proxy = make_proxy(via_name="")
+    response = get(proxy.address, origin.url("/headers"))
+    assert "via" not in {k.lower() for k, _ in json.loads(response.body)["headers"]}
+    assert response.header("Via") is None
+
+
+def test_serve_on_all_interfaces_refuses_without_allow_or_auth() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyproxy_py", "serve", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=MUST_NOT_EXPIRE,
+        env=client_env(),
+    )
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in result.stderr
+    assert "--allow" in result.stderr
+
+
+def test_serve_on_all_interfaces_starts_with_an_allow_rule_or_auth(origin: OriginServer) -> None:
+    for opening in (["--allow", "10.0.0.0/8"], ["--basic-auth", "u:p"]):
+        with proxy_process("--host", "0.0.0.0", *opening) as (proc, url):
+            assert url.startswith("http://0.0.0.0:")
+        assert proc.returncode == 0
+
+
+def test_denied_client_connection_is_closed_after_403(make_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = make_proxy(allow=("10.0.0.0/8",))
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        data = recv_all(sock)
+    assert data.startswith(b"HTTP/1.1 403")

@@ -1,0 +1,194 @@
+"""Who may use the proxy, and for what: client ACL, proxy auth, CONNECT ports, host filters, loops.
+
+Pure decisions on plain values: this module does no I/O, so every rule is tested with
+plain function calls. Each check returns None to admit, or raises the ProxyError the
+client should get (403, 407, 508).
+
+Precedence, in the order the handler applies the checks:
+1. client address: a matching deny rule refuses; otherwise a matching allow rule admits;
+   no match refuses. The default allow list is loopback only.
+2. credentials (when users are configured), for CONNECT as for plain requests.
+3. loop: our own Via token in the request, or a target that is our own listening address.
+4. CONNECT port: must be in the allowed list (0 in the list allows every port).
+5. host filter: deny mode refuses listed hosts; allow mode admits only listed hosts.
+Imports: errors, config.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .config import Config, parse_credential
+from .errors import Forbidden, LoopDetected, ProxyAuthRequired
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def parse_networks(rules: Iterable[str]) -> tuple[Network, ...]:
+    """'10.0.0.0/8', '::1', '192.168.1.7' → networks; raises ValueError naming a bad rule."""
+    networks = []
+    for rule in rules:
+        try:
+            networks.append(ipaddress.ip_network(rule.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an address or CIDR block: {rule!r}") from None
+    return tuple(networks)
+
+
+def _client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d
+    return ip
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """One host filter: 'example.com' (exact), '*.example.com' (subdomains), 're:REGEX'."""
+
+    text: str
+
+    def matches(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        if self.text.startswith("re:"):
+            return re.search(self.text[3:], host, re.IGNORECASE) is not None
+        pattern = self.text.lower()
+        if pattern.startswith("*."):
+            return host.endswith(pattern[1:])
+        return host == pattern
+
+
+def parse_host_patterns(patterns: Iterable[str]) -> tuple[HostPattern, ...]:
+    result = []
+    for text in patterns:
+        if text.startswith("re:"):
+            try:
+                re.compile(text[3:])
+            except re.error as exc:
+                raise ValueError(f"bad regular expression in host filter {text!r}: {exc}") from None
+        elif not text or " " in text:
+            raise ValueError(f"bad host filter {text!r}")
+        result.append(HostPattern(text))
+    return tuple(result)
+
+
+def _digest(user: str, password: str) -> bytes:
+    return hashlib.sha256(f"{user}:{password}".encode()).digest()
+
+
+class Policy:
+    """The admission rules of one proxy instance, compiled once from its Config."""
+
+    def __init__(self, config: Config, *, users: Iterable[tuple[str, str]] = (), via_token: str = "") -> None:
+        self.config = config
+        self.allow = parse_networks(config.allow)
+        self.deny = parse_networks(config.deny)
+        self.filters = parse_host_patterns(config.filter_hosts)
+        inline = tuple(parse_credential(text) for text in config.basic_auth)
+        self._digests = tuple(_digest(user, password) for user, password in (*inline, *users))
+        self.challenge = f'Basic realm="{config.auth_realm}"'
+        self.via_token = via_token
+
+    @property
+    def requires_auth(self) -> bool:
+        return bool(self._digests)
+
+    def check_client(self, address: str) -> None:
+        ip = _client_ip(address)
+        for network in self.deny:
+            if ip in network:
+                raise Forbidden(f"client {address} is denied by rule {network}", cause="acl")
+        if not any(ip in network for network in self.allow):
+            raise Forbidden(f"client {address} is not in the allow list", cause="acl")
+
+    def check_credentials(self, proxy_authorization: str | None) -> None:
+        """Basic credentials, compared in constant time against every configured user."""
+        if not self._digests:
+            return
+        offered = _decode_basic(proxy_authorization)
+        digest = _digest(*offered) if offered else b""
+        matched = False
+        for known in self._digests:  # no early exit: timing does not tell which user matched
+            matched |= hmac.compare_digest(digest, known)
+        if not matched:
+            raise ProxyAuthRequired(
+                "proxy credentials missing or wrong", headers=(("Proxy-Authenticate", self.challenge),)
+            )
+
+    def check_loop(self, host: str, port: int, via_values: Iterable[str], listening: tuple[str, int]) -> None:
+        if self.via_token and any(self.via_token in value for value in via_values):
+            raise LoopDetected("the request has already passed through this proxy")
+        if port == listening[1] and _is_self(host, listening[0]):
+            raise LoopDetected(f"{host}:{port} is this proxy itself")
+
+    def check_connect_port(self, port: int) -> None:
+        if 0 not in self.config.connect_ports and port not in self.config.connect_ports:
+            allowed = ", ".join(map(str, self.config.connect_ports))
+            raise Forbidden(
+                f"CONNECT to port {port} is not allowed (allowed: {allowed})", cause="connect-port"
+            )
+
+    def check_host(self, host: str) -> None:
+        if not self.filters:
+            return
+        matched = next((p for p in self.filters if p.matches(host)), None)
+        if self.config.filter_mode == "deny" and matched is not None:
+            raise Forbidden(f"host {host} is blocked by filter {matched.text!r}", cause="filtered")
+        if self.config.filter_mode == "allow" and matched is None:
+            raise Forbidden(f"host {host} is not in the allowed host filters", cause="filtered")
+
+
+def _decode_basic(header: str | None) -> tuple[str, str] | None:
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, colon, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if colon else None
+
+
+def _is_self(host: str, listening_host: str) -> bool:
+    """Whether `host` names the address we listen on (without asking DNS)."""
+    if host.lower() in LOOPBACK_NAMES:
+        host = "127.0.0.1"
+    try:
+        ip = _client_ip(host)
+        bound = ipaddress.ip_address(listening_host)
+    except ValueError:
+        return False
+    if bound.is_unspecified:
+        return ip.is_loopback or ip.is_unspecified
+    return ip == bound or (ip.is_loopback and bound.is_loopback)
+
+
+def check_exposure(config: Config, *, has_users: bool = False) -> None:
+    """Refuse a listener beyond loopback that only loopback clients could use and nobody guards.
+
+    Binding 0.0.0.0 while the allow list is loopback only is almost always a mistake, and
+    opening it wider must be a deliberate choice: an --allow rule, or authentication.
+    """
+    try:
+        bound = ipaddress.ip_address(config.host)
+    except ValueError:
+        return  # a host name: it was resolved by the OS when binding; nothing to judge here
+    if bound.is_loopback:
+        return
+    wider = any(not network.is_loopback for network in parse_networks(config.allow))
+    if not wider and not (config.basic_auth or has_users):
+        raise ValueError(
+            f"refusing to listen on {config.host}: only loopback clients are allowed and no "
+            "authentication is configured. Open it deliberately with --allow CIDR for the "
+            "clients that may use it (--allow 0.0.0.0/0 for everyone) and/or --basic-auth USER:PASSWORD."
+        )
