@@ -30,21 +30,25 @@ class ClientConnection:
         self.draining = draining or threading.Event()  # set: the server is stopping
         self.buffer = bytearray()
         self.body_pending = False
+        self.body_bytes = 0  # of the current request, for the access log
         self.bytes_received = 0
         self.bytes_sent = 0
 
     def read_head(self, idle_timeout: float) -> RequestHead | None:
         """The next request head, or None if the client closed or idled out between requests."""
         deadline: float | None = None
+        self.body_bytes = 0
+        fresh: bytes | None = None  # None: the buffer holds bytes of a pipelined request
         while True:
             if self.buffer:
                 if deadline is None:
                     deadline = time.monotonic() + self.config.header_timeout
-                parsed = parse_request_head(self.buffer, self.config)
-                if parsed is not None:
-                    head, used = parsed
-                    del self.buffer[:used]
-                    return head
+                if self._worth_parsing(fresh):
+                    parsed = parse_request_head(self.buffer, self.config)
+                    if parsed is not None:
+                        head, used = parsed
+                        del self.buffer[:used]
+                        return head
             timeout = idle_timeout if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
                 raise RequestTimeout("request head not complete before the header deadline")
@@ -53,9 +57,22 @@ class ClientConnection:
                 return None
             if not data:
                 if self.buffer:
+                    parse_request_head(self.buffer, self.config)  # a malformed head gets its answer
                     raise Aborted("client closed the connection mid-head")
                 return None
             self.buffer += data
+            fresh = data
+
+    def _worth_parsing(self, fresh: bytes | None) -> bool:
+        """Whether the parser could decide more now than before `fresh` arrived.
+
+        A head completes (or shows a bad line end) only with CR or LF, and a limit is
+        crossed only by the head's size or its last line's length: re-parsing after any other read would cost
+        O(n^2) for a client that feeds a byte at a time.
+        """
+        if fresh is None or b"\n" in fresh or b"\r" in fresh or len(self.buffer) > self.config.max_head_bytes:
+            return True
+        return len(self.buffer) - self.buffer.rfind(b"\n") - 1 > self.config.max_line_bytes
 
     def _recv(self, timeout: float, *, idle_ok: bool) -> bytes | None:
         self.sock.settimeout(timeout)
@@ -77,12 +94,13 @@ class ClientConnection:
         not be reused: the rest of the body is still on the wire.
         """
         self.body_pending = True
+        self.body_bytes = 0
         if head.expect_continue:
             self.send(CONTINUE)
-        if head.chunked:
-            yield from self._chunked_body()
-        elif head.content_length:
-            yield from self._sized_body(head.content_length)
+        pieces = self._chunked_body() if head.chunked else self._sized_body(head.content_length or 0)
+        for piece in pieces:
+            self.body_bytes += len(piece)
+            yield piece
         self.body_pending = False
 
     def _sized_body(self, remaining: int) -> Iterator[bytes]:

@@ -4,12 +4,16 @@ Strategy (after h11): a parser is handed the bytes received so far and either
 1) returns a parsed head and how many bytes it used, 2) returns None, meaning
 "I need more data", or 3) raises a ProxyError whose status is the answer.
 Rules: strict RFC 9112 (lenient parsing is how smuggling happens); every input
-is bounded by a limit from Config; this module knows no sockets.
+is bounded by a limit from Config; this module knows no sockets. The head parser
+keeps no state and rescans the buffer on each call, so its checks on a partial head
+are C-level scans (find/count); a head fed a byte per call still costs O(n^2), which
+max_head_bytes and the header deadline bound.
 Imports: errors, config.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,22 +24,34 @@ from .errors import (
     ExpectationFailed,
     HeadTooLarge,
     NotImplementedByProxy,
+    UpstreamError,
     URITooLong,
     VersionNotSupported,
 )
 
 Headers = list[tuple[str, str]]
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = re.compile(_TCHAR.encode() + rb"+")
+_TOKEN_TEXT = re.compile(_TCHAR + "+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
-_TARGET = re.compile(rb"[\x21-\x7e]+")
+_FIELD_TEXT = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# Visible ASCII without "#": a request-target never carries a fragment (RFC 9112 §3.2).
+_TARGET = re.compile(rb"[\x21\x22\x24-\x7e]+")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _HOST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\]")
 _PORT = re.compile(r"[0-9]{1,5}")
 _AUTHORITY_AND_TAIL = re.compile(r"([^/?#]*)(.*)", re.DOTALL)
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
+_BLANK_LINES = re.compile(rb"(?:\r\n)*")
+_OBS_FOLD_TEXT = re.compile(r"\r?\n[ \t]+")
+# chunk = chunk-size [ chunk-ext ] CRLF; chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ),
+# value = token / quoted-string (RFC 9112 §7.1.1). Anything else is refused, not skipped.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)(.*)", re.DOTALL)
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_EXT = re.compile(
+    rb"(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*" % (_TOKEN.pattern, _TOKEN.pattern, _QUOTED)
+)
 
 HOP_BY_HOP = frozenset(
     {
@@ -100,15 +116,19 @@ def parse_request_head(buf: bytes | bytearray, limits: Config) -> tuple[RequestH
     """Parse one request head from the front of `buf`.
 
     Returns (head, bytes used) or None when more bytes are needed. Raises a ProxyError
-    for anything malformed or over a limit, as early as the bytes seen allow.
+    for anything malformed or over a limit, as early as the bytes seen allow. Empty
+    lines before the request line are skipped (RFC 9112 §2.2: some clients send a CRLF
+    after a body) but count towards the head's size, so they cannot grow without bound.
     """
-    end = buf.find(b"\r\n\r\n", 0, limits.max_head_bytes + 4)
+    blank = _BLANK_LINES.match(buf)
+    start = blank.end() if blank else 0
+    # The terminator must end within max_head_bytes: only then is the head within the limit.
+    end = buf.find(b"\r\n\r\n", start, limits.max_head_bytes)
     if end < 0:
-        _check_incomplete(buf, limits)
+        _check_incomplete(buf, start, limits)
         return None
-    raw = bytes(buf[: end + 2])
-    _check_line_endings(raw)
-    lines = raw.split(b"\r\n")[:-1]
+    _check_line_endings(buf, start, end + 2)
+    lines = bytes(buf[start : end + 2]).split(b"\r\n")[:-1]
     if len(lines[0]) > limits.max_line_bytes:
         raise URITooLong(f"request line longer than {limits.max_line_bytes} bytes")
     method, target, version = _parse_request_line(lines[0])
@@ -118,25 +138,39 @@ def parse_request_head(buf: bytes | bytearray, limits: Config) -> tuple[RequestH
     head = RequestHead(method, target, version, headers)
     _apply_target(head)
     _apply_framing(head)
+    _check_host(head)
     _apply_connection(head)
     return head, end + 4
 
 
-def _check_incomplete(buf: bytes | bytearray, limits: Config) -> None:
-    """Fail early on a partial head that can already never be valid."""
-    line_end = buf.find(b"\r\n", 0, limits.max_line_bytes + 2)
-    if line_end < 0 and len(buf) > limits.max_line_bytes + 1:
+def _check_incomplete(buf: bytes | bytearray, start: int, limits: Config) -> None:
+    """Fail early on a partial head that can already never be valid.
+
+    Without this a client could hold a thread until the header deadline with a head
+    that was doomed from its first bytes (a lone LF, a 1 MB request line).
+    """
+    line_end = buf.find(b"\r\n", start, start + limits.max_line_bytes + 2)
+    if line_end < 0 and len(buf) - start > limits.max_line_bytes + 1:
         raise URITooLong(f"request line longer than {limits.max_line_bytes} bytes")
     if len(buf) > limits.max_head_bytes:
         raise HeadTooLarge(f"request head larger than {limits.max_head_bytes} bytes")
-    _check_line_endings(bytes(buf[:-1]) if buf.endswith(b"\r") else bytes(buf))
+    # A final CR may be the first half of a CRLF still in flight.
+    crlf = _check_line_endings(buf, start, len(buf) - 1 if buf.endswith(b"\r") else len(buf))
+    if crlf > limits.max_headers + 1:
+        raise HeadTooLarge(f"more than {limits.max_headers} header fields")
 
 
-def _check_line_endings(raw: bytes) -> None:
-    if _BARE_LF.search(raw):
+def _check_line_endings(buf: bytes | bytearray, start: int, stop: int) -> int:
+    """Every CR and every LF in buf[start:stop] is part of a CRLF (RFC 9112 §2.2).
+
+    Returns the number of CRLFs, that is of complete lines.
+    """
+    crlf = buf.count(b"\r\n", start, stop)
+    if buf.count(b"\n", start, stop) != crlf:
         raise BadRequest("line ending without CR")
-    if _BARE_CR.search(raw):
+    if buf.count(b"\r", start, stop) != crlf:
         raise BadRequest("bare CR in request head")
+    return crlf
 
 
 def _parse_request_line(line: bytes) -> tuple[str, str, str]:
@@ -147,7 +181,7 @@ def _parse_request_line(line: bytes) -> tuple[str, str, str]:
     if not _TOKEN.fullmatch(method):
         raise BadRequest("method is not a token")
     if not _TARGET.fullmatch(target):
-        raise BadRequest("request target has characters outside visible ASCII")
+        raise BadRequest("request target is not visible ASCII, or has a fragment")
     match = _VERSION.fullmatch(version)
     if match is None:
         raise BadRequest("malformed HTTP version")
@@ -189,7 +223,6 @@ def _apply_target(head: RequestHead) -> None:
         raise BadRequest("userinfo in request target")
     head.scheme = scheme
     head.host, head.port = parse_authority(authority, default_port=DEFAULT_PORTS[scheme])
-    tail = tail.partition("#")[0]
     head.path = ("/" + tail if tail.startswith("?") else tail) or "/"
 
 
@@ -207,7 +240,7 @@ def parse_authority(authority: str, default_port: int | None) -> tuple[str, int]
         has_port = bool(colon)
         if not has_port:
             host = authority
-    if not host or not _HOST.fullmatch(host):
+    if not host or not _HOST.fullmatch(host) or not _valid_ip_literal(host):
         raise BadRequest(f"bad host in {authority!r}")
     if not has_port:
         if default_port is None:
@@ -218,14 +251,29 @@ def parse_authority(authority: str, default_port: int | None) -> tuple[str, int]
     return host.strip("[]"), int(port_text)
 
 
+def _valid_ip_literal(host: str) -> bool:
+    """A bracketed host must be an IPv6 address (IPvFuture is not dialable)."""
+    if not host.startswith("["):
+        return True
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        return False
+    return True
+
+
 def _values(headers: Headers, name: str) -> list[str]:
-    """All comma-separated list members of header `name`, lower-cased and trimmed."""
+    """All comma-separated list members of header `name`, lower-cased and trimmed.
+
+    Only OWS (SP, HTAB) is trimmed: str.strip() would also eat NBSP and NEL, and
+    "chunked\xa0" must not pass for "chunked".
+    """
     return [
-        item.strip().lower()
+        item.strip(" \t").lower()
         for key, value in headers
         if key.lower() == name
         for item in value.split(",")
-        if item.strip()
+        if item.strip(" \t")
     ]
 
 
@@ -233,25 +281,48 @@ def _apply_framing(head: RequestHead) -> None:
     """RFC 9112 §6: decide how the body is delimited, refusing anything ambiguous."""
     has_te = any(k.lower() == "transfer-encoding" for k, _ in head.headers)
     lengths = [v for k, v in head.headers if k.lower() == "content-length"]
+    if has_te and lengths:
+        # Two framings are how requests are smuggled (RFC 9112 §6.3): never pick one.
+        raise BadRequest("both Content-Length and Transfer-Encoding")
     if has_te:
-        if lengths:
-            raise BadRequest("both Content-Length and Transfer-Encoding")
-        if head.version == "HTTP/1.0":
-            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-        codings = _values(head.headers, "transfer-encoding")
-        if not codings or codings[-1] != "chunked":
-            raise NotImplementedByProxy("final transfer coding is not chunked")
-        if len(codings) > 1:
-            raise NotImplementedByProxy("transfer codings other than chunked")
-        head.chunked = True
+        _apply_transfer_encoding(head)
     elif lengths:
-        members = {item.strip() for value in lengths for item in value.split(",")}
-        if len(members) != 1 or not _DIGITS.fullmatch(next(iter(members))):
-            raise BadRequest("invalid or conflicting Content-Length")
-        head.content_length = int(members.pop())
+        head.content_length = _content_length(lengths)
+    if head.method == "CONNECT" and head.has_body:
+        # CONNECT has no content (RFC 9110 §9.3.6): these bytes would go down the tunnel.
+        raise BadRequest("CONNECT request with a body")
+
+
+def _apply_transfer_encoding(head: RequestHead) -> None:
+    if head.version == "HTTP/1.0":
+        raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    codings = _values(head.headers, "transfer-encoding")
+    if not codings or codings[-1] != "chunked":
+        raise NotImplementedByProxy("final transfer coding is not chunked")
+    if len(codings) > 1:
+        raise NotImplementedByProxy("transfer codings other than chunked")
+    head.chunked = True
+
+
+def _content_length(values: list[str]) -> int:
+    """One length; a list of identical values is that value (RFC 9110 §8.6)."""
+    members = {item.strip(" \t") for value in values for item in value.split(",")}
+    if len(members) != 1 or not _DIGITS.fullmatch(next(iter(members))):
+        raise BadRequest("invalid or conflicting Content-Length")
+    return int(members.pop())
+
+
+def _check_host(head: RequestHead) -> None:
+    """RFC 9112 §3.2: one Host (required in HTTP/1.1), and its value a valid authority.
+
+    The proxy replaces Host with the target's authority, but a request whose Host is
+    invalid or doubled is refused so that no hop downstream can read it differently.
+    """
     hosts = [v for k, v in head.headers if k.lower() == "host"]
     if len(hosts) > 1 or (head.version == "HTTP/1.1" and not hosts):
         raise BadRequest("an HTTP/1.1 request needs exactly one Host header")
+    if hosts and hosts[0]:
+        parse_authority(hosts[0], default_port=DEFAULT_PORTS["http"])
 
 
 def _apply_connection(head: RequestHead) -> None:
@@ -284,9 +355,29 @@ def via_value(version: str, pseudonym: str) -> str:
 
 
 def response_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """Serialise a response head for the client, refusing what would corrupt its framing.
+
+    The fields come from the origin through http.client, which keeps obs-fold line breaks
+    and lets a bare CR through: relayed as they are, they would let an origin split the
+    response. Raises UpstreamError (502) for a field that cannot be made safe.
+    """
+    if not 100 <= status <= 999:
+        raise UpstreamError(f"invalid status code {status}", cause="upstream-protocol")
+    if not _FIELD_TEXT.fullmatch(reason):
+        reason = ""  # the reason phrase is optional and clients ignore it (RFC 9112 §4)
     lines = [f"HTTP/1.1 {status} {reason}"]
-    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.extend(f"{name}: {_response_value(name, value)}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _response_value(name: str, value: str) -> str:
+    if not _TOKEN_TEXT.fullmatch(name):
+        raise UpstreamError(f"response header name {name!r} is not a token", cause="upstream-protocol")
+    # RFC 9112 §5.2: a proxy replaces each obs-fold with SP before forwarding.
+    value = _OBS_FOLD_TEXT.sub(" ", value).strip(" \t")
+    if not _FIELD_TEXT.fullmatch(value):
+        raise UpstreamError(f"control character in response header {name}", cause="upstream-protocol")
+    return value
 
 
 def chunk(data: bytes | bytearray | memoryview) -> list[bytes | bytearray | memoryview]:
@@ -323,7 +414,7 @@ class ChunkedDecoder:
         while not self.done and self._step(out):
             pass
         if self.done:
-            self.unused = bytes(self._buf)
+            self.unused += bytes(self._buf)  # bytes fed after the end belong to what follows
             self._buf.clear()
         return out
 
@@ -368,13 +459,12 @@ class ChunkedDecoder:
         return line
 
     def _parse_size(self, line: bytes) -> int:
-        size, _, extensions = line.partition(b";")
-        size = size.rstrip(b" \t")
-        if not size or len(size) > self.MAX_SIZE_DIGITS or not _is_hex(size):
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None or len(match.group(1)) > self.MAX_SIZE_DIGITS:
             raise BadRequest("invalid chunk size")
-        if extensions and not _FIELD_VALUE.fullmatch(extensions):
-            raise BadRequest("control character in chunk extension")
-        return int(size, 16)
+        if not _CHUNK_EXT.fullmatch(match.group(2)):
+            raise BadRequest("malformed chunk extension")
+        return int(match.group(1), 16)
 
     def _trailer_line(self, line: bytes) -> None:
         if not line:
@@ -382,9 +472,5 @@ class ChunkedDecoder:
             return
         self._trailer_bytes += len(line) + 2
         if self._trailer_bytes > self._max_trailer:
-            raise BadRequest("trailer section too large")
+            raise HeadTooLarge(f"trailer section larger than {self._max_trailer} bytes")
         _parse_field(line)
-
-
-def _is_hex(text: bytes) -> bool:
-    return all(c in b"0123456789abcdefABCDEF" for c in text)
