@@ -8,19 +8,25 @@ linger once one side has sent EOF (idle), or the hub stops (shutdown).
 Memory is bounded: bytes are read into one shared buffer and sent on at once; only an
 unsent tail is kept, per direction, and while a direction holds a tail the hub stops
 reading its source (backpressure). So a tunnel holds at most one buffer's worth per
-direction, and an idle tunnel holds none. This module knows nothing of HTTP.
+direction (plus the bytes the client sent with its CONNECT), and an idle tunnel none.
+The bookkeeping (`Flow`, `TunnelState`) touches no socket and no clock; the hub does the
+I/O and asks the state what to wait for. This module knows nothing of HTTP.
 Imports: errors, config, stats; socket, selectors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import Config
 from .errors import Overloaded, UpstreamError, UpstreamTimeout
@@ -28,8 +34,14 @@ from .stats import Stats
 
 log = logging.getLogger(__name__)
 
-BUFFER_SIZE = 256 * 1024
-_READS_PER_EVENT = 4
+# One recv's worth, and so the most a direction ever holds back. Measured on loopback
+# (scripts/measure_tunnels.py): a single stream runs at ~0.4 of a direct connection with
+# 256 KiB, ~0.5 with 512 KiB, little more beyond, as per-event Python overhead shrinks.
+# Worst case, every tunnel stalled on a full read: max_tunnels x 2 x this. Idle: nothing.
+BUFFER_SIZE = 512 * 1024
+_READS_PER_EVENT = 4  # then let other tunnels have a turn
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 def dial(host: str, port: int, timeout: float) -> socket.socket:
@@ -48,69 +60,144 @@ def dial(host: str, port: int, timeout: float) -> socket.socket:
 
 @dataclass
 class Flow:
-    """One direction of a tunnel: bytes from `src` to `dst`."""
+    """One direction of a tunnel, without its sockets: what is held back, how far it got."""
 
-    src: socket.socket
-    dst: socket.socket
-    tail: memoryview | None = None
-    eof: bool = False
-    shut: bool = False
-    bytes: int = 0
+    tail: memoryview | None = None  # read from the source, not yet taken by the destination
+    eof: bool = False  # the source sent EOF
+    shut: bool = False  # ... and it was passed on: the destination is shut down for writing
+    bytes: int = 0  # read from the source so far
 
     @property
     def wants_read(self) -> bool:
+        """Read the source only while nothing is held back (backpressure)."""
         return not self.eof and self.tail is None
 
     @property
+    def wants_write(self) -> bool:
+        return self.tail is not None
+
+    @property
+    def should_shut(self) -> bool:
+        """The EOF is due to the destination: everything read before it has been sent."""
+        return self.eof and self.tail is None and not self.shut
+
+    @property
+    def held(self) -> int:
+        return 0 if self.tail is None else len(self.tail)
+
+    def sent(self, count: int) -> None:
+        """`count` bytes of the tail were taken by the destination."""
+        assert self.tail is not None
+        self.tail = self.tail[count:] if count < len(self.tail) else None
+
+
+@dataclass(eq=False)
+class TunnelState:
+    """Both directions and the clock of one tunnel; `up` is client to upstream."""
+
+    opened: float
+    up: Flow = field(default_factory=Flow)
+    down: Flow = field(default_factory=Flow)
+    last_active: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last_active = self.opened
+
+    def interest(self) -> tuple[int, int]:
+        """Selector events for (client, upstream): read a side while its flow has room,
+        write it while the opposite flow holds bytes for it."""
+        return _mask(self.up, self.down), _mask(self.down, self.up)
+
+    @property
     def finished(self) -> bool:
-        return self.shut
+        """Both EOFs have been passed on: nothing is left to do."""
+        return self.up.shut and self.down.shut
+
+    @property
+    def half_closed(self) -> bool:
+        return self.up.eof or self.down.eof
+
+    @property
+    def held(self) -> int:
+        return self.up.held + self.down.held
+
+    def deadline(self, idle_timeout: float, linger: float) -> float:
+        return self.last_active + (linger if self.half_closed else idle_timeout)
+
+    def expired(self, now: float, idle_timeout: float, linger: float) -> bool:
+        return now >= self.deadline(idle_timeout, linger)
+
+
+def _mask(inbound: Flow, outbound: Flow) -> int:
+    return (READ if inbound.wants_read else 0) | (WRITE if outbound.wants_write else 0)
 
 
 @dataclass(eq=False)
 class Tunnel:
+    """The hub's record of one tunnel: its sockets, its state, what is registered."""
+
     client: socket.socket
     upstream: socket.socket
-    label: str
-    up: Flow = field(init=False)
-    down: Flow = field(init=False)
-    opened: float = field(default_factory=time.monotonic)
-    last_active: float = field(default_factory=time.monotonic)
-    masks: dict[int, int] = field(default_factory=dict)
+    client_name: str
+    target: str
+    state: TunnelState
+    masks: list[int] = field(default_factory=lambda: [0, 0])  # registered: client, upstream
+    closed: bool = False
 
-    def __post_init__(self) -> None:
-        self.up = Flow(self.client, self.upstream)
-        self.down = Flow(self.upstream, self.client)
+    def sides(self, sock: socket.socket) -> tuple[Flow, Flow, socket.socket]:
+        """(the flow `sock` feeds, the flow that feeds `sock`, the other socket)."""
+        if sock is self.client:
+            return self.state.up, self.state.down, self.upstream
+        return self.state.down, self.state.up, self.client
 
-    def flows_from(self, sock: socket.socket) -> tuple[Flow, Flow]:
-        """(the flow `sock` reads into, the flow `sock` writes out of)."""
-        return (self.up, self.down) if sock is self.client else (self.down, self.up)
 
-    def deadline(self, config: Config) -> float:
-        half_closed = self.up.eof or self.down.eof
-        return self.last_active + (config.tunnel_linger if half_closed else config.tunnel_idle_timeout)
+@dataclass(frozen=True)
+class ClosedTunnel:
+    """How one tunnel ended: what the close log line says, as data."""
+
+    client: str
+    target: str
+    duration: float
+    bytes_up: int
+    bytes_down: int
+    reason: str  # eof, reset, idle, shutdown or error (a bug: logged with its traceback)
+    detail: str = ""
+
+
+RECENT_CLOSED = 50  # closed tunnels kept for the stats page
 
 
 class TunnelHub:
-    """The single thread that shuttles bytes for every open tunnel."""
+    """The single thread that shuttles bytes for every open tunnel.
 
-    def __init__(self, config: Config, stats: Stats) -> None:
-        self.config = config
+    `on_close`, if given, is called on the hub thread with each ClosedTunnel: keep it
+    quick, and do not block (an exception from it is logged and ignored).
+    """
+
+    def __init__(
+        self, config: Config, stats: Stats, on_close: Callable[[ClosedTunnel], None] | None = None
+    ) -> None:
+        self.config = config  # may be replaced on reload; read afresh on every sweep
         self.stats = stats
-        self._lock = threading.Lock()
+        self.on_close = on_close
+        self._lock = threading.Lock()  # guards _incoming, _count, _stopping, _closed, _tunnels, _recent
         self._incoming: deque[Tunnel] = deque()
         self._count = 0
         self._stopping = False
+        self._closed = False
         self._tunnels: set[Tunnel] = set()
+        self._recent: deque[ClosedTunnel] = deque(maxlen=RECENT_CLOSED)
+        self._buffered = 0  # written by the hub thread only
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, READ, None)
         self._view = memoryview(bytearray(BUFFER_SIZE))
         self._thread = threading.Thread(target=self._run, name="tinyproxy-py-tunnels", daemon=True)
 
     def __repr__(self) -> str:
-        return f"<TunnelHub tunnels={self.count}>"
+        return f"<TunnelHub tunnels={self.count} buffered={self.buffered // 1024}KiB>"
 
     @property
     def count(self) -> int:
@@ -119,21 +206,66 @@ class TunnelHub:
             return self._count
 
     @property
+    def buffered(self) -> int:
+        """Bytes the hub holds back right now, over all tunnels (read-only, for tests and stats)."""
+        return self._buffered
+
+    @property
     def full(self) -> bool:
         return self.count >= self.config.max_tunnels
+
+    def open_tunnels(self) -> list[dict[str, Any]]:
+        """The open tunnels for the stats page: client, target, age, idle, bytes each way."""
+        now = time.monotonic()
+        with self._lock:
+            tunnels = list(self._tunnels)
+        return [
+            {
+                "client": t.client_name,
+                "target": t.target,
+                "age": now - t.state.opened,
+                "idle": max(0.0, now - t.state.last_active),
+                "bytes_up": t.state.up.bytes,
+                "bytes_down": t.state.down.bytes,
+            }
+            for t in sorted(tunnels, key=lambda t: t.state.opened)
+        ]
+
+    def closed_tunnels(self) -> list[dict[str, Any]]:
+        """The last RECENT_CLOSED tunnels to close, newest first."""
+        with self._lock:
+            recent = list(self._recent)
+        return [dataclasses.asdict(record) for record in reversed(recent)]
 
     def start(self) -> None:
         self._thread.start()
 
-    def adopt(self, client: socket.socket, upstream: socket.socket, pending: bytes, label: str) -> None:
+    def adopt(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        pending: bytes,
+        label: str = "",
+        *,
+        greeting: bytes = b"",
+    ) -> None:
         """Take ownership of both sockets; `pending` are client bytes already read.
 
-        All or nothing: if this raises (too many tunnels, hub stopping) the caller still
-        owns both sockets. After it returns, the caller must not touch either socket.
+        `label` reads "CLIENT -> TARGET" (default: both peers' addresses). `greeting` is
+        sent to the client before any upstream byte: passing the CONNECT answer here,
+        rather than sending it first, means a refused adoption has not told the client
+        yes. All or nothing: if this raises (too many tunnels, hub stopping) the caller
+        still owns both sockets, untouched. After it returns, the caller must not touch
+        either socket.
         """
-        tunnel = Tunnel(client, upstream, label)
+        state = TunnelState(time.monotonic())
         if pending:
-            tunnel.up.tail = memoryview(pending)
+            state.up.tail = memoryview(pending)
+            state.up.bytes = len(pending)  # the client's, read early by the caller
+        if greeting:
+            state.down.tail = memoryview(greeting)
+        client_name, _, target = (label or _label(client, upstream)).partition(" -> ")
+        tunnel = Tunnel(client, upstream, client_name, target or "?", state)
         with self._lock:
             if self._stopping:
                 raise Overloaded("proxy is shutting down", cause="shutdown")
@@ -141,42 +273,65 @@ class TunnelHub:
                 raise Overloaded(f"too many open tunnels (max {self.config.max_tunnels})")
             self._count += 1
             self._incoming.append(tunnel)
-        self.stats.adjust("tunnels", 1)
-        self._wake()
+            # Under the lock, so the hub cannot count the close before this open.
+            self.stats.adjust("tunnels", 1)
+            self._wake()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the loop and close every tunnel (reason: shutdown)."""
         with self._lock:
             self._stopping = True
-        if self._thread.is_alive():
             self._wake()
+        if self._thread.is_alive():
             self._thread.join(timeout)
-        else:
-            self._shutdown()
+            if self._thread.is_alive():
+                log.warning("tunnel hub did not stop within %.1f s", timeout)
+        elif self._thread.ident is None:
+            self._shutdown()  # never started: nothing else will
 
     def _wake(self) -> None:
+        # Called with the lock held: _shutdown closes the socket under the same lock, so
+        # this never writes to a descriptor number that has been closed and reused.
+        if self._closed:
+            return
         try:
             self._wake_w.send(b"\0")
         except BlockingIOError:
             pass  # a wake-up is already pending
 
+    # --- the loop (hub thread only from here on) ---
+
     def _run(self) -> None:
         try:
-            next_sweep = time.monotonic()
+            next_sweep = 0.0
             while not self._stopping:
-                for key, mask in self._selector.select(self._sweep_interval()):
+                for key, mask in self._selector.select(self._tick()):
                     if key.data is None:
                         self._take_incoming()
                     else:
-                        self._service(key.data, key.fileobj, mask)  # type: ignore[arg-type]
-                if time.monotonic() >= next_sweep:
-                    self._sweep()
-                    next_sweep = time.monotonic() + self._sweep_interval()
+                        self._guarded(self._service, key.data, key.fileobj, mask)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + self._tick()
+        except Exception:
+            log.exception("tunnel hub failed; closing every tunnel")
         finally:
             self._shutdown()
 
-    def _sweep_interval(self) -> float:
+    def _tick(self) -> float:
+        """How often deadlines are checked: a quarter of the shortest, at most 1 s."""
         return min(1.0, self.config.tunnel_idle_timeout / 4, self.config.tunnel_linger / 4)
+
+    def _guarded(self, step: Callable[..., None], tunnel: Tunnel, *args: Any) -> None:
+        """Run one tunnel's step; a bug in it closes that tunnel, never the hub."""
+        if tunnel.closed:
+            return  # closed earlier in this same batch of events
+        try:
+            step(tunnel, *args)
+        except Exception as exc:
+            log.exception("tunnel %s -> %s: unexpected error", tunnel.client_name, tunnel.target)
+            self._close(tunnel, "error", repr(exc))
 
     def _take_incoming(self) -> None:
         try:
@@ -186,118 +341,180 @@ class TunnelHub:
             pass
         with self._lock:
             adopted, self._incoming = list(self._incoming), deque()
+            self._tunnels.update(adopted)
         for tunnel in adopted:
-            tunnel.client.setblocking(False)
-            tunnel.upstream.setblocking(False)
-            self._tunnels.add(tunnel)
-            self._update_interest(tunnel)
+            self._buffered += tunnel.state.held
+            self._guarded(self._begin, tunnel)
+
+    def _begin(self, tunnel: Tunnel) -> None:
+        tunnel.client.setblocking(False)
+        tunnel.upstream.setblocking(False)
+        self._update_interest(tunnel)
 
     def _service(self, tunnel: Tunnel, sock: socket.socket, mask: int) -> None:
-        if tunnel not in self._tunnels:
-            return  # closed earlier in this same batch of events
-        inbound, outbound = tunnel.flows_from(sock)
+        """Move the bytes `mask` allows, then close the tunnel or update what it waits for."""
+        inbound, outbound, other = tunnel.sides(sock)
+        state = tunnel.state
+        held = state.held
         try:
-            if mask & selectors.EVENT_WRITE:
-                self._flush(outbound)
-            if mask & selectors.EVENT_READ:
-                self._pump(inbound)
+            # The mask may be stale (the other socket's event in this batch changed the
+            # state), and epoll reports errors as both events: act on what the state wants.
+            if mask & WRITE and outbound.wants_write:
+                self._flush(outbound, sock)
+            if mask & READ and inbound.wants_read:
+                self._pump(inbound, sock, other)
         except OSError as exc:
-            self._close(tunnel, f"reset ({exc.__class__.__name__})")
+            self._close(tunnel, "reset", f"{exc.__class__.__name__}: {exc.strerror or exc}")
             return
-        tunnel.last_active = time.monotonic()
-        if tunnel.up.finished and tunnel.down.finished:
+        finally:
+            self._buffered += state.held - held  # relative, so right before or after a close
+        state.last_active = time.monotonic()
+        if state.finished:
             self._close(tunnel, "eof")
         else:
             self._update_interest(tunnel)
 
-    def _pump(self, flow: Flow) -> None:
-        """Read from `flow.src` and send on at once; keep only what `dst` would not take."""
+    def _pump(self, flow: Flow, src: socket.socket, dst: socket.socket) -> None:
+        """Read from `src` and send on at once; keep only what `dst` would not take."""
         view = self._view
         for _ in range(_READS_PER_EVENT):
             try:
-                n = flow.src.recv_into(view)
+                n = src.recv_into(view)
             except BlockingIOError:
                 return
             if n == 0:
                 flow.eof = True
-                self._finish_if_drained(flow)
+                self._pass_eof(flow, dst)
                 return
             flow.bytes += n
             try:
-                sent = flow.dst.send(view[:n])
+                sent = dst.send(view[:n])
             except BlockingIOError:
                 sent = 0
             if sent < n:
                 flow.tail = memoryview(bytes(view[sent:n]))
                 return
 
-    def _flush(self, flow: Flow) -> None:
-        if flow.tail is not None:
-            try:
-                sent = flow.dst.send(flow.tail)
-            except BlockingIOError:
-                return
-            flow.tail = flow.tail[sent:] if sent < len(flow.tail) else None
-        self._finish_if_drained(flow)
+    def _flush(self, flow: Flow, dst: socket.socket) -> None:
+        assert flow.tail is not None
+        try:
+            flow.sent(dst.send(flow.tail))
+        except BlockingIOError:
+            return
+        self._pass_eof(flow, dst)
 
     @staticmethod
-    def _finish_if_drained(flow: Flow) -> None:
-        """Pass a half-close on once everything before the EOF has been sent."""
-        if flow.eof and flow.tail is None and not flow.shut:
-            flow.dst.shutdown(socket.SHUT_WR)
+    def _pass_eof(flow: Flow, dst: socket.socket) -> None:
+        """Half-close: once everything before the EOF has been sent, send the EOF on."""
+        if flow.should_shut:
+            dst.shutdown(socket.SHUT_WR)
             flow.shut = True
 
     def _update_interest(self, tunnel: Tunnel) -> None:
-        for sock in (tunnel.client, tunnel.upstream):
-            inbound, outbound = tunnel.flows_from(sock)
-            mask = (selectors.EVENT_READ if inbound.wants_read else 0) | (
-                selectors.EVENT_WRITE if outbound.tail is not None else 0
-            )
-            fd = sock.fileno()
-            old = tunnel.masks.get(fd, 0)
+        socks = (tunnel.client, tunnel.upstream)
+        for i, mask in enumerate(tunnel.state.interest()):
+            old = tunnel.masks[i]
             if mask == old:
                 continue
             if not old:
-                self._selector.register(sock, mask, tunnel)
+                self._selector.register(socks[i], mask, tunnel)
             elif not mask:
-                self._selector.unregister(sock)
+                self._selector.unregister(socks[i])
             else:
-                self._selector.modify(sock, mask, tunnel)
-            tunnel.masks[fd] = mask
+                self._selector.modify(socks[i], mask, tunnel)
+            tunnel.masks[i] = mask
 
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for tunnel in [t for t in self._tunnels if now >= t.deadline(self.config)]:
-            self._close(tunnel, "idle")
+    def _sweep(self, now: float) -> None:
+        idle, linger = self.config.tunnel_idle_timeout, self.config.tunnel_linger
+        for tunnel in [t for t in self._tunnels if t.state.expired(now, idle, linger)]:
+            detail = f"half-closed, linger {linger:g} s" if tunnel.state.half_closed else f"{idle:g} s"
+            self._close(tunnel, "idle", detail)
 
-    def _close(self, tunnel: Tunnel, reason: str) -> None:
-        self._tunnels.discard(tunnel)
-        for sock in (tunnel.client, tunnel.upstream):
-            if tunnel.masks.get(sock.fileno()):
-                self._selector.unregister(sock)
-            sock.close()
-        with self._lock:
-            self._count -= 1
-        self.stats.adjust("tunnels", -1)
-        self.stats.count(f"tunnels_closed.{reason.split()[0]}")
-        log.info(
-            "tunnel %s closed: %s; up %d B, down %d B, %.3f s",
-            tunnel.label,
+    def _close(self, tunnel: Tunnel, reason: str, detail: str = "") -> None:
+        """Close both sockets, once; count, log and report the reason once."""
+        if tunnel.closed:
+            return
+        tunnel.closed = True
+        state = tunnel.state
+        self._buffered -= state.held
+        # A reset is passed on as a reset, and a side that is owed bytes it will never get
+        # is reset too: a truncated stream must not look like a clean EOF.
+        aborted = reason in ("reset", "error")
+        self._release(tunnel.client, tunnel.masks[0], aborted or state.down.wants_write)
+        self._release(tunnel.upstream, tunnel.masks[1], aborted or state.up.wants_write)
+        record = ClosedTunnel(
+            tunnel.client_name,
+            tunnel.target,
+            time.monotonic() - state.opened,
+            state.up.bytes,
+            state.down.bytes,
             reason,
-            tunnel.up.bytes,
-            tunnel.down.bytes,
-            time.monotonic() - tunnel.opened,
+            detail,
         )
+        with self._lock:
+            self._tunnels.discard(tunnel)
+            self._recent.append(record)
+            self._count -= 1
+            self.stats.adjust("tunnels", -1)
+        self.stats.count(f"tunnels_closed.{reason}")
+        log.info(
+            "tunnel %s -> %s closed: %s%s; up %d B, down %d B, %.3f s",
+            record.client,
+            record.target,
+            reason,
+            f" ({detail})" if detail else "",
+            record.bytes_up,
+            record.bytes_down,
+            record.duration,
+        )
+        if self.on_close is not None:
+            try:
+                self.on_close(record)
+            except Exception:
+                log.exception("the on_close callback failed")
+
+    def _release(self, sock: socket.socket, registered: int, abort: bool) -> None:
+        if registered:
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError) as exc:
+                log.warning("unregistering a tunnel socket failed: %r", exc)
+        try:
+            if abort:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+        except OSError:
+            pass  # already reset: close() is all that is left
+        try:
+            sock.close()
+        except OSError as exc:
+            log.warning("closing a tunnel socket failed: %r", exc)
 
     def _shutdown(self) -> None:
         with self._lock:
             self._stopping = True
+            if self._closed:
+                return
+            self._closed = True
             pending, self._incoming = list(self._incoming), deque()
-            if self._wake_r.fileno() < 0:
-                return  # already shut down
-        for tunnel in list(self._tunnels) + pending:
-            self._tunnels.add(tunnel)
+            self._wake_w.close()
+            tunnels = [*self._tunnels, *pending]
+        for tunnel in pending:
+            self._buffered += tunnel.state.held
+        for tunnel in tunnels:
             self._close(tunnel, "shutdown")
         self._selector.close()
         self._wake_r.close()
-        self._wake_w.close()
+
+
+def _label(client: socket.socket, upstream: socket.socket) -> str:
+    try:
+        return f"{_address(client.getpeername())} -> {_address(upstream.getpeername())}"
+    except OSError:
+        return "?"
+
+
+def _address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return repr(address)  # an AF_UNIX name, when embedded with socketpairs

@@ -1,0 +1,659 @@
+"""CONNECT tunnels over real loopback sockets: TLS, echo, half-close, resets, limits, leaks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from tinyproxy_py import Config, ProxyServer
+from tinyproxy_py.errors import Overloaded
+from tinyproxy_py.stats import Stats
+from tinyproxy_py.tunnel import BUFFER_SIZE, TunnelHub
+
+from ..origin import OriginServer, pattern_bytes
+from ..support import (
+    MUST_NOT_EXPIRE,
+    UNRESOLVABLE,
+    Response,
+    ScriptedServer,
+    client_env,
+    closed_port,
+    open_fds,
+    scripted_server,
+    thread_count,
+    wait_until,
+)
+
+MiB = 1024 * 1024
+RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a reset
+REASONS = ("eof", "reset", "idle", "shutdown", "error")
+
+
+# --- helpers ---
+
+
+def connect_head(target: str) -> bytes:
+    return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The proxy's answer head, and any tunnel bytes that came in the same reads."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed before a full head: {buf!r}")
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def open_tunnel(
+    proxy: ProxyServer, target: str, early: bytes = b"", rcvbuf: int = 0
+) -> tuple[socket.socket, bytes]:
+    """A client socket with an established tunnel, and the tunnel bytes already read."""
+    family = socket.AF_INET6 if ":" in proxy.address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(MUST_NOT_EXPIRE)
+        sock.connect(proxy.address)
+        sock.sendall(connect_head(target) + early)
+        head, rest = read_head(sock)
+        assert head == b"HTTP/1.1 200 Connection established", head
+    except BaseException:
+        sock.close()
+        raise
+    return sock, rest
+
+
+def recv_exactly(sock: socket.socket, size: int, have: bytes = b"") -> bytes:
+    chunks, got = [have], len(have)
+    while got < size:
+        data = sock.recv(min(size - got, 1 << 20))
+        if not data:
+            break
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
+
+
+def recv_to_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(1 << 20):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def echo(sock: socket.socket) -> None:
+    sock.settimeout(MUST_NOT_EXPIRE)
+    while data := sock.recv(1 << 20):
+        sock.sendall(data)
+
+
+@contextmanager
+def background(target: Callable[[], None]) -> Iterator[list[BaseException]]:
+    """Run `target` in a thread for the block; its exception (if any) is in the list."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # reported on the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield errors
+    finally:
+        thread.join(MUST_NOT_EXPIRE)
+        assert not thread.is_alive()
+
+
+def closed(proxy: ProxyServer, reason: str) -> int:
+    return proxy.stats.counter(f"tunnels_closed.{reason}")
+
+
+def tunnels_gone(proxy: ProxyServer) -> bool:
+    return wait_until(lambda: proxy.stats.gauge("tunnels") == 0 and proxy.hub.count == 0)
+
+
+# --- TLS through the tunnel ---
+
+
+def test_python_ssl_https_request_through_tunnel(
+    proxy: ProxyServer, tls_origin: OriginServer, ca_file: Path
+) -> None:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    sock, rest = open_tunnel(proxy, f"localhost:{tls_origin.port}")
+    assert rest == b""
+    with context.wrap_socket(sock, server_hostname="localhost") as tls:
+        tls.sendall(b"GET /bytes/300000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        response = Response(tls)
+    assert response.status == 200
+    assert response.body == pattern_bytes(300_000)
+    assert tunnels_gone(proxy)
+
+
+def test_client_hello_sent_with_the_connect_head_reaches_the_origin(
+    proxy: ProxyServer, tls_origin: OriginServer, ca_file: Path
+) -> None:
+    # The ClientHello leaves in the same send as the CONNECT head, before any 200: the
+    # proxy reads both at once and must hand the hello on, or the handshake never ends.
+    context = ssl.create_default_context(cafile=str(ca_file))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    sock, rest = open_tunnel(proxy, f"localhost:{tls_origin.port}", early=outgoing.read())
+    with closing(sock):
+        incoming.write(rest)
+
+        def pump() -> None:
+            sock.sendall(outgoing.read())
+            data = sock.recv(65536)
+            assert data, "the tunnel closed mid-handshake"
+            incoming.write(data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump()
+        tls.write(b"GET /bytes/1000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        received = b""
+        while not received.endswith(pattern_bytes(1000)):
+            try:
+                received += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pump()
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert tls_origin.requests[-1][1] == "/bytes/1000"
+
+
+@pytest.mark.parametrize("tunnel_flag", [["--proxytunnel"], []], ids=["proxytunnel", "x-only"])
+def test_curl_https_through_the_proxy(
+    proxy: ProxyServer, tls_origin: OriginServer, ca_file: Path, tunnel_flag: list[str]
+) -> None:
+    url = f"https://localhost:{tls_origin.port}/bytes/300000"
+    result = subprocess.run(
+        ["curl", "-sS", "--fail", *tunnel_flag, "-x", proxy.url, "--cacert", str(ca_file), url],
+        capture_output=True,
+        env=client_env(),
+        timeout=MUST_NOT_EXPIRE,
+        check=True,
+    )
+    assert result.stdout == pattern_bytes(300_000)
+    assert tunnels_gone(proxy)
+    assert sum(closed(proxy, reason) for reason in REASONS) == 1  # it went through one tunnel
+    assert [path for _, path, _, _ in tls_origin.requests] == ["/bytes/300000"]
+
+
+# --- the hand-off ---
+
+
+def test_adopt_is_all_or_nothing_and_greets_before_upstream_bytes(no_leaks: None) -> None:
+    stats = Stats()
+    hub = TunnelHub(Config(port=0, max_tunnels=1), stats)
+    hub.start()
+    pairs = [socket.socketpair() for _ in range(4)]  # (test's end, hub's end)
+    (client, client_h), (upstream, upstream_h), (spare, spare_h), (spare2, spare2_h) = pairs
+    try:
+        for sock in (client, upstream, spare, spare2):
+            sock.settimeout(MUST_NOT_EXPIRE)
+        upstream.sendall(b"from upstream")  # already waiting when the hub takes over
+        hub.adopt(client_h, upstream_h, b"early", greeting=b"yes\n")
+        assert recv_exactly(client, 17) == b"yes\nfrom upstream"
+        assert recv_exactly(upstream, 5) == b"early"
+        with pytest.raises(Overloaded):
+            hub.adopt(spare_h, spare2_h, b"pending", greeting=b"yes\n")
+        # Refused: the caller still owns both, untouched (open, blocking, nothing sent).
+        assert spare_h.fileno() >= 0 and spare_h.getblocking() and spare2_h.getblocking()
+        spare_h.sendall(b"mine")
+        assert spare.recv(4) == b"mine"
+        assert stats.gauge("tunnels") == hub.count == 1
+    finally:
+        hub.close()
+        for sock in (client, upstream, spare, spare_h, spare2, spare2_h):
+            sock.close()
+    assert client_h.fileno() == upstream_h.fileno() == -1  # closed by the hub
+    assert stats.gauge("tunnels") == hub.count == 0
+    assert stats.counter("tunnels_closed.shutdown") == 1
+    with pytest.raises(Overloaded):
+        hub.adopt(spare_h, spare2_h, b"")  # a stopped hub takes nothing
+
+
+# --- targets and dialling ---
+
+
+def test_bytes_sent_with_the_connect_head_come_first(proxy: ProxyServer) -> None:
+    with scripted_server(echo) as server:
+        sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}", early=b"early bytes|")
+        with sock:
+            sock.sendall(b"later")
+            assert recv_exactly(sock, 17, rest) == b"early bytes|later"
+
+
+def test_ipv6_literal_target(proxy: ProxyServer) -> None:
+    try:
+        server = ScriptedServer(echo, family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        sock, rest = open_tunnel(proxy, f"[::1]:{server.port}", early=b"v6")
+        with sock:
+            assert recv_exactly(sock, 2, rest) == b"v6"
+    finally:
+        server.close()
+
+
+def connect_status(proxy: ProxyServer, target: str) -> Response:
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(connect_head(target))
+        return Response(sock, "CONNECT")
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "[::1:443", "[::1]x:443", "/path", ":443"],
+)
+def test_bad_connect_target_is_400(proxy: ProxyServer, target: str) -> None:
+    response = connect_status(proxy, target)
+    assert response.status == 400, response.body
+    assert proxy.stats.counter("responses.2xx") == 0
+
+
+def test_refused_target_is_502(proxy: ProxyServer) -> None:
+    response = connect_status(proxy, f"127.0.0.1:{closed_port()}")
+    assert response.status == 502
+    assert response.header("X-Tinyproxy-Py-Cause") == "refused"
+
+
+def test_unresolvable_target_is_502(proxy: ProxyServer) -> None:
+    response = connect_status(proxy, f"{UNRESOLVABLE}:443")
+    assert response.status == 502
+    assert response.header("X-Tinyproxy-Py-Cause") == "dns"
+
+
+def test_connect_timeout_is_504(make_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = make_proxy(connect_timeout=0.3)
+    # A listener whose accept queue is full drops further SYNs: connect() hangs.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(3):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            started = time.monotonic()
+            response = connect_status(proxy, f"127.0.0.1:{port}")
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert response.status == 504
+    assert response.header("X-Tinyproxy-Py-Cause") == "connect-timeout"
+    assert time.monotonic() - started < 0.3 + MUST_NOT_EXPIRE / 4
+
+
+# --- moving bytes ---
+
+
+def test_16_mib_each_way_at_once_byte_exact(proxy: ProxyServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tinyproxy_py.tunnel")
+    payload = os.urandom(16 * MiB)
+    with scripted_server(echo) as server:
+        sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+        with sock:
+
+            def send() -> None:
+                view = memoryview(payload)
+                for start in range(0, len(payload), 256 * 1024):
+                    sock.sendall(view[start : start + 256 * 1024])
+                sock.shutdown(socket.SHUT_WR)  # the echo ends on EOF: a half-close
+
+            with background(send) as errors:
+                received = rest + recv_to_eof(sock)
+            assert not errors
+    assert len(received) == len(payload)
+    assert received == payload
+    assert tunnels_gone(proxy)
+    assert closed(proxy, "eof") == 1
+    records = [r.getMessage() for r in caplog.records if r.name == "tinyproxy_py.tunnel"]
+    assert len(records) == 1, records
+    assert f"-> 127.0.0.1:{server.port} closed: eof;" in records[0]
+    assert f"up {16 * MiB} B, down {16 * MiB} B" in records[0]
+    assert records[0].startswith("tunnel 127.0.0.1:")
+
+
+def test_open_and_recently_closed_tunnels_are_listed(proxy: ProxyServer) -> None:
+    with scripted_server(echo) as server:
+        target = f"127.0.0.1:{server.port}"
+        sock, rest = open_tunnel(proxy, target, early=b"abc")
+        with sock:
+            assert recv_exactly(sock, 3, rest) == b"abc"
+            [listed] = proxy.hub.open_tunnels()
+            assert listed["target"] == target and listed["client"] == f"127.0.0.1:{sock.getsockname()[1]}"
+            assert (listed["bytes_up"], listed["bytes_down"]) == (3, 3)
+            assert listed["age"] >= listed["idle"] >= 0
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_to_eof(sock) == b""
+    assert tunnels_gone(proxy)
+    assert proxy.hub.open_tunnels() == []
+    [record] = proxy.hub.closed_tunnels()
+    assert (record["target"], record["reason"], record["bytes_up"], record["bytes_down"]) == (
+        target,
+        "eof",
+        3,
+        3,
+    )
+
+
+def test_half_close_answer_after_client_eof_is_delivered(proxy: ProxyServer) -> None:
+    answer = os.urandom(3 * MiB)
+
+    def answer_after_eof(sock: socket.socket) -> None:
+        sock.settimeout(MUST_NOT_EXPIRE)
+        request = recv_to_eof(sock)  # the client's shutdown(SHUT_WR) must arrive as EOF
+        assert request == b"request"
+        sock.sendall(answer)
+
+    with scripted_server(answer_after_eof) as server:
+        sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+        with sock:
+            sock.sendall(b"request")
+            sock.shutdown(socket.SHUT_WR)
+            assert rest + recv_to_eof(sock) == answer
+    assert tunnels_gone(proxy)
+    assert closed(proxy, "eof") == 1
+
+
+def test_slow_reader_keeps_the_hub_within_its_buffer_bound(proxy: ProxyServer) -> None:
+    total, chunk = 128 * MiB, MiB
+    block = os.urandom(chunk)
+    progress = [0]
+
+    def piece(i: int) -> bytes:
+        return i.to_bytes(8, "big") + block[8:]
+
+    def source(sock: socket.socket) -> None:
+        sock.settimeout(MUST_NOT_EXPIRE)
+        for i in range(total // chunk):
+            sock.sendall(piece(i))
+            progress[0] += chunk
+
+    def stalled() -> bool:
+        before = progress[0]
+        time.sleep(0.3)
+        return progress[0] == before
+
+    with scripted_server(source) as server:
+        sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}", rcvbuf=64 * 1024)
+        with sock:
+            # The client reads nothing: the source must be held back, not the hub filled up.
+            assert wait_until(stalled, MUST_NOT_EXPIRE)
+            samples = []
+            for _ in range(20):
+                samples.append(proxy.hub.buffered)
+                time.sleep(0.01)
+            assert progress[0] < total
+            assert min(samples) > 0 and max(samples) <= BUFFER_SIZE, samples
+            received = rest + recv_to_eof(sock)
+    assert len(received) == total
+    assert all(received[i * chunk : (i + 1) * chunk] == piece(i) for i in range(total // chunk))
+    assert tunnels_gone(proxy)
+    assert proxy.hub.buffered == 0
+
+
+# --- how tunnels end ---
+
+
+def test_server_closes_first(proxy: ProxyServer) -> None:
+    with scripted_server(lambda sock: sock.sendall(b"bye")) as server:
+        sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+        with sock:
+            assert rest + recv_to_eof(sock) == b"bye"
+            # Only the server's direction has ended: the client may still be sending.
+            time.sleep(0.2)
+            assert proxy.stats.gauge("tunnels") == 1
+    assert tunnels_gone(proxy)
+    assert closed(proxy, "eof") == 1
+
+
+def test_upstream_reset_resets_the_client(proxy: ProxyServer) -> None:
+    def reset_after_ack(sock: socket.socket) -> None:
+        sock.settimeout(MUST_NOT_EXPIRE)
+        sock.sendall(b"partial")
+        assert sock.recv(3) == b"ack"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+
+    with scripted_server(reset_after_ack) as server:
+        sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+        with sock:
+            assert recv_exactly(sock, 7, rest) == b"partial"
+            sock.sendall(b"ack")
+            with pytest.raises(ConnectionResetError):
+                recv_to_eof(sock)
+    assert tunnels_gone(proxy)
+    assert closed(proxy, "reset") == 1
+
+
+def test_client_abort_mid_transfer_stops_the_source(proxy: ProxyServer) -> None:
+    ended = threading.Event()
+    outcome: list[BaseException] = []
+    block = os.urandom(MiB)
+
+    def endless(sock: socket.socket) -> None:
+        sock.settimeout(MUST_NOT_EXPIRE)
+        try:
+            for _ in range(4096):  # 4 GiB: far more than this test will read
+                sock.sendall(block)
+        except OSError as exc:
+            outcome.append(exc)
+        finally:
+            ended.set()
+
+    with scripted_server(endless) as server:
+        sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+        with sock:
+            assert len(recv_exactly(sock, MiB, rest)) == MiB
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+        assert ended.wait(MUST_NOT_EXPIRE)
+    assert outcome and isinstance(outcome[0], (ConnectionResetError, BrokenPipeError)), outcome
+    assert tunnels_gone(proxy)
+    assert closed(proxy, "reset") == 1
+
+
+def test_idle_tunnel_is_closed_after_the_idle_timeout(make_proxy: Callable[..., ProxyServer]) -> None:
+    idle = 0.6
+    proxy = make_proxy(tunnel_idle_timeout=idle)
+    upstream_eof = threading.Event()
+
+    def echo_then_note_eof(sock: socket.socket) -> None:
+        echo(sock)
+        upstream_eof.set()
+
+    with scripted_server(echo_then_note_eof) as server:
+        sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+        assert rest == b""
+        with sock:
+            # A byte every 0.25 s for twice the idle timeout: activity keeps it open.
+            for _ in range(5):
+                time.sleep(0.25)
+                sock.sendall(b"x")
+                assert sock.recv(1) == b"x"
+            quiet = time.monotonic()
+            assert sock.recv(1) == b""
+            waited = time.monotonic() - quiet
+        assert upstream_eof.wait(MUST_NOT_EXPIRE)
+    assert idle * 0.9 <= waited < idle + 2.0
+    assert tunnels_gone(proxy)
+    assert closed(proxy, "idle") == 1
+    assert closed(proxy, "eof") == closed(proxy, "reset") == 0
+
+
+@pytest.mark.parametrize("first", ["client", "server"])
+def test_half_closed_tunnel_closes_after_the_linger(
+    make_proxy: Callable[..., ProxyServer], first: str
+) -> None:
+    linger = 0.5
+    proxy = make_proxy(tunnel_linger=linger, tunnel_idle_timeout=30.0)
+    hold = threading.Event()
+
+    def script(sock: socket.socket) -> None:
+        sock.settimeout(MUST_NOT_EXPIRE)
+        if first == "server":
+            sock.shutdown(socket.SHUT_WR)  # then waits for the proxy to close
+        assert recv_to_eof(sock) == b""
+        hold.wait(MUST_NOT_EXPIRE)  # a server that never answers nor closes
+
+    with scripted_server(script) as server:
+        sock, _ = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+        try:
+            assert wait_until(lambda: proxy.hub.count == 1)  # the 200 may come before the hand-off
+            if first == "client":
+                sock.shutdown(socket.SHUT_WR)
+            else:
+                assert sock.recv(1) == b""  # the server's EOF, passed on; the client stays silent
+            started = time.monotonic()
+            assert tunnels_gone(proxy)
+            waited = time.monotonic() - started
+            assert sock.recv(1) == b""
+        finally:
+            hold.set()
+            sock.close()
+    assert linger * 0.8 <= waited < 5.0
+    assert closed(proxy, "idle") == 1
+
+
+def test_max_tunnels_answers_503_beyond_the_limit(make_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = make_proxy(max_tunnels=2)
+    with scripted_server(echo) as server:
+        target = f"127.0.0.1:{server.port}"
+        first, _ = open_tunnel(proxy, target)
+        second, _ = open_tunnel(proxy, target)
+        with first, second:
+            assert wait_until(lambda: proxy.hub.count == 2)  # the 200 may come before the hand-off
+            response = connect_status(proxy, target)
+            assert response.status == 503
+            assert response.header("X-Tinyproxy-Py-Cause") == "overloaded"
+            assert proxy.hub.count == 2
+        assert tunnels_gone(proxy)
+        third, rest = open_tunnel(proxy, target, early=b"again")  # room again once closed
+        with third:
+            assert recv_exactly(third, 5, rest) == b"again"
+    assert server.connections == 3  # the refused one never dialled
+
+
+def test_stopping_the_proxy_closes_every_tunnel(make_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = make_proxy()
+    upstream_eofs = []
+
+    def echo_then_note_eof(sock: socket.socket) -> None:
+        echo(sock)
+        upstream_eofs.append(True)
+
+    with scripted_server(echo_then_note_eof) as server:
+        socks = [open_tunnel(proxy, f"127.0.0.1:{server.port}", early=b"hi")[0] for _ in range(3)]
+        try:
+            for sock in socks:
+                assert recv_exactly(sock, 2) == b"hi"
+            proxy.stop()
+            for sock in socks:
+                assert recv_to_eof(sock) == b""
+            assert wait_until(lambda: len(upstream_eofs) == 3)
+        finally:
+            for sock in socks:
+                sock.close()
+    assert proxy.stats.gauge("tunnels") == 0
+    assert closed(proxy, "shutdown") == 3
+
+
+def test_one_tunnel_after_another_reuses_descriptors_cleanly(proxy: ProxyServer) -> None:
+    # Each tunnel's sockets get the descriptor numbers the last one freed: a selector
+    # entry left behind by a close would refuse them.
+    with scripted_server(echo) as server:
+        for i in range(20):
+            sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}", early=b"%02d" % i)
+            with sock:
+                assert recv_exactly(sock, 2, rest) == b"%02d" % i
+                sock.shutdown(socket.SHUT_WR)
+                assert recv_to_eof(sock) == b""
+            assert tunnels_gone(proxy)
+    assert closed(proxy, "eof") == 20
+    assert closed(proxy, "error") == 0
+
+
+# --- no leaks at scale ---
+
+
+@contextmanager
+def fd_soft_limit(needed: int) -> Iterator[None]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        yield
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"needs {needed} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_1000_tunnels_leave_no_fd_thread_or_gauge_behind(proxy: ProxyServer) -> None:
+    count, workers = 1000, 8
+    with fd_soft_limit(4 * count + open_fds() + 256), scripted_server(echo) as server:
+        target = f"127.0.0.1:{server.port}"
+        warm, _ = open_tunnel(proxy, target)
+        warm.close()
+        assert tunnels_gone(proxy)
+        fds, threads = open_fds(), thread_count()
+        socks: list[socket.socket] = []
+        lock = threading.Lock()
+
+        def opener() -> None:
+            for _ in range(count // workers):
+                sock, rest = open_tunnel(proxy, target, early=b"ping")
+                with lock:
+                    socks.append(sock)
+                assert recv_exactly(sock, 4, rest) == b"ping"
+
+        try:
+            with ExitStack() as stack:
+                results = [stack.enter_context(background(opener)) for _ in range(workers)]
+            assert not any(results), results
+            assert len(socks) == count
+            assert proxy.hub.count == proxy.stats.gauge("tunnels") == count
+        finally:
+            for i, sock in enumerate(socks):
+                if i % 3 == 1:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+                elif i % 3 == 2:
+                    sock.shutdown(socket.SHUT_WR)
+                    assert recv_to_eof(sock) == b""
+                sock.close()
+        assert tunnels_gone(proxy)
+        assert closed(proxy, "reset") == count // 3
+        assert closed(proxy, "eof") == count - count // 3 + 1  # and the warm-up tunnel
+        assert wait_until(lambda: open_fds() <= fds), f"fds {open_fds()} > baseline {fds}"
+        assert wait_until(lambda: thread_count() <= threads), f"threads {thread_count()} > {threads}"
+        assert proxy.hub.buffered == 0
