@@ -1,7 +1,10 @@
-"""The command line: `tinyproxy-py serve` and friends. The only module that imports click.
+"""The command line: serve, check-config, run, env. The only module that imports click.
 
 Options are generated from `Config` (config.py), so every setting has a flag whose
-default and help text come from the one source of truth.
+default and help text come from the one source of truth. Settings are merged as:
+command line > environment (TINYPROXY_PY_...) > config file > defaults.
+Process-wide concerns live here, never in the core: logging handlers, signals, the
+open-files limit, thread stack size, the pid file.
 """
 
 from __future__ import annotations
@@ -9,26 +12,32 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import resource
 import signal
+import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
-from .config import Config
+from .conffile import ConfigFileError, from_environment, load_file
+from .config import CHOICES, Config
 from .server import ProxyServer
 
 THREAD_STACK_SIZE = 512 * 1024
 _SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}
+log = logging.getLogger("tinyproxy_py")
 
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one --option per Config field, in declaration order."""
-    for f in reversed(dataclasses.fields(Config)):
+    """Add one --option per Config field, in declaration order, plus --config."""
+    for f in reversed([f for f in dataclasses.fields(Config) if f.metadata["cli"]]):
         kind = str(f.type)
         repeatable = kind.startswith("tuple[")
         scalar = _SCALARS[kind[6:-6] if repeatable else kind]
@@ -36,14 +45,41 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
         command = click.option(
             "--" + (f.metadata["flag"] or f.name.replace("_", "-")),
             f.name,
-            type=scalar,
+            type=click.Choice(CHOICES[f.name]) if f.name in CHOICES else scalar,
             multiple=repeatable,
             is_flag=scalar is bool,
             default=f.default,
             show_default=f.default not in (None, ()),
             help=f.metadata["help"] + (f" ({unit})" if unit else ""),
         )(command)
-    return command
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="tinyproxy.conf-style file (see docs/configuration.md).",
+    )(command)
+
+
+def build_config(config_file: str | None, explicit: dict[str, Any]) -> tuple[Config, list[str]]:
+    """Merge defaults < file < environment < command line. Raises ValueError or OSError."""
+    file = load_file(config_file) if config_file else None
+    merged = {**(file.values if file else {}), **from_environment(os.environ), **explicit}
+    return Config(**merged), (file.warnings if file else [])
+
+
+def _explicit(settings: dict[str, Any]) -> dict[str, Any]:
+    """The options given on the command line (not defaults): they win over file and env."""
+    ctx = click.get_current_context()
+    return {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+
+
+def _load(config_file: str | None, explicit: dict[str, Any]) -> tuple[Config, list[str]]:
+    try:
+        return build_config(config_file, explicit)
+    except ConfigFileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(f"{config_file}: {exc}" if isinstance(exc, OSError) else str(exc)) from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -54,40 +90,174 @@ def main() -> None:
 
 @main.command()
 @config_options
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Log level; every request and tunnel is logged at info.",
-)
-def serve(log_level: str, **settings: Any) -> None:
-    """Run the proxy until Ctrl-C or SIGTERM (a second signal exits at once)."""
+def serve(config_file: str | None, **settings: Any) -> None:
+    """Run the proxy until Ctrl-C or SIGTERM (a second signal exits at once).
+
+    SIGHUP or SIGUSR1 reloads the config file (ACL, auth, filters, timeouts) without
+    dropping connections, and reopens the log file.
+    """
+    explicit = _explicit(settings)
+    config, warnings = _load(config_file, explicit)
+    proxy = _make_proxy(config)
+    logs = _LogSetup(config)
+    for warning in warnings:
+        log.warning("%s", warning)
+    _prepare_process(config)
+    events = _signal_events()
+    _start(proxy)
     try:
-        config = Config(**settings)
-        proxy = ProxyServer(config)
+        with _pid_file(config.pid_file):
+            _announce(proxy)
+            _serve_until_stopped(proxy, events, logs, lambda: build_config(config_file, explicit))
+    finally:
+        proxy.stop()
+        logs.close()
+
+
+def _make_proxy(config: Config) -> ProxyServer:
+    try:
+        return ProxyServer(config)
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from exc
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    _prepare_process(config)
-    stop = threading.Event()
-    _on_signals(stop)
+
+
+def _start(proxy: ProxyServer) -> None:
     try:
         proxy.start()
     except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
-        ) from exc
+        where = f"{proxy.config.host}:{proxy.config.port}"
+        raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+
+
+def _announce(proxy: ProxyServer) -> None:
+    local = _local_url(proxy)
+    click.echo(f"tinyproxy-py listening on {proxy.url}; use it with: ", nl=False)
+    click.echo(f"export HTTP_PROXY={local} HTTPS_PROXY={local}")
+
+
+def _local_url(proxy: ProxyServer) -> str:
+    """The URL a client on this machine uses, also when listening on every interface."""
+    return proxy.url.replace("[::]", "[::1]").replace("0.0.0.0", "127.0.0.1")
+
+
+def _serve_until_stopped(
+    proxy: ProxyServer,
+    events: queue.Queue[int],
+    logs: _LogSetup,
+    reload: Callable[[], tuple[Config, list[str]]],
+) -> None:
+    while True:
+        try:
+            signum = events.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            log.info("%s: stopping", signal.Signals(signum).name)
+            return
+        logs.reopen()
+        _reload(proxy, reload)  # SIGHUP, or SIGUSR1 as tinyproxy users expect
+
+
+def _reload(proxy: ProxyServer, reload: Callable[[], tuple[Config, list[str]]]) -> None:
     try:
-        local = proxy.url.replace("[::]", "[::1]").replace("0.0.0.0", "127.0.0.1")
-        click.echo(f"tinyproxy-py listening on {proxy.url}; use it with: ", nl=False)
-        click.echo(f"export HTTP_PROXY={local} HTTPS_PROXY={local}")
-        while not stop.wait(0.5):
+        config, warnings = reload()
+        for warning in warnings:
+            log.warning("%s", warning)
+        proxy.reload(config)
+        logging.getLogger().setLevel(proxy.config.log_level.upper())
+    except (ValueError, OSError) as exc:
+        log.error("reload failed, keeping the running configuration: %s", exc)
+
+
+def _signal_events() -> queue.Queue[int]:
+    """Signals become events for the main loop; a second stop signal exits at once."""
+    events: queue.Queue[int] = queue.Queue(maxsize=16)
+    stopping = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            if stopping.is_set():
+                os._exit(128 + signum)
+            stopping.set()
+        try:
+            events.put_nowait(signum)
+        except queue.Full:
             pass
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, handler)
+    return events
+
+
+@contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    with open(path, "w", encoding="ascii") as handle:
+        handle.write(f"{os.getpid()}\n")
+    try:
+        yield
     finally:
-        proxy.stop()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+class _LogSetup:
+    """The root handler: stderr, or a log file that can be reopened after rotation."""
+
+    FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+    def __init__(self, config: Config) -> None:
+        self.path = config.log_file
+        self.handler: logging.Handler
+        if self.path:
+            self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        else:
+            self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(logging.Formatter(self.FORMAT))
+        root = logging.getLogger()
+        root.addHandler(self.handler)
+        root.setLevel(config.log_level.upper())
+        # Access lines carry their own timestamp (CLF needs the bare line): same stream,
+        # no prefix. They are logged at INFO, so log_level "warning" silences them.
+        self.access = logging.getLogger("tinyproxy_py.access")
+        self.bare = _SharedStreamHandler(self.handler)
+        self.access.addHandler(self.bare)
+        self.access.propagate = False
+
+    def reopen(self) -> None:
+        if isinstance(self.handler, logging.FileHandler):
+            with self.handler.lock:  # type: ignore[union-attr]
+                self.handler.close()
+                self.handler.stream = self.handler._open()
+
+    def close(self) -> None:
+        self.access.removeHandler(self.bare)
+        self.access.propagate = True
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()
+
+
+class _SharedStreamHandler(logging.Handler):
+    """Writes bare messages to another handler's current stream (so a reopen covers both)."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = getattr(self.target, "stream", None)
+        if stream is None:
+            return
+        with self.target.lock:  # type: ignore[union-attr]
+            try:
+                stream.write(record.getMessage() + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                self.handleError(record)
 
 
 def _prepare_process(config: Config) -> None:
@@ -106,7 +276,6 @@ def _prepare_process(config: Config) -> None:
         except (ValueError, OSError):
             pass
     needed = 2 * config.max_clients + 2 * config.max_tunnels + config.pool_hosts * config.pool_idle_per_host
-    log = logging.getLogger("tinyproxy_py")
     log.info(
         "limits: max_clients=%d max_tunnels=%d open files=%d (the limits need up to %d) thread stack=%d KiB",
         config.max_clients,
@@ -121,17 +290,68 @@ def _prepare_process(config: Config) -> None:
         )
 
 
-def _on_signals(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: stop gracefully. Second: exit at once."""
+@main.command("check-config")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+def check_config(config_file: str) -> None:
+    """Validate a config file and print the effective configuration (file < environment)."""
+    config, warnings = _load(config_file, {})
+    _make_proxy(config)  # the policy checks (ACL rules, filters, exposure) run here
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for f in dataclasses.fields(Config):
+        value = getattr(config, f.name)
+        if f.name == "basic_auth":
+            value = tuple(credential.partition(":")[0] + ":***" for credential in value)
+        click.echo(f"{f.name} = {_show(value)}")
 
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)
-        logging.getLogger("tinyproxy_py").info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "(none)"
+    return "(none)" if value is None else str(value)
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@config_options
+@click.argument("command", nargs=-1, required=True)
+def run(config_file: str | None, command: tuple[str, ...], **settings: Any) -> None:
+    """Run COMMAND with HTTP(S)_PROXY pointing at a fresh proxy; show what it fetched.
+
+    Usage: tinyproxy-py run [OPTIONS] -- COMMAND [ARGS]... The proxy listens on a free
+    loopback port, NO_PROXY is cleared for COMMAND so every request shows up, and the
+    exit status is COMMAND's.
+    """
+    explicit = _explicit(settings)
+    explicit.setdefault("port", 0)
+    config, warnings = _load(config_file, explicit)
+    proxy = _make_proxy(config)
+    logs = _LogSetup(config)
+    for warning in warnings:
+        log.warning("%s", warning)
+    _start(proxy)
+    try:
+        url = _local_url(proxy)
+        env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+        env |= {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url}
+        try:
+            status = subprocess.call(list(command), env=env)
+        except OSError as exc:
+            raise click.ClickException(f"cannot run {command[0]}: {exc.strerror or exc}") from exc
+    finally:
+        proxy.stop()
+        logs.close()
+    sys.exit(status)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the proxy listens.")
+@click.option("--port", default=8888, show_default=True, type=int, help="The proxy's port.")
+def env(host: str, port: int) -> None:
+    """Print shell export lines that point clients at a running proxy: eval "$(tinyproxy-py env)"."""
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{port}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        click.echo(f"export {name}={url}")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,26 @@ http.Server for the timeouts). Imports: stdlib only.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+CHOICES = {
+    "filter_mode": ("deny", "allow"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "access_log_format": ("default", "common", "combined"),
+}
+_HEADER_LINE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\x20-\x7e]*")
 
-def _opt(default: Any, help: str, *, unit: str = "", flag: str = "") -> Any:
-    """A setting; `flag` names its command-line option when the field name reads badly there."""
-    return field(default=default, metadata={"help": help, "unit": unit, "flag": flag})
+
+def _opt(
+    default: Any, help: str, *, unit: str = "", flag: str = "", cli: bool = True, spaced: bool = False
+) -> Any:
+    """A setting. `flag` names its command-line option when the field name reads badly
+    there; `cli=False` keeps it off the command line and environment; `spaced` items
+    contain spaces, so a list of them in the environment is separated by commas only."""
+    metadata = {"help": help, "unit": unit, "flag": flag, "cli": cli, "spaced": spaced}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -74,8 +87,40 @@ class Config:
     )
     filter_mode: str = _opt("deny", "deny: refuse hosts matching a filter; allow: refuse all others.")
     forwarded_for: bool = _opt(False, "Add the client's address to X-Forwarded-For.")
+    upstream: tuple[str, ...] = _opt(
+        (),
+        "Upstream proxy 'URL [SITE]' (http:// or socks5://; repeatable): for SITE only, or the default.",
+        spaced=True,
+    )
+    no_upstream: tuple[str, ...] = _opt((), "SITE to reach directly, never through an upstream (repeatable).")
+    upstream_rules: tuple[str, ...] = _opt(
+        (), "tinyproxy-style Upstream / No Upstream lines, in file order.", cli=False
+    )
+    upstream_from_env: bool = _opt(
+        False, "Chain through HTTP_PROXY / HTTPS_PROXY, except NO_PROXY, for plain HTTP and CONNECT alike."
+    )
     ca_bundle: str | None = _opt(None, "CA bundle (PEM) for https:// origins; default: certifi's bundle.")
     via_name: str = _opt("tinyproxy-py", "Pseudonym this proxy adds to Via headers; empty: no Via.")
+    x_tinyproxy: bool = _opt(
+        False, "Add an X-Tinyproxy header with the client's address (as tinyproxy does)."
+    )
+    add_headers: tuple[str, ...] = _opt(
+        (),
+        "'Name: value' header added to every forwarded request (repeatable).",
+        flag="add-header",
+        spaced=True,
+    )
+    stat_host: str = _opt(
+        "tinyproxy-py.stats", "Requests to this host are answered by the proxy's stats pages; empty: off."
+    )
+    log_level: str = _opt(
+        "info", "debug, info, warning or error; every request and tunnel is logged at info."
+    )
+    log_file: str | None = _opt(
+        None, "Write the log to this file instead of stderr (reopened on SIGHUP/SIGUSR1)."
+    )
+    access_log_format: str = _opt("default", "Access log lines: default, common or combined.")
+    pid_file: str | None = _opt(None, "Write the process id to this file while serving.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -90,8 +135,12 @@ class Config:
         for name in (*at_least_one, "pool_hosts", "pool_idle_per_host"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.filter_mode not in ("deny", "allow"):
-            raise ValueError(f"filter_mode must be 'deny' or 'allow', got {self.filter_mode!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for header in self.add_headers:
+            if not _HEADER_LINE.fullmatch(header):
+                raise ValueError(f"add_headers entries must look like 'Name: value', got {header!r}")
         if not self.connect_ports or not all(0 <= p <= 65535 for p in self.connect_ports):
             raise ValueError("connect_ports must be ports (0 allows every port)")
         if self.max_head_bytes < self.max_line_bytes:
@@ -125,3 +174,35 @@ def load_credentials(path: str) -> tuple[tuple[str, str], ...]:
                 except ValueError as exc:
                     raise ValueError(f"{path}:{number}: {exc}") from None
     return tuple(users)
+
+
+FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Config)}
+_TRUE, _FALSE = {"yes", "on", "true", "1"}, {"no", "off", "false", "0"}
+
+
+def coerce(name: str, values: list[str]) -> Any:
+    """Turn the text of a setting (from a file or the environment) into its field's type.
+
+    Repeatable settings take every value; the others exactly one. Raises ValueError.
+    """
+    kind = FIELD_TYPES[name]
+    if kind.startswith("tuple["):
+        item = int if kind == "tuple[int, ...]" else str
+        return tuple(item(value) for value in values)
+    if len(values) != 1:
+        raise ValueError(f"{name} takes one value, got {len(values)}")
+    text = values[0]
+    if kind == "bool":
+        return parse_bool(text)
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    return text
+
+
+def parse_bool(text: str) -> bool:
+    """yes/no, on/off, true/false, 1/0, in any case (tinyproxy writes Yes and No)."""
+    if text.lower() not in _TRUE | _FALSE:
+        raise ValueError(f"takes yes or no, got {text!r}")
+    return text.lower() in _TRUE

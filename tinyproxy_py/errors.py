@@ -33,6 +33,11 @@ class BadRequest(ProxyError):
     cause = "bad-request"
 
 
+class NotFound(ProxyError):
+    status = HTTPStatus.NOT_FOUND
+    cause = "not-found"
+
+
 class RequestTimeout(ProxyError):
     status = HTTPStatus.REQUEST_TIMEOUT
     cause = "header-timeout"

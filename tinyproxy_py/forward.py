@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import urllib3
 from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -31,6 +32,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER
 
 from .clientconn import ClientConnection
+from .config import Config
 from .errors import Aborted, ProxyError, UpstreamError, UpstreamTimeout
 from .http1 import (
     LAST_CHUNK,
@@ -41,7 +43,8 @@ from .http1 import (
     strip_hop_by_hop,
     via_value,
 )
-from .pool import UpstreamPool
+from .pool import UpstreamPool, origin_key
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +62,41 @@ class Outcome:
     bytes_down: int = 0
 
 
-def forward(
-    head: RequestHead, client: ClientConnection, pool: UpstreamPool, pseudonym: str, client_ip: str | None
-) -> Outcome:
-    """Forward `head` (and its body) to the origin and relay the response to the client.
+@dataclass(frozen=True)
+class Rewrite:
+    """How forwarded requests and responses are changed, compiled once from the config."""
 
-    `pseudonym` goes into Via ("" adds none); `client_ip`, if given, into X-Forwarded-For.
-    """
-    with pool.slots.hold(f"{head.scheme}://{head.authority}"):
-        response = _send(head, client, pool, _upstream_headers(head, pseudonym, client_ip))
+    pseudonym: str = ""  # our Via member; "" adds no Via
+    forwarded_for: bool = False  # append the client's address to X-Forwarded-For
+    x_tinyproxy: bool = False  # tinyproxy's X-Tinyproxy: client address
+    add_headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config, pseudonym: str) -> Rewrite:
+        added = tuple(
+            (name, value.strip()) for name, _, value in (h.partition(":") for h in config.add_headers)
+        )
+        return cls(pseudonym, config.forwarded_for, config.x_tinyproxy, added)
+
+
+def forward(
+    head: RequestHead,
+    client: ClientConnection,
+    pool: UpstreamPool,
+    rewrite: Rewrite,
+    client_ip: str,
+    via: Upstream | None = None,
+) -> Outcome:
+    """Forward `head` (and its body) to the origin, through `via` if given, and relay the response."""
+    with pool.slots.hold(origin_key(head.scheme, head.host, head.port)):
+        response = _send(head, client, pool, _upstream_headers(head, rewrite, client_ip), via)
         complete = False
         try:
-            outcome = _relay(head, response, client, pseudonym)
+            if via is not None and response.status == 407:
+                raise UpstreamError(
+                    f"upstream proxy {via} refused our credentials (407)", cause="upstream-auth"
+                )
+            outcome = _relay(head, response, client, rewrite.pseudonym)
             complete = True
             return outcome
         finally:
@@ -80,19 +106,23 @@ def forward(
 
 
 def _send(
-    head: RequestHead, client: ClientConnection, pool: UpstreamPool, headers: HTTPHeaderDict
+    head: RequestHead,
+    client: ClientConnection,
+    pool: UpstreamPool,
+    headers: HTTPHeaderDict,
+    via: Upstream | None,
 ) -> BaseHTTPResponse:
     body = client.body(head) if head.has_body else None
     try:
-        return pool.urlopen(head.method, head.url, body, headers)
+        return pool.urlopen(head.method, head.url, body, headers, via)
     except HTTPError as exc:
         if not (body is None and head.method in IDEMPOTENT and _stale_connection(exc, pool)):
-            raise _upstream_error(exc, head) from exc
+            raise _upstream_error(exc, head, via) from exc
         log.debug("retrying %s %s once: reused connection was closed by the origin", head.method, head.url)
     try:
-        return pool.urlopen(head.method, head.url, None, headers)
+        return pool.urlopen(head.method, head.url, None, headers, via)
     except HTTPError as exc:
-        raise _upstream_error(exc, head) from exc
+        raise _upstream_error(exc, head, via) from exc
 
 
 def _stale_connection(exc: HTTPError, pool: UpstreamPool) -> bool:
@@ -102,7 +132,7 @@ def _stale_connection(exc: HTTPError, pool: UpstreamPool) -> bool:
     return stale and pool.tracker.last_request_reused()
 
 
-def _upstream_headers(head: RequestHead, pseudonym: str, client_ip: str | None) -> HTTPHeaderDict:
+def _upstream_headers(head: RequestHead, rewrite: Rewrite, client_ip: str) -> HTTPHeaderDict:
     headers = HTTPHeaderDict()
     headers["Host"] = head.authority
     for name, value in strip_hop_by_hop(head.headers, head.connection_tokens):
@@ -110,20 +140,28 @@ def _upstream_headers(head: RequestHead, pseudonym: str, client_ip: str | None) 
             headers.add(name, value)
     if head.content_length is not None:
         headers["Content-Length"] = str(head.content_length)
-    if pseudonym:
-        headers.add("Via", via_value(head.version, pseudonym))
-    if client_ip is not None:
+    if rewrite.pseudonym:
+        headers.add("Via", via_value(head.version, rewrite.pseudonym))
+    if rewrite.forwarded_for:
         prior = headers.pop("X-Forwarded-For", None)
         headers["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    if rewrite.x_tinyproxy:
+        headers["X-Tinyproxy"] = client_ip
+    for name, value in rewrite.add_headers:
+        headers.add(name, value)
     for name in ("User-Agent", "Accept-Encoding"):
         if name not in headers:
             headers[name] = SKIP_HEADER
     return headers
 
 
-def _upstream_error(exc: HTTPError, head: RequestHead) -> ProxyError:
+def _upstream_error(exc: HTTPError, head: RequestHead, via: Upstream | None) -> ProxyError:
     """Translate a urllib3 failure into the answer the client gets (DESIGN.md error table)."""
     origin = f"{head.host}:{head.port}"
+    if isinstance(exc, urllib3.exceptions.ProxyError):
+        return _proxy_error(exc, via)
+    if via is not None:
+        origin += f" (via upstream {via})"
     if isinstance(exc, NameResolutionError):
         return UpstreamError(f"cannot resolve {head.host}", cause="dns")
     if isinstance(exc, NewConnectionError):  # before ConnectTimeoutError: it subclasses it
@@ -135,6 +173,18 @@ def _upstream_error(exc: HTTPError, head: RequestHead) -> ProxyError:
     if isinstance(exc, SSLError):
         return UpstreamError(f"TLS with {origin} failed", cause="tls")
     return UpstreamError(f"{origin} broke the HTTP exchange", cause="upstream-protocol")
+
+
+def _proxy_error(exc: urllib3.exceptions.ProxyError, via: Upstream | None) -> ProxyError:
+    """urllib3 could not use the upstream proxy itself: name it, never the raw dial error."""
+    reason = exc.original_error
+    if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
+        return UpstreamTimeout(f"connecting to upstream proxy {via} timed out", cause="upstream-timeout")
+    if isinstance(reason, NewConnectionError):
+        return UpstreamError(f"cannot connect to upstream proxy {via}", cause="upstream-connect")
+    if "407" in str(reason):
+        return UpstreamError(f"upstream proxy {via} refused our credentials (407)", cause="upstream-auth")
+    return UpstreamError(f"upstream proxy {via} failed the request", cause="upstream-protocol")
 
 
 def _relay(

@@ -13,17 +13,19 @@ import socketserver
 import time
 from typing import TYPE_CHECKING
 
+from . import statspage
+from .accesslog import AccessRecord
 from .clientconn import ClientConnection
-from .errors import Aborted, BadRequest, Overloaded, ProxyError, render
+from .errors import Aborted, BadRequest, NotFound, Overloaded, ProxyError, render
 from .forward import Outcome, forward
-from .http1 import RequestHead
+from .http1 import RequestHead, response_head
 from .tunnel import dial
+from .upstream_connect import connect_through
 
 if TYPE_CHECKING:
     from .server import ProxyServer
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("tinyproxy_py.access")
 
 CONNECTION_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
@@ -50,23 +52,36 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
                 head = client.read_head(idle_timeout)
                 if head is None:
                     return
-                self._admit(head)
-                if head.method == "CONNECT":
-                    self._tunnel(head, client)
-                    return
-                outcome = self._forward(head, client)
+                outcome = self._dispatch(head, client)
             except ProxyError as error:
                 self._fail(error, head, client, started)
                 return
-            self._log(head, outcome.status, outcome.bytes_down, started)
+            if outcome is None:
+                return  # a tunnel: the hub owns the connection now
+            self._log(head, outcome, client, started)
             if not outcome.keep_alive:
                 return
             idle_timeout = config.client_idle_timeout
 
+    def _dispatch(self, head: RequestHead, client: ClientConnection) -> Outcome | None:
+        policy = self.proxy.policy
+        if head.form == "origin" or self._is_stat_host(head.host):
+            policy.check_credentials(head.get("Proxy-Authorization"))
+            return self._answer_stats(head, client)
+        self._admit(head)
+        if head.method == "CONNECT":
+            self._tunnel(head, client)
+            return None
+        via = self.proxy.routes.choose(head.host, head.port, head.scheme)
+        with self.proxy.stats.live("requests_in_flight"):
+            return forward(head, client, self.proxy.pool, self.proxy.rewrite, self.client_address[0], via)
+
+    def _is_stat_host(self, host: str) -> bool:
+        stat_host = self.proxy.config.stat_host
+        return bool(stat_host) and host.lower() == stat_host.lower()
+
     def _admit(self, head: RequestHead) -> None:
         """Apply the policy (policy.py gives the order) before anything goes upstream."""
-        if head.form == "origin":
-            raise BadRequest("this is a proxy: send absolute-form requests (http://host/path)")
         policy = self.proxy.policy
         policy.check_credentials(head.get("Proxy-Authorization"))
         via = [value for name, value in head.headers if name.lower() == "via"]
@@ -75,25 +90,44 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             policy.check_connect_port(head.port)
         policy.check_host(head.host)
 
-    def _forward(self, head: RequestHead, client: ClientConnection) -> Outcome:
-        client_ip = self.client_address[0] if self.proxy.config.forwarded_for else None
-        with self.proxy.stats.live("requests_in_flight"):
-            return forward(head, client, self.proxy.pool, self.proxy.pseudonym, client_ip)
+    def _answer_stats(self, head: RequestHead, client: ClientConnection) -> Outcome:
+        """The proxy's own pages: /, /metrics, /json (origin-form, or via the stat host)."""
+        if head.has_body or head.method not in ("GET", "HEAD"):
+            raise BadRequest("the stats pages take GET or HEAD without a body")
+        page = statspage.render(head.path, self.proxy.snapshot())
+        if page is None and head.form == "origin":
+            raise BadRequest("this is a proxy: send absolute-form requests (http://host/path)")
+        if page is None:
+            raise NotFound(f"no stats page at {head.path} (try /, /metrics or /json)")
+        content_type, body = page
+        keep_alive = head.keep_alive and not client.draining.is_set()
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        headers += [("Cache-Control", "no-store")] + ([] if keep_alive else [("Connection", "close")])
+        client.send(response_head(200, "OK", headers) + (b"" if head.method == "HEAD" else body))
+        return Outcome(status=200, keep_alive=keep_alive, bytes_down=len(body))
 
     def _tunnel(self, head: RequestHead, client: ClientConnection) -> None:
-        """Dial the target, answer 200 and hand both sockets to the hub."""
-        hub = self.proxy.hub
+        """Dial the target (directly or through an upstream) and hand both sockets to the hub.
+
+        The 200 goes to the client as the hub's greeting, so a refused adoption never
+        told the client yes; bytes an upstream proxy sent after its own 200 follow it.
+        """
+        hub, timeout = self.proxy.hub, self.proxy.config.connect_timeout
         if hub.full:
             raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels})")
-        upstream: socket.socket | None = dial(head.host, head.port, self.proxy.config.connect_timeout)
+        via = self.proxy.routes.choose(head.host, head.port, "https")
+        upstream: socket.socket | None
+        if via is None:
+            upstream, early = dial(head.host, head.port, timeout), b""
+        else:
+            upstream, early = connect_through(via, head.host, head.port, timeout=timeout)
         client_sock: socket.socket | None = None
         try:
-            client.send(CONNECTION_ESTABLISHED)
             client_sock, pending = client.detach()
             label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
-            hub.adopt(client_sock, upstream, pending, label)  # type: ignore[arg-type]
-            upstream = client_sock = None  # the hub owns them now
-            self._log(head, 200, 0, time.monotonic())
+            hub.adopt(client_sock, upstream, pending, label, greeting=CONNECTION_ESTABLISHED + early)
+            upstream = client_sock = None  # the hub owns them now, and logs the tunnel when it closes
+            self.proxy.stats.count("responses.2xx")
         finally:
             for sock in (upstream, client_sock):
                 if sock is not None:
@@ -103,21 +137,33 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         self, error: ProxyError, head: RequestHead | None, client: ClientConnection, started: float
     ) -> None:
         self.proxy.stats.count(f"errors.{error.cause}")
+        status = 0
         if not isinstance(error, Aborted):
+            status = error.status.value
             client.send_quietly(render(error))
-        status = 0 if isinstance(error, Aborted) else error.status.value
-        self._log(head, status, 0, started, cause=f"{error.cause}: {error.message}")
+        self._log(head, Outcome(status=status), client, started, cause=error.cause)
+        log.debug("%s: %s (%s)", self.client_address[0], error.message, error.cause)
 
-    def _log(self, head: RequestHead | None, status: int, sent: int, started: float, cause: str = "") -> None:
+    def _log(
+        self,
+        head: RequestHead | None,
+        outcome: Outcome,
+        client: ClientConnection,
+        started: float,
+        cause: str = "",
+    ) -> None:
+        status = outcome.status
         self.proxy.stats.count(f"responses.{status // 100}xx" if status else "responses.none")
-        if access_log.isEnabledFor(logging.INFO):
-            request = f"{head.method} {head.target}" if head else "-"
-            access_log.info(
-                "%s %s %s %d %.3fs%s",
-                self.client_address[0],
-                request,
-                status or "-",
-                sent,
-                time.monotonic() - started,
-                f" ({cause})" if cause else "",
-            )
+        record = AccessRecord(
+            client=self.client_address[0],
+            status=status,
+            bytes_up=client.body_bytes,
+            bytes_down=outcome.bytes_down,
+            duration=time.monotonic() - started,
+            cause=cause,
+        )
+        if head is not None:
+            record.method, record.target, record.version = head.method, head.target, head.version
+            record.referer = head.get("Referer") or "-"
+            record.user_agent = head.get("User-Agent") or "-"
+        self.proxy.record_access(record)

@@ -28,6 +28,8 @@ from urllib3.response import BaseHTTPResponse
 from .config import Config
 from .errors import Overloaded
 from .stats import Stats
+from .upstream import Upstream
+from .upstream_connect import connect_through
 
 
 class ConnectionTracker:
@@ -155,20 +157,64 @@ class _HTTPSPool(_TrackedPoolMixin, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
-class _PoolManager(urllib3.PoolManager):
+class _TrackedManagerMixin:
     tracker: ConnectionTracker
 
     def _new_pool(self, scheme: str, host: str, port: int, request_context: Any = None) -> Any:
-        pool = super()._new_pool(scheme, host, port, request_context)
-        pool.tracker = self.tracker  # type: ignore[attr-defined]
+        pool = super()._new_pool(scheme, host, port, request_context)  # type: ignore[misc]
+        pool.tracker = self.tracker
         return pool
 
 
-class HostSlots:
-    """An optional cap on connections in use per origin (Go's MaxConnsPerHost).
+class _PoolManager(_TrackedManagerMixin, urllib3.PoolManager):
+    pass
 
-    Entries exist only while a host has requests in flight, so the table is bounded by
-    max_clients. A cap of 0 means no cap.
+
+class _ProxyManager(_TrackedManagerMixin, urllib3.ProxyManager):
+    def _set_proxy_headers(self, url: str, headers: Any = None) -> Any:
+        # urllib3 would add "Accept: */*" (and a Host we already set): the client's
+        # headers go as they are, no invented ones.
+        return headers
+
+
+class _SocksConnectionMixin:
+    """Dial through a SOCKS5 upstream instead of connecting to the origin directly."""
+
+    upstream: Upstream
+    host: str
+    port: int
+    timeout: Any
+
+    def _new_conn(self) -> socket.socket:
+        # Handshake failures raise UpstreamError/UpstreamTimeout, not OSError: urllib3 lets
+        # them through (closing this connection) and they already name the upstream.
+        sock, _ = connect_through(self.upstream, self.host, self.port, timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def _socks_pool_classes(upstream: Upstream) -> dict[str, type]:
+    """Pool classes whose connections go through `upstream` (bound as a class attribute)."""
+    attrs = {"upstream": upstream}
+    http = type("SocksHTTPConnection", (_SocksConnectionMixin, _HTTPConnection), attrs)
+    https = type("SocksHTTPSConnection", (_SocksConnectionMixin, _HTTPSConnection), attrs)
+    return {
+        "http": type("SocksHTTPPool", (_HTTPPool,), {"ConnectionCls": http}),
+        "https": type("SocksHTTPSPool", (_HTTPSPool,), {"ConnectionCls": https}),
+    }
+
+
+def origin_key(scheme: str, host: str, port: int) -> str:
+    """One spelling of an origin for gauges and caps: scheme://host:port, IPv6 in brackets."""
+    host = host.strip("[]")
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class HostSlots:
+    """Requests in flight per origin, with an optional cap (Go's MaxConnsPerHost).
+
+    Entries exist only while an origin has requests in flight, so the table is bounded
+    by max_clients. With a cap, a request waits for a slot up to the deadline, then 503.
     """
 
     def __init__(self, cap: int, wait: float) -> None:
@@ -177,30 +223,35 @@ class HostSlots:
         self._changed = threading.Condition()
 
     @contextmanager
-    def hold(self, host: str) -> Iterator[None]:
-        if not self._cap:
-            yield
-            return
+    def hold(self, origin: str) -> Iterator[None]:
         deadline = time.monotonic() + self._wait
         with self._changed:
-            while self._in_use.get(host, 0) >= self._cap:
+            while self._cap and self._in_use.get(origin, 0) >= self._cap:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise Overloaded(f"{host} already has {self._cap} connections in use", cause="host-busy")
+                    raise Overloaded(
+                        f"{origin} already has {self._cap} connections in use", cause="host-busy"
+                    )
                 self._changed.wait(remaining)
-            self._in_use[host] = self._in_use.get(host, 0) + 1
+            self._in_use[origin] = self._in_use.get(origin, 0) + 1
         try:
             yield
         finally:
             with self._changed:
-                self._in_use[host] -= 1
-                if not self._in_use[host]:
-                    del self._in_use[host]
+                self._in_use[origin] -= 1
+                if not self._in_use[origin]:
+                    del self._in_use[origin]
                 self._changed.notify()
+
+    def in_use(self) -> dict[str, int]:
+        with self._changed:
+            return dict(self._in_use)
 
 
 class UpstreamPool:
-    """One bounded PoolManager, the tracker of its open connections, and the idle reaper."""
+    """The bounded pool managers (direct, and one per upstream proxy), the tracker of their
+    open connections, and the idle reaper. The number of managers is bounded by the
+    upstreams configured."""
 
     def __init__(self, config: Config, stats: Stats) -> None:
         self.config = config
@@ -208,21 +259,44 @@ class UpstreamPool:
         self.slots = HostSlots(config.max_conns_per_host, config.connect_timeout)
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="tinyproxy-py-reaper", daemon=True)
-        self._manager = _PoolManager(
-            num_pools=config.pool_hosts,
-            maxsize=config.pool_idle_per_host,
-            block=False,
-            timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
-            retries=False,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=config.ca_bundle or certifi.where(),
-        )
-        self._manager.tracker = self.tracker
-        self._manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self._managers_lock = threading.Lock()
+        self._managers: dict[Upstream | None, urllib3.PoolManager] = {}
+
+    def _manager(self, via: Upstream | None) -> urllib3.PoolManager:
+        with self._managers_lock:
+            manager = self._managers.get(via)
+            if manager is None:
+                manager = self._managers[via] = self._new_manager(via)
+            return manager
+
+    def _new_manager(self, via: Upstream | None) -> urllib3.PoolManager:
+        config = self.config
+        settings: dict[str, Any] = {
+            "num_pools": config.pool_hosts,
+            "maxsize": config.pool_idle_per_host,
+            "block": False,
+            "timeout": urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+            "retries": False,
+            "cert_reqs": "CERT_REQUIRED",
+            "ca_certs": config.ca_bundle or certifi.where(),
+        }
+        manager: urllib3.PoolManager
+        if via is not None and via.scheme == "http":
+            auth = via.proxy_authorization()
+            headers = {"Proxy-Authorization": auth} if auth else None
+            manager = _ProxyManager(f"http://{via.authority}", proxy_headers=headers, **settings)
+        else:
+            manager = _PoolManager(**settings)
+        manager.tracker = self.tracker
+        if via is not None and via.scheme == "socks5":
+            manager.pool_classes_by_scheme = _socks_pool_classes(via)
+        else:
+            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
         # urllib3 does not close an evicted host pool (a80c248c: another thread may still
         # be using it). Close its idle connections; one in use goes back into the evicted
         # pool when released, and urllib3's finalizer closes it once the pool is unreferenced.
-        self._manager.pools.dispose_func = _close_all_idle
+        manager.pools.dispose_func = _close_all_idle
+        return manager
 
     def start(self) -> None:
         self._reaper.start()
@@ -235,20 +309,33 @@ class UpstreamPool:
                 pool.close_idle(older_than=self.config.pool_idle_timeout)
 
     def _pools(self) -> list[_TrackedPoolMixin]:
-        pools = self._manager.pools
-        with pools.lock:
-            return list(pools._container.values())  # type: ignore[arg-type]
+        with self._managers_lock:
+            managers = list(self._managers.values())
+        found: list[Any] = []
+        for manager in managers:
+            with manager.pools.lock:
+                found.extend(manager.pools._container.values())
+        return found
 
     def usage(self) -> dict[str, dict[str, int]]:
-        """Open connections per origin: {"https://host:port": {"idle": n}}, for the stats."""
-        return {
-            f"{pool.scheme}://{pool.host}:{pool.port}": {"idle": pool.idle_count()}  # type: ignore[attr-defined]
-            for pool in self._pools()
-        }
+        """Connections per origin, {"http://host:port": {"in_use": n, "idle": n}}, for the stats.
 
-    def urlopen(self, method: str, url: str, body: Any, headers: Any) -> BaseHTTPResponse:
-        """Send a request; the caller owns the response and must release or close it."""
-        return self._manager.urlopen(
+        Through an HTTP upstream, plain requests share pooled connections to the upstream:
+        those are listed under the upstream's address.
+        """
+        usage: dict[str, dict[str, int]] = {}
+        for pool in self._pools():
+            key = origin_key(pool.scheme, pool.host, pool.port)  # type: ignore[attr-defined]
+            usage.setdefault(key, {"in_use": 0, "idle": 0})["idle"] += pool.idle_count()
+        for origin, count in self.slots.in_use().items():
+            usage.setdefault(origin, {"in_use": 0, "idle": 0})["in_use"] = count
+        return usage
+
+    def urlopen(
+        self, method: str, url: str, body: Any, headers: Any, via: Upstream | None = None
+    ) -> BaseHTTPResponse:
+        """Send a request (through `via`, if given); the caller must release or close the response."""
+        return self._manager(via).urlopen(
             method,
             url,
             body=body,
@@ -265,7 +352,10 @@ class UpstreamPool:
         self._stop.set()
         if self._reaper.is_alive():
             self._reaper.join()
-        self._manager.clear()
+        with self._managers_lock:
+            managers = list(self._managers.values())
+        for manager in managers:
+            manager.clear()
         self.tracker.abort_all()
 
 

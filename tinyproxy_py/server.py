@@ -10,23 +10,28 @@ Imports: handler, tunnel, pool, config, stats, errors.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+from . import __version__
+from .accesslog import AccessRecord, emit
 from .config import Config, load_credentials
 from .errors import Overloaded, render
+from .forward import Rewrite
 from .handler import ProxyRequestHandler
 from .policy import Policy, check_exposure
 from .pool import UpstreamPool
 from .stats import Stats
-from .tunnel import TunnelHub
+from .tunnel import ClosedTunnel, TunnelHub
+from .upstream import UpstreamRules, parse_rules, rules_from_env, rules_from_options
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +89,20 @@ class ProxyServer:
     ...     proxy.url  # 'http://127.0.0.1:43121'
     """
 
-    def __init__(self, config: Config | None = None) -> None:
-        """Check the configuration (ValueError names what is wrong); nothing is opened yet."""
+    def __init__(
+        self, config: Config | None = None, on_access: Callable[[AccessRecord], None] | None = None
+    ) -> None:
+        """Check the configuration (ValueError names what is wrong); nothing is opened yet.
+
+        `on_access`, if given, is called with each request's and tunnel's AccessRecord
+        (from the thread that served it: keep it quick and thread-safe).
+        """
         self.config = config or Config()
-        users = load_credentials(self.config.auth_file) if self.config.auth_file else ()
-        check_exposure(self.config, has_users=bool(users))
+        self.on_access = on_access
         # A token unique to this instance, carried in our Via member: seeing it come
         # back in a request means the request looped through us.
-        token = secrets.token_hex(4)
-        self.pseudonym = f"{self.config.via_name} ({token})" if self.config.via_name else ""
-        self.policy = Policy(self.config, users=users, via_token=self.pseudonym)
+        self._token = secrets.token_hex(4)
+        self.rewrite, self.policy, self.routes = self._compile(self.config)
         self.stats = Stats()
         self._slots = threading.BoundedSemaphore(self.config.max_clients)
         self._clients_lock = threading.Lock()
@@ -101,6 +110,50 @@ class ProxyServer:
         self._server: _ThreadingServer | None = None
         self.draining = threading.Event()  # set once stop() begins: no more keep-alive
         self._thread: threading.Thread | None = None
+
+    def _compile(self, config: Config) -> tuple[Rewrite, Policy, UpstreamRules]:
+        """Header rewriting, policy and upstream routes for `config`; ValueError or OSError if invalid."""
+        users = load_credentials(config.auth_file) if config.auth_file else ()
+        check_exposure(config, has_users=bool(users))
+        pseudonym = f"{config.via_name} ({self._token})" if config.via_name else ""
+        policy = Policy(config, users=users, via_token=pseudonym)
+        return Rewrite.from_config(config, pseudonym), policy, _routes(config)
+
+    @property
+    def pseudonym(self) -> str:
+        """Our Via member, e.g. 'tinyproxy-py (3f9a0c1e)': unique to this instance."""
+        return self.rewrite.pseudonym
+
+    # Settings that only a restart can change: the listener, the thread bound, the pool.
+    RESTART_FIELDS = (
+        "host",
+        "port",
+        "max_clients",
+        "connect_timeout",
+        "read_timeout",
+        "pool_hosts",
+        "pool_idle_per_host",
+        "max_conns_per_host",
+        "ca_bundle",
+        "log_file",
+        "pid_file",
+    )
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply `config` to the running proxy without dropping a connection.
+
+        ACL, auth, filters, ports, headers and the client/tunnel timeouts apply to what
+        comes next; RESTART_FIELDS keep their running values (returned, and logged).
+        Raises ValueError or OSError, leaving the running configuration untouched.
+        """
+        kept = [name for name in self.RESTART_FIELDS if getattr(config, name) != getattr(self.config, name)]
+        config = config.replace(**{name: getattr(self.config, name) for name in kept})
+        self.rewrite, self.policy, self.routes = self._compile(config)
+        self.config = self.hub.config = self.pool.config = config
+        log.info(
+            "configuration reloaded%s", f"; a restart is needed to change {', '.join(kept)}" if kept else ""
+        )
+        return kept
 
     def __enter__(self) -> ProxyServer:
         self.start()
@@ -127,7 +180,7 @@ class ProxyServer:
         """Bind, then serve from a background thread. Returns once connections are accepted."""
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.pool = UpstreamPool(self.config, self.stats)
-        self.hub = TunnelHub(self.config, self.stats)
+        self.hub = TunnelHub(self.config, self.stats, on_close=self._tunnel_closed)
         try:
             self._server = _ThreadingServer(self, family)
         except BaseException:
@@ -191,6 +244,39 @@ class ProxyServer:
             with self._clients_lock:
                 self._clients.discard(sock)
 
+    def record_access(self, record: AccessRecord) -> None:
+        """One finished request or tunnel: to the access log and the embedding program."""
+        emit(record, self.config.access_log_format)
+        if self.on_access is not None:
+            self.on_access(record)
+
+    def _tunnel_closed(self, tunnel: ClosedTunnel) -> None:
+        """The access log line of a tunnel, written when it closes (with bytes and reason)."""
+        client = tunnel.client.rsplit(":", 1)[0]
+        record = AccessRecord(client, "CONNECT", tunnel.target, status=200, cause=tunnel.reason)
+        record.bytes_up, record.bytes_down, record.duration = (
+            tunnel.bytes_up,
+            tunnel.bytes_down,
+            tunnel.duration,
+        )
+        self.record_access(record)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the stats pages show, as plain data (statspage.py renders it)."""
+        stats = self.stats.snapshot()
+        return {
+            "version": __version__,
+            "listening": self.url,
+            "uptime": stats["uptime"],
+            "counters": stats["counters"],
+            "gauges": stats["gauges"],
+            "resources": self.resources(),
+            "upstream": self.pool.usage(),
+            "tunnels": self.hub.open_tunnels(),
+            "closed_tunnels": self.hub.closed_tunnels(),
+            "process": {"open_fds": _open_fds(), "threads": threading.active_count()},
+        }
+
     # The listening socket, the hub's epoll object and its wake-up socket pair.
     _FIXED_FDS = 4
 
@@ -215,3 +301,21 @@ class ProxyServer:
         }
         counts["fds_accounted"] = self._FIXED_FDS + counts["clients"] + 2 * counts["tunnels"] + upstream_open
         return counts
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1  # no /proc: not Linux
+
+
+def _routes(config: Config) -> UpstreamRules:
+    """Upstream rules: the environment's (if asked for), then the file's, then the command
+    line's; later rules win ties and later defaults replace earlier ones (docs/upstream.md)."""
+    rules = rules_from_env(os.environ) if config.upstream_from_env else UpstreamRules()
+    rules = rules.then(parse_rules(config.upstream_rules))
+    rules = rules.then(rules_from_options(config.upstream, config.no_upstream))
+    for entry in rules.ignored:
+        log.warning("NO_PROXY entry %r is not understood; ignored", entry)
+    return rules

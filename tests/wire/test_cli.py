@@ -26,7 +26,7 @@ def test_serve_prints_usage_line_forwards_and_exits_0_on_sigterm(origin: OriginS
         assert proc.wait(MUST_NOT_EXPIRE) == 0
         assert proc.stderr is not None
         log = proc.stderr.read()
-    assert f"GET {origin.url('/bytes/5000')} 200 5000" in log
+    assert f"GET {origin.url('/bytes/5000')} 200 up=0 down=5000" in log
     assert "stopped" in log
 
 

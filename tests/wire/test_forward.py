@@ -55,7 +55,7 @@ def test_requests_session_reuses_one_client_connection(proxy: ProxyServer, origi
         for size in (10, 70_000, 0):
             reply = session.get(origin.url(f"/bytes/{size}"), proxies=proxies, timeout=MUST_NOT_EXPIRE)
             assert reply.content == pattern_bytes(size)
-    assert proxy.stats.counter("responses.2xx") == 3
+    assert wait_until(lambda: proxy.stats.counter("responses.2xx") == 3)
 
 
 @pytest.mark.parametrize("route", ["bytes", "chunked", "close"])
@@ -391,5 +391,5 @@ def test_many_concurrent_clients(proxy: ProxyServer, origin: OriginServer) -> No
     for thread in threads:
         thread.join(MUST_NOT_EXPIRE)
     assert not errors
-    assert proxy.stats.counter("responses.2xx") == 100
+    assert wait_until(lambda: proxy.stats.counter("responses.2xx") == 100)
     assert proxy.stats.gauge("upstream_open") <= proxy.config.pool_idle_per_host

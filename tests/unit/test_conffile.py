@@ -1,0 +1,150 @@
+"""tinyproxy.conf(5)-style files and TINYPROXY_PY_* variables, parsed into Config fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tinyproxy_py import Config
+from tinyproxy_py.conffile import ConfigFileError, from_environment, load_file, parse
+
+DEBIAN_DEFAULT = """\
+##
+## tinyproxy.conf -- tinyproxy daemon configuration file
+##
+User tinyproxy
+Group tinyproxy
+Port 8888
+Timeout 600
+DefaultErrorFile "/usr/share/tinyproxy/default.html"
+StatFile "/usr/share/tinyproxy/stats.html"
+LogFile "/var/log/tinyproxy/tinyproxy.log"
+LogLevel Info
+PidFile "/run/tinyproxy/tinyproxy.pid"
+MaxClients 100
+Allow 127.0.0.1
+Allow ::1
+ViaProxyName "tinyproxy"
+ConnectPort 443
+ConnectPort 563
+"""
+
+
+def test_debian_default_config_maps_onto_our_settings() -> None:
+    settings = parse(DEBIAN_DEFAULT, "tinyproxy.conf")
+    config = Config(**settings.values)
+    assert config.port == 8888 and config.max_clients == 100
+    assert config.allow == ("127.0.0.1", "::1")
+    assert config.via_name == "tinyproxy"
+    assert config.connect_ports == (443, 563)
+    assert config.log_file == "/var/log/tinyproxy/tinyproxy.log"
+    assert config.pid_file == "/run/tinyproxy/tinyproxy.pid"
+    assert config.log_level == "info"
+    # tinyproxy's one idle Timeout becomes our three idle-type timeouts.
+    assert (config.read_timeout, config.client_idle_timeout, config.tunnel_idle_timeout) == (600, 600, 600)
+    assert config.connect_timeout == 10.0  # not an idle timeout: untouched
+
+
+def test_unsupported_directives_warn_with_file_and_line() -> None:
+    warnings = parse(DEBIAN_DEFAULT, "tinyproxy.conf").warnings
+    assert warnings[0] == (
+        "tinyproxy.conf:4: User: not supported, ignored (run as that user with your service manager instead)"
+    )
+    assert [w.split(":")[1] for w in warnings] == ["4", "5", "8", "9"]
+    assert "unknown directive" in parse("Frobnicate yes\n", "f").warnings[0]
+
+
+def test_explicit_timeouts_win_over_timeout_in_any_order() -> None:
+    values = parse("ReadTimeout 5\nTimeout 100\nTunnelIdleTimeout 7\n").values
+    assert (values["read_timeout"], values["client_idle_timeout"], values["tunnel_idle_timeout"]) == (
+        5,
+        100,
+        7,
+    )
+
+
+def test_keywords_any_case_quotes_and_comments() -> None:
+    values = parse('lIsTeN "::1"   # trailing comment\nMAXCLIENTS 7\n\n   # indented comment\n').values
+    assert values == {"host": "::1", "max_clients": 7}
+
+
+def test_tinyproxy_shaped_directives() -> None:
+    text = (
+        'BasicAuth alice "s3cret pass"\nBasicAuthRealm "Corp proxy"\nAddHeader "X-Env" "dev box"\n'
+        'DisableViaHeader Yes\nXTinyproxy Yes\nLogLevel Connect\nStatHost "stats.local"\nDeny 10.0.0.0/8\n'
+    )
+    config = Config(**parse(text).values)
+    assert config.basic_auth == ("alice:s3cret pass",)
+    assert config.auth_realm == "Corp proxy"
+    assert config.add_headers == ("X-Env: dev box",)
+    assert config.via_name == "" and config.x_tinyproxy is True
+    assert config.log_level == "info" and config.stat_host == "stats.local"
+    assert config.deny == ("10.0.0.0/8",)
+
+
+def test_our_own_limits_have_keywords() -> None:
+    text = "ConnectTimeout 3\nPoolIdleTimeout 20\nMaxTunnels 50\nTunnelLinger 4\nForwardedFor yes\n"
+    config = Config(**parse(text).values)
+    assert (config.connect_timeout, config.pool_idle_timeout, config.max_tunnels) == (3, 20, 50)
+    assert config.tunnel_linger == 4 and config.forwarded_for is True
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Port eighty\n", "f.conf:1: Port: invalid literal"),
+        ("Port 80\nMaxClients\n", "f.conf:2: MaxClients: needs a value"),
+        ("Listen 127.0.0.1 ::1\n", "f.conf:1: Listen: host takes one value"),
+        ("BasicAuth onlyuser\n", "f.conf:1: BasicAuth: takes a user and a password"),
+        ('ViaProxyName "unclosed\n', "f.conf:1: No closing quotation"),
+        ("LogLevel Loud\n", "f.conf:1: LogLevel: unknown level"),
+        ("DisableViaHeader maybe\n", "f.conf:1: DisableViaHeader: takes yes or no"),
+    ],
+)
+def test_bad_values_name_file_line_and_reason(text: str, reason: str) -> None:
+    with pytest.raises(ConfigFileError, match=reason.replace("(", r"\(")):
+        parse(text, "f.conf")
+
+
+@pytest.mark.parametrize(
+    ("filter_type", "lines", "blocked", "passed"),
+    [
+        ("", ["ads\\.example\\.com", "^tracker"], "ads.example.com", "example.com"),
+        ("FilterType ere\n", ["^tracker[0-9]+\\."], "tracker7.net", "mytracker7.net"),
+        ("FilterType fnmatch\n", ["*.doubleclick.net"], "ad.doubleclick.net", "doubleclick.net.evil"),
+    ],
+)
+def test_filter_files(tmp_path: Path, filter_type: str, lines: list[str], blocked: str, passed: str) -> None:
+    from tinyproxy_py.policy import Policy
+
+    (tmp_path / "filter").write_text("# blocked hosts\n" + "\n".join(lines) + "\n")
+    conf = tmp_path / "tinyproxy.conf"
+    conf.write_text(f'Filter "filter"\n{filter_type}')
+    policy = Policy(Config(**load_file(str(conf)).values))
+    policy.check_host(passed)
+    with pytest.raises(Exception, match="blocked by filter"):
+        policy.check_host(blocked)
+
+
+def test_filter_default_deny_turns_the_list_into_an_allow_list(tmp_path: Path) -> None:
+    (tmp_path / "filter").write_text("^localhost$\n")
+    conf = tmp_path / "c.conf"
+    conf.write_text('Filter "filter"\nFilterDefaultDeny Yes\n')
+    assert Config(**load_file(str(conf)).values).filter_mode == "allow"
+
+
+def test_missing_filter_file_names_the_line(tmp_path: Path) -> None:
+    conf = tmp_path / "c.conf"
+    conf.write_text('Port 1\nFilter "nope"\n')
+    with pytest.raises(ConfigFileError, match=r"c.conf:2: Filter: cannot read"):
+        load_file(str(conf))
+
+
+def test_environment_variables() -> None:
+    values = from_environment(
+        {"TINYPROXY_PY_PORT": "9000", "TINYPROXY_PY_ALLOW": "10.0.0.0/8, 192.168.0.0/16", "OTHER": "x"}
+    )
+    assert values == {"port": 9000, "allow": ("10.0.0.0/8", "192.168.0.0/16")}
+    with pytest.raises(ValueError, match="TINYPROXY_PY_MAX_CLIENTS"):
+        from_environment({"TINYPROXY_PY_MAX_CLIENTS": "many"})

@@ -1,0 +1,156 @@
+"""The stats pages at the stat host: HTML for people, Prometheus text, JSON; and the access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tinyproxy_py import ProxyServer
+
+from ..origin import OriginServer
+from ..support import MUST_NOT_EXPIRE, client_env, get, recv_all, wait_until
+
+STATS = "http://tinyproxy-py.stats"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def metrics(proxy: ProxyServer) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    response = get(proxy.address, f"{STATS}/metrics")
+    assert response.status == 200
+    assert response.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(response.body.decode()):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_metrics_parse_as_prometheus_text_and_count_traffic(proxy: ProxyServer, origin: OriginServer) -> None:
+    assert get(proxy.address, origin.url("/bytes/10")).status == 200
+    assert get(proxy.address, "http://127.0.0.1:1/").status == 502
+    found = metrics(proxy)
+    assert found["tinyproxy_py_responses_total"][(("class", "2xx"),)] == 1
+    assert found["tinyproxy_py_responses_total"][(("class", "5xx"),)] == 1
+    assert found["tinyproxy_py_errors_total"][(("cause", "refused"),)] == 1
+    assert (
+        found["tinyproxy_py_upstream_connections"][
+            (("origin", f"http://127.0.0.1:{origin.port}"), ("state", "idle"))
+        ]
+        == 1
+    )
+    assert found["tinyproxy_py_clients"][()] == 1  # the connection asking for the metrics
+    assert found["tinyproxy_py_open_fds"][()] > found["tinyproxy_py_fds_accounted"][()] > 0
+
+
+def test_curl_gets_metrics_through_the_proxy(proxy: ProxyServer) -> None:
+    result = subprocess.run(
+        ["curl", "-sS", "--fail", "-x", proxy.url, f"{STATS}/metrics"],
+        capture_output=True,
+        text=True,
+        env=client_env(),
+        timeout=MUST_NOT_EXPIRE,
+        check=True,
+    )
+    names = {family.name for family in text_string_to_metric_families(result.stdout)}
+    assert {"tinyproxy_py_uptime_seconds", "tinyproxy_py_tunnels", "tinyproxy_py_responses"} <= names
+
+
+def test_json_has_the_same_data(proxy: ProxyServer, origin: OriginServer) -> None:
+    get(proxy.address, origin.url("/bytes/10"))
+    data = json.loads(get(proxy.address, f"{STATS}/json").body)
+    assert data["counters"]["responses.2xx"] == 1
+    assert data["upstream"][f"http://127.0.0.1:{origin.port}"] == {"in_use": 0, "idle": 1}
+    assert data["tunnels"] == [] and data["gauges"]["clients"] == 1
+
+
+def test_origin_form_reaches_the_stats_too(proxy: ProxyServer) -> None:
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b'"counters"' in recv_all(sock)
+
+
+def test_unknown_stats_path_is_404_and_post_is_400(proxy: ProxyServer) -> None:
+    assert get(proxy.address, f"{STATS}/nope").status == 404
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(f"POST {STATS}/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx".encode())
+        assert recv_all(sock).startswith(b"HTTP/1.1 400")
+
+
+def test_stats_behind_proxy_auth_when_configured(make_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = make_proxy(basic_auth=("u:p",))
+    assert get(proxy.address, f"{STATS}/").status == 407
+
+
+def test_html_escapes_hostile_targets(proxy: ProxyServer) -> None:
+    get(proxy.address, "http://127.0.0.1:1/<script>")
+    page = get(proxy.address, f"{STATS}/").body.decode()
+    assert "<script>" not in page.split("<style>")[0] + page.split("</style>")[1]
+
+
+@pytest.mark.parametrize("style", ["common", "combined"])
+def test_access_log_formats(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, style: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = make_proxy(access_log_format=style)
+    with caplog.at_level(logging.INFO, logger="tinyproxy_py.access"):
+        get(proxy.address, origin.url("/bytes/10"), headers="User-Agent: probe/1\r\nReferer: http://r/\r\n")
+        assert wait_until(lambda: any(r.name == "tinyproxy_py.access" for r in caplog.records))
+    line = next(r.getMessage() for r in caplog.records if r.name == "tinyproxy_py.access")
+    request = f'"GET {origin.url("/bytes/10")} HTTP/1.1" 200 10'
+    assert line.startswith("127.0.0.1 - - [") and request in line
+    assert line.endswith('"http://r/" "probe/1"') == (style == "combined")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_headless_chromium_renders_the_stats_page(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, tmp_path: Path
+) -> None:
+    # Chromium tries to reach outside hosts even with background features off: the proxy
+    # under test refuses every target but loopback, so nothing leaves the machine.
+    proxy = make_proxy(filter_hosts=("127.0.0.1", "localhost"), filter_mode="allow")
+    get(proxy.address, origin.url("/bytes/10"))
+    tunnel = socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE)  # open during the shot
+    tunnel.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert tunnel.recv(100).startswith(b"HTTP/1.1 200")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "stats-page.png"
+    dom = subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--proxy-server={proxy.url}",
+            "--proxy-bypass-list=<-loopback>",
+            "--window-size=1200,900",
+            f"--screenshot={shot}",
+            "--dump-dom",
+            f"{STATS}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=client_env(),
+    )
+    tunnel.close()
+    assert "Responses by status class" in dom.stdout, dom.stderr[-2000:]
+    assert f"<td>127.0.0.1:{origin.port}</td>" in dom.stdout  # the open tunnel's target
+    assert f"http://127.0.0.1:{origin.port}" in dom.stdout
+    assert shot.exists() and shot.stat().st_size > 10_000

@@ -1,0 +1,294 @@
+"""Settings from a tinyproxy.conf(5)-style file and from TINYPROXY_PY_* environment variables.
+
+The file format is tinyproxy's: one `Keyword value...` per line, keywords in any case,
+`#` comments, values in double quotes when they hold spaces. An existing tinyproxy
+config runs unchanged for what we support; a directive we do not support is reported
+as a warning naming file and line (never silently ignored); a bad value raises
+ConfigFileError naming file, line and reason.
+
+Every Config field has a keyword: its name in CamelCase (max_clients → MaxClients,
+read_timeout → ReadTimeout), plus tinyproxy's own names listed in ALIASES. tinyproxy's
+single `Timeout` (idle seconds for any connection) sets our read, client-idle and
+tunnel-idle timeouts, unless the file also names one of those explicitly.
+Imports: config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import FIELD_TYPES, Config, coerce, parse_bool
+from .upstream import rule_from_words
+
+ENV_PREFIX = "TINYPROXY_PY_"
+
+ALIASES = {
+    "listen": "host",
+    "basicauthrealm": "auth_realm",
+    "connectport": "connect_ports",
+    "viaproxyname": "via_name",
+    "addheader": "add_headers",
+}
+TIMEOUT_FIELDS = ("read_timeout", "client_idle_timeout", "tunnel_idle_timeout")
+LOG_LEVELS = {
+    "critical": "error",
+    "error": "error",
+    "warning": "warning",
+    "notice": "info",
+    "connect": "info",
+    "info": "info",
+    "debug": "debug",
+}
+# tinyproxy directives with no counterpart here: reported, never silently dropped.
+UNSUPPORTED = {
+    "user": "run as that user with your service manager instead",
+    "group": "run as that group with your service manager instead",
+    "syslog": "send stderr to syslog with your service manager instead",
+    "bind": "outgoing source address selection is not supported",
+    "bindsame": "outgoing source address selection is not supported",
+    "errorfile": "custom error pages are not supported",
+    "defaulterrorfile": "custom error pages are not supported",
+    "statfile": "the stats page is built in (see StatHost)",
+    "startservers": "one process with threads; see MaxClients",
+    "minspareservers": "one process with threads; see MaxClients",
+    "maxspareservers": "one process with threads; see MaxClients",
+    "maxrequestsperchild": "one process with threads; see MaxClients",
+    "filterurls": "filters match host names only",
+    "filtercasesensitive": "filters are case-insensitive",
+    "anonymous": "header anonymisation is not supported",
+    "reversepath": "reverse proxying is not supported",
+    "reverseonly": "reverse proxying is not supported",
+    "reversemagic": "reverse proxying is not supported",
+    "reversebaseurl": "reverse proxying is not supported",
+}
+
+
+class ConfigFileError(ValueError):
+    """A value that stops start-up; the message names file and line."""
+
+
+@dataclass
+class FileSettings:
+    """What a file set (Config field → value), plus warnings for what it could not use."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _keyword(name: str) -> str:
+    return name.replace("_", "").lower()
+
+
+_KEYWORDS = {_keyword(name): name for name in FIELD_TYPES} | ALIASES
+
+
+def load_file(path: str) -> FileSettings:
+    """Read a tinyproxy.conf-style file. Raises ConfigFileError (or OSError if unreadable)."""
+    with open(path, encoding="utf-8") as handle:
+        return parse(handle.read(), path)
+
+
+def parse(text: str, path: str = "<config>") -> FileSettings:
+    parser = _Parser(path)
+    for number, line in enumerate(text.splitlines(), 1):
+        parser.line(number, line)
+    return parser.finish()
+
+
+class _Parser:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.result = FileSettings()
+        self.repeated: dict[str, list[str]] = {}
+        self.timeout: float | None = None
+        self.filter: tuple[str, int] | None = None
+        self.filter_type = "ere"
+
+    def where(self, number: int) -> str:
+        return f"{self.path}:{number}"
+
+    def line(self, number: int, line: str) -> None:
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise ConfigFileError(f"{self.where(number)}: {exc}") from None
+        if not words:
+            return
+        keyword, values = words[0].lower(), words[1:]
+        if keyword == "no" and values[:1] and values[0].lower() == "upstream":
+            keyword, values = "noupstream", values[1:]
+        try:
+            self.directive(number, keyword, values, words[0])
+        except ValueError as exc:
+            raise ConfigFileError(f"{self.where(number)}: {words[0]}: {exc}") from None
+
+    def directive(self, number: int, keyword: str, values: list[str], written: str) -> None:
+        special = getattr(self, f"_{keyword}", None)
+        if special is not None:
+            special(number, values)
+        elif keyword in _KEYWORDS:
+            self.set(_KEYWORDS[keyword], values)
+        else:
+            why = UNSUPPORTED.get(keyword, "unknown directive")
+            self.result.warnings.append(f"{self.where(number)}: {written}: not supported, ignored ({why})")
+
+    def set(self, name: str, values: list[str]) -> None:
+        if not values:
+            raise ValueError("needs a value")
+        if FIELD_TYPES[name].startswith("tuple["):
+            self.repeated.setdefault(name, []).extend(values)
+            values = self.repeated[name]
+        self.result.values[name] = coerce(name, values)
+
+    # tinyproxy directives whose shape differs from ours.
+    def _timeout(self, number: int, values: list[str]) -> None:
+        self.timeout = float(_one(values))
+
+    def _upstream(self, number: int, values: list[str]) -> None:
+        self._rule(["Upstream", *values])
+
+    def _noupstream(self, number: int, values: list[str]) -> None:
+        self._rule(["No", "Upstream", *values])
+
+    def _rule(self, words: list[str]) -> None:
+        """Upstream rules keep their file order: the last matching one wins (as in tinyproxy)."""
+        rule_from_words(words)  # validates now, so a bad line is reported with its number
+        self.set("upstream_rules", [shlex.join(words)])
+
+    def _basicauth(self, number: int, values: list[str]) -> None:
+        if len(values) != 2:
+            raise ValueError("takes a user and a password")
+        self.set("basic_auth", [f"{values[0]}:{values[1]}"])
+
+    def _addheader(self, number: int, values: list[str]) -> None:
+        if len(values) != 2:
+            raise ValueError('takes a "Name" and a "value"')
+        self.set("add_headers", [f"{values[0]}: {values[1]}"])
+
+    def _disableviaheader(self, number: int, values: list[str]) -> None:
+        if parse_bool(_one(values)):
+            self.result.values["via_name"] = ""
+
+    def _loglevel(self, number: int, values: list[str]) -> None:
+        level = _one(values).lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"unknown level {values[0]!r}")
+        self.result.values["log_level"] = LOG_LEVELS[level]
+
+    def _filter(self, number: int, values: list[str]) -> None:
+        self.filter = (_one(values), number)
+
+    def _filtertype(self, number: int, values: list[str]) -> None:
+        kind = _one(values).lower()
+        if kind not in ("bre", "ere", "fnmatch"):
+            raise ValueError("takes bre, ere or fnmatch")
+        self.filter_type = kind
+
+    def _filterextended(self, number: int, values: list[str]) -> None:
+        if parse_bool(_one(values)):
+            self.filter_type = "ere"
+
+    def _filterdefaultdeny(self, number: int, values: list[str]) -> None:
+        denied = parse_bool(_one(values))
+        self.result.values["filter_mode"] = "allow" if denied else "deny"
+
+    def finish(self) -> FileSettings:
+        if self.timeout is not None:
+            for name in TIMEOUT_FIELDS:
+                self.result.values.setdefault(name, self.timeout)
+        if self.filter is not None:
+            self.result.values["filter_hosts"] = self._filter_patterns(*self.filter)
+        return self.result
+
+    def _filter_patterns(self, path: str, number: int) -> tuple[str, ...]:
+        """tinyproxy filter files hold one regular expression (or glob) per line."""
+        path = os.path.join(os.path.dirname(self.path), path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                lines = [line.split("#", 1)[0].strip() for line in handle]
+        except OSError as exc:
+            raise ConfigFileError(
+                f"{self.where(number)}: Filter: cannot read {path}: {exc.strerror}"
+            ) from None
+        if self.filter_type == "fnmatch":
+            return tuple("re:" + fnmatch.translate(line) for line in lines if line)
+        return tuple("re:" + line for line in lines if line)
+
+
+def _one(values: list[str]) -> str:
+    if len(values) != 1:
+        raise ValueError(f"takes one value, got {len(values)}")
+    return values[0]
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """TINYPROXY_PY_<FIELD> variables; repeatable settings take comma- or space-separated lists."""
+    values = {}
+    for f in (f for f in dataclasses.fields(Config) if f.metadata["cli"]):
+        name = f.name
+        text = environ.get(ENV_PREFIX + name.upper())
+        if text is None:
+            continue
+        parts = [text]
+        if FIELD_TYPES[name].startswith("tuple["):
+            parts = text.split(",") if f.metadata["spaced"] else text.replace(",", " ").split()
+            parts = [part.strip() for part in parts if part.strip()]
+        try:
+            values[name] = coerce(name, parts)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
+    return values
+
+
+def reference_table() -> str:
+    """The configuration reference (docs/configuration.md), generated from Config's fields."""
+    aliases: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        aliases.setdefault(name, []).append(alias)
+    rows = [
+        "| option | file keyword | environment | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in dataclasses.fields(Config):
+        if not f.metadata["cli"]:
+            continue
+        keyword = "".join(part.capitalize() for part in f.name.split("_"))
+        spelled = [f"`{keyword}`"] + [f"`{TINYPROXY_SPELLING.get(a, a)}`" for a in aliases.get(f.name, [])]
+        spelled = RULE_KEYWORDS.get(f.name, spelled)
+        flag = "--" + (f.metadata["flag"] or f.name.replace("_", "-"))
+        unit = f" ({f.metadata['unit']})" if f.metadata["unit"] else ""
+        rows.append(
+            f"| `{flag}` | {' '.join(spelled)} | `{ENV_PREFIX}{f.name.upper()}` | {_default(f.default)} "
+            f"| {f.metadata['help']}{unit} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+# In a file, upstream rules keep tinyproxy's form and order (see docs/upstream.md).
+RULE_KEYWORDS = {
+    "upstream": ['`Upstream TYPE [USER:PASS@]HOST:PORT ["SITE"]`'],
+    "no_upstream": ['`No Upstream "SITE"`'],
+}
+TINYPROXY_SPELLING = {
+    "listen": "Listen",
+    "basicauthrealm": "BasicAuthRealm",
+    "connectport": "ConnectPort",
+    "viaproxyname": "ViaProxyName",
+    "addheader": "AddHeader",
+}
+
+
+def _default(value: Any) -> str:
+    if value is None or value == ():
+        return "(none)"
+    if isinstance(value, tuple):
+        return ", ".join(f"`{v}`" for v in value)
+    if value == "":
+        return '`""`'
+    return f"`{value}`"

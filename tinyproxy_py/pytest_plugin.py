@@ -1,0 +1,57 @@
+"""A pytest plugin (entry point `pytest11`): the `tinyproxy` fixture, a running proxy per test.
+
+    def test_my_client_uses_the_proxy(tinyproxy):
+        fetch("http://127.0.0.1:8000/", proxy=tinyproxy.url)
+        assert [r.status for r in tinyproxy.wait_for_requests(1)] == [200]
+
+The fixture's proxy listens on a free loopback port, allows CONNECT to any port (test
+servers use ephemeral ones), records every finished exchange in `.requests`
+(`.wait_for_requests(n)` waits for them), exposes
+its counters and gauges in `.stats`, and is stopped after the test, leaving no thread
+and no socket behind. Override the `tinyproxy_config` fixture to change its settings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from .accesslog import AccessRecord
+from .config import Config
+from .server import ProxyServer
+
+
+class RecordingProxy(ProxyServer):
+    """A ProxyServer that keeps the AccessRecord of everything it handled."""
+
+    def __init__(self, config: Config) -> None:
+        self.requests: list[AccessRecord] = []
+        self._requests_changed = threading.Condition()
+        super().__init__(config, on_access=self._remember)
+
+    def _remember(self, record: AccessRecord) -> None:
+        with self._requests_changed:
+            self.requests.append(record)
+            self._requests_changed.notify_all()
+
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[AccessRecord]:
+        """The records once `count` exchanges have finished (a client can have its whole
+        response a moment before the proxy has logged it). Raises TimeoutError."""
+        with self._requests_changed:
+            if not self._requests_changed.wait_for(lambda: len(self.requests) >= count, timeout):
+                raise TimeoutError(f"{len(self.requests)} of {count} requests finished in {timeout} s")
+            return list(self.requests)
+
+
+@pytest.fixture
+def tinyproxy_config() -> Config:
+    return Config(port=0, connect_ports=(0,))
+
+
+@pytest.fixture
+def tinyproxy(tinyproxy_config: Config) -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy(tinyproxy_config)
+    with proxy:
+        yield proxy

@@ -1,0 +1,200 @@
+"""The proxy's own pages: an HTML status page, Prometheus metrics and JSON, from one snapshot.
+
+Pure rendering: `render(path, snapshot)` takes the dict ProxyServer.snapshot() builds
+and returns (content type, body), or None for an unknown path. Everything that came
+from the network (targets, client addresses) is escaped. Imports: stdlib only.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+Snapshot = dict[str, Any]
+
+
+def render(path: str, snapshot: Snapshot) -> tuple[str, bytes] | None:
+    page = PAGES.get(path.split("?", 1)[0].rstrip("/") or "/")
+    if page is None:
+        return None
+    content_type, renderer = page
+    return content_type, renderer(snapshot).encode("utf-8")
+
+
+def _prefixed(counters: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k[len(prefix) :]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+
+
+# --- Prometheus text exposition format 0.0.4 ---
+
+
+def render_metrics(snapshot: Snapshot) -> str:
+    counters, gauges = snapshot["counters"], snapshot["gauges"]
+    out: list[str] = []
+    metric = _metric_writer(out)
+    metric("uptime_seconds", "gauge", "Seconds since the proxy started.", [({}, snapshot["uptime"])])
+    metric(
+        "responses_total",
+        "counter",
+        "Responses sent, by status class (none: the connection closed without one).",
+        [({"class": k}, v) for k, v in _prefixed(counters, "responses.").items()],
+    )
+    metric(
+        "errors_total",
+        "counter",
+        "Failed requests and refusals, by cause.",
+        [({"cause": k}, v) for k, v in _prefixed(counters, "errors.").items()],
+    )
+    metric(
+        "tunnels_closed_total",
+        "counter",
+        "CONNECT tunnels closed, by reason.",
+        [({"reason": k}, v) for k, v in _prefixed(counters, "tunnels_closed.").items()],
+    )
+    for name, help_text in GAUGES.items():
+        metric(name, "gauge", help_text, [({}, gauges.get(name, 0))])
+    metric(
+        "upstream_connections",
+        "gauge",
+        "Upstream connections per origin, in use or idle in the pool.",
+        [
+            ({"origin": origin, "state": state}, count)
+            for origin, usage in sorted(snapshot["upstream"].items())
+            for state, count in sorted(usage.items())
+        ],
+    )
+    process = snapshot["process"]
+    metric("open_fds", "gauge", "File descriptors open in the process.", [({}, process["open_fds"])])
+    metric(
+        "fds_accounted",
+        "gauge",
+        "File descriptors the proxy's live objects account for (a growing gap is a leak).",
+        [({}, snapshot["resources"]["fds_accounted"])],
+    )
+    metric("threads", "gauge", "Threads in the process.", [({}, process["threads"])])
+    return "\n".join(out) + "\n"
+
+
+GAUGES = {
+    "clients": "Open client connections.",
+    "handler_threads": "Threads serving client connections.",
+    "requests_in_flight": "Plain HTTP requests being forwarded.",
+    "tunnels": "Open CONNECT tunnels.",
+    "upstream_open": "Open upstream connections (in use and idle).",
+}
+
+
+def _metric_writer(out: list[str]) -> Callable[[str, str, str, Iterable[tuple[dict[str, str], float]]], None]:
+    def metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
+        full = f"tinyproxy_py_{name}"
+        out.append(f"# HELP {full} {help_text}")
+        out.append(f"# TYPE {full} {kind}")
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            out.append(f"{full}{{{label_text}}} {value}" if labels else f"{full} {value}")
+
+    return metric
+
+
+def _label(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# --- JSON ---
+
+
+def render_json(snapshot: Snapshot) -> str:
+    return json.dumps(snapshot, indent=2, sort_keys=True) + "\n"
+
+
+# --- HTML ---
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:72em}
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.4em 0}
+td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#777}
+"""
+
+
+def render_html(snapshot: Snapshot) -> str:
+    counters, gauges = snapshot["counters"], snapshot["gauges"]
+    sections = [
+        _table("Now", ["what", "count"], [[k, v] for k, v in _now(snapshot, gauges)]),
+        _table("Responses by status class", ["class", "count"], _prefixed(counters, "responses.").items()),
+        _table("Errors by cause", ["cause", "count"], _prefixed(counters, "errors.").items()),
+        _table(
+            "Upstream pool",
+            ["origin", "in use", "idle"],
+            [[o, u.get("in_use", 0), u.get("idle", 0)] for o, u in sorted(snapshot["upstream"].items())],
+        ),
+        _table(
+            "Open tunnels",
+            ["client", "target", "age", "idle", "bytes up", "bytes down"],
+            [
+                [t["client"], t["target"], _secs(t["age"]), _secs(t["idle"]), t["bytes_up"], t["bytes_down"]]
+                for t in snapshot["tunnels"]
+            ],
+        ),
+        _table(
+            "Recently closed tunnels",
+            ["client", "target", "lasted", "bytes up", "bytes down", "why"],
+            [
+                [t["client"], t["target"], _secs(t["duration"]), t["bytes_up"], t["bytes_down"], t["reason"]]
+                for t in snapshot["closed_tunnels"]
+            ],
+        ),
+    ]
+    title = f"tinyproxy-py {html.escape(snapshot['version'])}"
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="5"><title>{title}</title><style>{_STYLE}</style></head><body>'
+        f"<h1>{title}</h1><p class='muted'>listening on {html.escape(snapshot['listening'])}, "
+        f"up {_secs(snapshot['uptime'])}. Also: <a href='/metrics'>/metrics</a>, "
+        f"<a href='/json'>/json</a>.</p>{''.join(sections)}</body></html>\n"
+    )
+
+
+def _now(snapshot: Snapshot, gauges: dict[str, int]) -> list[tuple[str, int]]:
+    process = snapshot["process"]
+    return [
+        ("client connections", gauges.get("clients", 0)),
+        ("requests in flight", gauges.get("requests_in_flight", 0)),
+        ("open tunnels", gauges.get("tunnels", 0)),
+        ("upstream connections", gauges.get("upstream_open", 0)),
+        ("threads", process["threads"]),
+        ("open file descriptors", process["open_fds"]),
+    ]
+
+
+def _table(title: str, header: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    body = (
+        "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
+        or f"<tr><td class='muted' colspan='{len(header)}'>none</td></tr>"
+    )
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"<td class='n'>{value}</td>"
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _secs(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s"
+
+
+PAGES: dict[str, tuple[str, Callable[[Snapshot], str]]] = {
+    "/": ("text/html; charset=utf-8", render_html),
+    "/metrics": ("text/plain; version=0.0.4; charset=utf-8", render_metrics),
+    "/json": ("application/json", render_json),
+}
