@@ -82,10 +82,16 @@ class FileSettings:
 
 
 def _keyword(name: str) -> str:
-    return name.replace("_", "").lower()
+    return name.replace("_", "").replace("-", "").lower()
 
 
-_KEYWORDS = {_keyword(name): name for name in FIELD_TYPES} | ALIASES
+# Every field answers to its name, and to its command-line flag's name when that differs
+# (FilterHost as --filter-host for filter_hosts), and tinyproxy's names for it.
+_KEYWORDS = (
+    {_keyword(name): name for name in FIELD_TYPES}
+    | {_keyword(f.metadata["flag"]): f.name for f in dataclasses.fields(Config) if f.metadata["flag"]}
+    | ALIASES
+)
 
 
 def load_file(path: str) -> FileSettings:
@@ -258,9 +264,11 @@ def reference_table() -> str:
     for f in dataclasses.fields(Config):
         if not f.metadata["cli"]:
             continue
-        keyword = "".join(part.capitalize() for part in f.name.split("_"))
+        keyword = "".join(
+            part.capitalize() for part in (f.metadata["flag"] or f.name).replace("-", "_").split("_")
+        )
         spelled = [f"`{keyword}`"] + [f"`{TINYPROXY_SPELLING.get(a, a)}`" for a in aliases.get(f.name, [])]
-        spelled = RULE_KEYWORDS.get(f.name, spelled)
+        spelled = RULE_KEYWORDS.get(f.name, list(dict.fromkeys(spelled)))
         flag = "--" + (f.metadata["flag"] or f.name.replace("_", "-"))
         unit = f" ({f.metadata['unit']})" if f.metadata["unit"] else ""
         rows.append(
