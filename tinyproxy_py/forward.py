@@ -211,22 +211,30 @@ def _relay(
         headers.append(("Connection", "close"))
     elif head.version == "HTTP/1.0":
         headers.append(("Connection", "keep-alive"))
-    client.send(response_head(status, response.reason or "", headers))
-    sent = 0 if bodiless else _stream_body(response, client, chunked)
+    head_bytes = response_head(status, response.reason or "", headers)
+    # A small body of known length is sent with the head in one write (one syscall, one
+    # packet). Otherwise the head goes first: a streaming origin may take a while to
+    # send its first body byte, and the client should not wait for the head meanwhile.
+    if bodiless or length is None or length > CHUNK_SIZE:
+        client.send(head_bytes)
+        head_bytes = b""
+    sent = 0 if bodiless else _stream_body(response, client, chunked, head_bytes)
     return Outcome(status=status, keep_alive=keep_alive, bytes_down=sent)
 
 
-def _stream_body(response: BaseHTTPResponse, client: ClientConnection, chunked: bool) -> int:
+def _stream_body(response: BaseHTTPResponse, client: ClientConnection, chunked: bool, head: bytes) -> int:
+    """Relay the body; `head`, if not yet sent, goes out with its first piece."""
     sent = 0
+    pending = head
     try:
         for data in _read_chunks(response):
-            client.send(b"".join(chunk(data)) if chunked else data)
+            client.send(pending + (b"".join(chunk(data)) if chunked else data))
+            pending = b""
             sent += len(data)
     except HTTPError as exc:
         cause = "read-timeout" if isinstance(exc, ReadTimeoutError) else "upstream-abort"
         raise Aborted(f"origin response broke off after {sent} bytes", cause=cause) from exc
-    if chunked:
-        client.send(LAST_CHUNK)
+    client.send(pending + LAST_CHUNK if chunked else pending)
     return sent
 
 
