@@ -23,6 +23,15 @@ RECV_SIZE = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+def send_quietly(sock: socket.socket, data: bytes, timeout: float = 1.0) -> None:
+    """Best effort, with a short deadline: an error reply to a client that may be gone."""
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
 class ClientConnection:
     def __init__(self, sock: socket.socket, config: Config, draining: threading.Event | None = None) -> None:
         self.sock = sock

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from . import statspage
 from .accesslog import AccessRecord
-from .clientconn import ClientConnection
+from .clientconn import ClientConnection, send_quietly
 from .errors import Aborted, BadRequest, NotFound, Overloaded, ProxyError, render
 from .forward import Outcome, forward
-from .http1 import RequestHead, response_head
+from .http1 import RequestHead, response_head, via_value
 from .tunnel import dial
 from .upstream_connect import connect_through
 
@@ -120,12 +120,17 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         if via is None:
             upstream, early = dial(head.host, head.port, timeout), b""
         else:
-            upstream, early = connect_through(via, head.host, head.port, timeout=timeout)
+            member = via_value(head.version, self.proxy.pseudonym) if self.proxy.pseudonym else ""
+            upstream, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)
         client_sock: socket.socket | None = None
         try:
             client_sock, pending = client.detach()
             label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
-            hub.adopt(client_sock, upstream, pending, label, greeting=CONNECTION_ESTABLISHED + early)
+            try:
+                hub.adopt(client_sock, upstream, pending, label, greeting=CONNECTION_ESTABLISHED + early)
+            except ProxyError as error:  # full or stopping after all: the socket is still ours
+                send_quietly(client_sock, render(error))
+                raise
             upstream = client_sock = None  # the hub owns them now, and logs the tunnel when it closes
             self.proxy.stats.count("responses.2xx")
         finally:

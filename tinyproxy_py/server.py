@@ -23,6 +23,7 @@ from typing import Any
 
 from . import __version__
 from .accesslog import AccessRecord, emit
+from .clientconn import send_quietly
 from .config import Config, load_credentials
 from .errors import Overloaded, render
 from .forward import Rewrite
@@ -58,11 +59,7 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
             log.warning(
                 "rejecting %s: max_clients (%d) reached", client_address[0], self.proxy.config.max_clients
             )
-            request.settimeout(1.0)
-            try:
-                request.sendall(_OVERLOADED)
-            except OSError:
-                pass
+            send_quietly(request, _OVERLOADED)
             self.shutdown_request(request)
             return
         try:

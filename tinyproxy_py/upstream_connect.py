@@ -14,7 +14,7 @@ import socket
 import time
 from http import HTTPStatus
 
-from .errors import BadRequest, UpstreamError, UpstreamTimeout
+from .errors import BadRequest, LoopDetected, UpstreamError, UpstreamTimeout
 from .socks5 import HandshakeIO, peer_label, socks5_handshake
 from .upstream import Upstream, join_host_port
 
@@ -33,18 +33,21 @@ def http_connect_handshake(
     *,
     deadline: float,
     label: str | None = None,
+    via: str = "",
 ) -> bytes:
     """Send `CONNECT host:port` to the HTTP proxy at the other end of `sock`; on a 2xx,
     return the bytes that came after the response head (the tunnel's first bytes).
 
     Interim 1xx answers are skipped. 407 raises UpstreamError (cause "upstream-auth"),
     any other status UpstreamError ("upstream-status"), the deadline UpstreamTimeout.
-    On return the socket's timeout is as it was; on a raise the caller closes it.
+    `via`, if given, is sent as a Via member: a CONNECT that comes back through the
+    same proxy is then recognised as a loop. On return the socket's timeout is as it
+    was; on a raise the caller closes it.
     """
     io = HandshakeIO(sock, deadline, label or peer_label(sock, "upstream proxy"))
     previous = sock.gettimeout()
     authority = join_host_port(host.strip("[]"), port)
-    io.send(connect_head(authority, proxy_authorization))
+    io.send(connect_head(authority, proxy_authorization, via))
     status, rest = _read_head(io, b"")
     while 100 <= status < 200 and status != HTTPStatus.SWITCHING_PROTOCOLS:
         status, rest = _read_head(io, rest)
@@ -53,11 +56,15 @@ def http_connect_handshake(
     return rest
 
 
-def connect_head(authority: str, proxy_authorization: str | None) -> bytes:
+def connect_head(authority: str, proxy_authorization: str | None, via: str = "") -> bytes:
     """The CONNECT request head; refuses a target or credential that would break framing."""
     if not _TARGET.fullmatch(authority):
         raise BadRequest(f"bad CONNECT target {authority!r}")
     lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    if via:
+        if not via.isprintable() or not via.isascii():
+            raise ValueError("Via must be printable ASCII")
+        lines.append(f"Via: {via}")
     if proxy_authorization is not None:
         if not proxy_authorization.isprintable() or not proxy_authorization.isascii():
             raise ValueError("Proxy-Authorization must be printable ASCII")
@@ -95,6 +102,8 @@ def _check_status(label: str, status: int, authority: str, sent_credentials: boo
             else "wants credentials; none are configured"
         )
         raise UpstreamError(f"{label} {why} (407)", cause="upstream-auth")
+    if status == HTTPStatus.LOOP_DETECTED:  # our own Via came back: say so, not "bad gateway"
+        raise LoopDetected(f"{label} reports a loop for CONNECT to {authority}")
     raise UpstreamError(
         f"{label} refused CONNECT to {authority}: {_describe(status)}", cause="upstream-status"
     )
@@ -109,10 +118,11 @@ def _describe(status: int) -> str:
 
 
 def connect_through(
-    upstream: Upstream, host: str, port: int, *, timeout: float
+    upstream: Upstream, host: str, port: int, *, timeout: float, via: str = ""
 ) -> tuple[socket.socket, bytes]:
     """A socket tunnelled to host:port through `upstream`, and the target's first bytes.
 
+    `via` is our Via member, sent with a CONNECT to an HTTP upstream (loop detection).
     `timeout` bounds the whole: connecting to the upstream and its handshake (which
     includes the upstream's own connect to the target). The caller owns the returned
     socket; on any raise the socket has already been closed.
@@ -127,7 +137,7 @@ def connect_through(
             )
             return sock, b""
         pending = http_connect_handshake(
-            sock, host, port, upstream.proxy_authorization(), deadline=deadline, label=label
+            sock, host, port, upstream.proxy_authorization(), deadline=deadline, label=label, via=via
         )
         return sock, pending
     except BaseException:
