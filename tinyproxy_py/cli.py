@@ -29,6 +29,7 @@ from . import __version__
 from .conffile import ConfigFileError, from_environment, load_file
 from .config import CHOICES, Config
 from .server import ProxyServer
+from .workers import SharedStats, supervise
 
 THREAD_STACK_SIZE = 512 * 1024
 _SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}
@@ -98,20 +99,51 @@ def serve(config_file: str | None, **settings: Any) -> None:
     """
     explicit = _explicit(settings)
     config, warnings = _load(config_file, explicit)
-    proxy = _make_proxy(config)
+    proxy = _make_proxy(config)  # validates everything before anything starts
     logs = _LogSetup(config)
     for warning in warnings:
         log.warning("%s", warning)
     _prepare_process(config)
-    events = _signal_events()
-    _start(proxy)
+    reload = lambda: build_config(config_file, explicit)  # noqa: E731
     try:
         with _pid_file(config.pid_file):
-            _announce(proxy)
-            _serve_until_stopped(proxy, events, logs, lambda: build_config(config_file, explicit))
+            if config.workers == 1:
+                _run_worker(proxy, logs, reload, announce=True)
+                return
+
+            def worker(config: Config, shared: SharedStats) -> None:
+                _run_worker(ProxyServer(config), logs, reload, shared, announce=shared.index == 0)
+
+            status = supervise(config, worker)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from exc
     finally:
-        proxy.stop()
         logs.close()
+    sys.exit(status)
+
+
+def _run_worker(
+    proxy: ProxyServer,
+    logs: _LogSetup,
+    reload: Callable[[], tuple[Config, list[str]]],
+    shared: SharedStats | None = None,
+    announce: bool = False,
+) -> None:
+    """Serve until a stop signal: the whole of `serve`, or one of its --workers."""
+    events = _signal_events()
+    _start(proxy)
+    if shared is not None:
+        shared.attach(proxy)
+    try:
+        if announce:
+            _announce(proxy)
+        _serve_until_stopped(proxy, events, logs, reload)
+    finally:
+        if shared is not None:
+            shared.detach()
+        proxy.stop()
 
 
 def _make_proxy(config: Config) -> ProxyServer:

@@ -60,6 +60,9 @@ class Config:
     )
     tunnel_linger: float = _opt(30.0, "A half-closed tunnel idle this long is closed.", unit="seconds")
     max_clients: int = _opt(256, "Concurrent client connections (threads); 503 beyond.")
+    workers: int = _opt(
+        1, "Processes sharing the port (SO_REUSEPORT), each with its own threads, hub and pool; serve only."
+    )
     max_tunnels: int = _opt(10_000, "Open CONNECT tunnels; 503 beyond.")
     max_line_bytes: int = _opt(8192, "Longest request line; 414 beyond.", unit="bytes")
     max_head_bytes: int = _opt(65_536, "Largest request head; 431 beyond.", unit="bytes")
@@ -131,7 +134,7 @@ class Config:
                 raise ValueError(f"{f.name} must be greater than 0")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be within 0..65535, got {self.port}")
-        at_least_one = ("max_clients", "max_tunnels", "max_line_bytes", "max_headers")
+        at_least_one = ("max_clients", "max_tunnels", "max_line_bytes", "max_headers", "workers")
         for name in (*at_least_one, "pool_hosts", "pool_idle_per_host"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -16,7 +16,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -49,6 +49,7 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, proxy: ProxyServer, family: socket.AddressFamily) -> None:
         self.address_family = family
+        self.allow_reuse_port = proxy.config.workers > 1  # sibling workers share the port
         self.proxy = proxy
         handler = type("Handler", (ProxyRequestHandler,), {"proxy": proxy})
         super().__init__((proxy.config.host, proxy.config.port), handler)
@@ -96,6 +97,8 @@ class ProxyServer:
         """
         self.config = config or Config()
         self.on_access = on_access
+        # Set by `serve --workers`: the other workers' local snapshots, to add up.
+        self.siblings: Callable[[], list[dict[str, Any]]] | None = None
         # A token unique to this instance, carried in our Via member: seeing it come
         # back in a request means the request looped through us.
         self._token = secrets.token_hex(4)
@@ -259,10 +262,17 @@ class ProxyServer:
         self.record_access(record)
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything the stats pages show, as plain data (statspage.py renders it)."""
+        """Everything the stats pages show, as plain data (statspage.py renders it),
+        added up over sibling workers when there are some (`--workers`)."""
+        own = self.local_snapshot()
+        return _add_up([own, *self.siblings()]) if self.siblings is not None else own
+
+    def local_snapshot(self) -> dict[str, Any]:
+        """This process's share of the snapshot."""
         stats = self.stats.snapshot()
         return {
             "version": __version__,
+            "workers": [os.getpid()],
             "listening": self.url,
             "uptime": stats["uptime"],
             "counters": stats["counters"],
@@ -316,3 +326,28 @@ def _routes(config: Config) -> UpstreamRules:
     for entry in rules.ignored:
         log.warning("NO_PROXY entry %r is not understood; ignored", entry)
     return rules
+
+
+def _add_up(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot for several workers: counts summed, tunnels listed together."""
+    total = dict(snapshots[0])
+    for key in ("counters", "gauges", "resources", "process"):
+        total[key] = _sum_maps(s[key] for s in snapshots)
+    upstream: dict[str, dict[str, int]] = {}
+    for snapshot in snapshots:
+        for origin, usage in snapshot["upstream"].items():
+            upstream[origin] = _sum_maps([upstream.get(origin, {}), usage])
+    total["upstream"] = upstream
+    total["workers"] = [pid for s in snapshots for pid in s["workers"]]
+    total["tunnels"] = [t for s in snapshots for t in s["tunnels"]]
+    total["closed_tunnels"] = [t for s in snapshots for t in s["closed_tunnels"]][:50]
+    total["uptime"] = max(s["uptime"] for s in snapshots)
+    return total
+
+
+def _sum_maps(maps: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for mapping in maps:
+        for key, value in mapping.items():
+            total[key] = total.get(key, 0) + value
+    return total

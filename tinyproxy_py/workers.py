@@ -1,0 +1,161 @@
+"""`serve --workers N`: N processes sharing one port, each with its own threads, hub and pool.
+
+Python runs one thread of bytecode at a time per process, so a second process is what
+doubles plain-HTTP throughput on a second core. The kernel spreads connections over the
+workers' listening sockets (SO_REUSEPORT). The parent only supervises: it reserves the
+port, forks the workers, passes signals on (stop, reload) and waits for them; a second
+stop signal kills them. Each worker publishes its stats snapshot to a shared folder
+every second, and the stats pages of any worker add up all of them.
+Used by the CLI only (it forks: an embedding program decides that for itself).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .server import ProxyServer
+
+log = logging.getLogger(__name__)
+
+PUBLISH_INTERVAL = 1.0
+STALE_AFTER = 5.0  # a snapshot older than this belongs to a worker that is gone
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+
+
+def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None]) -> int:
+    """Fork `config.workers` workers on one port and wait for them; the exit status."""
+    reserved = _reserve_port(config)
+    config = config.replace(port=reserved.getsockname()[1])
+    folder = Path(tempfile.mkdtemp(prefix="tinyproxy-py-"))
+    children: set[int] = set()
+    stops = _pass_signals_on(children)  # before forking: no window where a signal is lost
+    try:
+        for index in range(config.workers):
+            pid = os.fork()
+            if pid == 0:  # the worker
+                reserved.close()
+                os._exit(_worker_main(run_worker, config, SharedStats(folder, index)))
+            children.add(pid)
+        reserved.close()
+        log.info("%d workers on port %d: %s", len(children), config.port, ", ".join(map(str, children)))
+        return _wait_for(children, stops)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _reserve_port(config: Config) -> socket.socket:
+    """Bind (not listen) with SO_REUSEPORT: fixes port 0 to a number the workers all share."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _worker_main(
+    run_worker: Callable[[Config, SharedStats], None], config: Config, stats: SharedStats
+) -> int:
+    for signum in PASSED_ON:
+        signal.signal(signum, signal.SIG_DFL)  # run_worker installs its own
+    try:
+        run_worker(config, stats)
+    except BaseException:
+        log.exception("worker %d failed", os.getpid())
+        return 1
+    return 0
+
+
+def _pass_signals_on(children: set[int]) -> list[int]:
+    """Send stop and reload signals on to the workers; a second stop signal kills them.
+
+    Returns the list that records the stop signals received (for _wait_for)."""
+    stops: list[int] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        if signum in STOP_SIGNALS:
+            stops.append(signum)
+        sent = signal.SIGKILL if len(stops) > 1 else signum
+        for pid in list(children):
+            try:
+                os.kill(pid, sent)
+            except ProcessLookupError:
+                pass
+
+    for signum in PASSED_ON:
+        signal.signal(signum, pass_on)
+    return stops
+
+
+def _wait_for(children: set[int], stops: list[int]) -> int:
+    """Wait for every worker; if one fails on its own, stop the others. The exit status."""
+    status = 0
+    while children:
+        pid, code = os.wait()
+        children.discard(pid)
+        exit_code = os.waitstatus_to_exitcode(code)
+        if exit_code != 0:
+            status = 1
+            if not stops:
+                log.error("worker %d exited with %d; stopping the others", pid, exit_code)
+                signal.raise_signal(signal.SIGTERM)
+    return status
+
+
+class SharedStats:
+    """A worker's view of the shared snapshot folder: it publishes its own, reads all."""
+
+    def __init__(self, folder: Path, index: int) -> None:
+        self.folder, self.index = folder, index
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def attach(self, proxy: ProxyServer) -> None:
+        """Publish `proxy`'s snapshot every second, and let its stats pages add up every worker's."""
+        proxy.siblings = self.read_others
+        self._thread = threading.Thread(
+            target=self._publish, args=(proxy,), name="tinyproxy-py-stats", daemon=True
+        )
+        self._thread.start()
+
+    def detach(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        (self.folder / f"{self.index}.json").unlink(missing_ok=True)
+
+    def _publish(self, proxy: ProxyServer) -> None:
+        target = self.folder / f"{self.index}.json"
+        while not self._stop.wait(PUBLISH_INTERVAL):
+            scratch = target.with_suffix(".tmp")
+            scratch.write_text(json.dumps(proxy.local_snapshot()))
+            scratch.replace(target)  # atomic: readers never see half a file
+
+    def read_others(self) -> list[dict[str, Any]]:
+        found = []
+        for path in self.folder.glob("*.json"):
+            if path.name == f"{self.index}.json":
+                continue
+            try:
+                if time.time() - path.stat().st_mtime < STALE_AFTER:
+                    found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue  # a worker that just stopped
+        return found
