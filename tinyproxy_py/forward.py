@@ -93,9 +93,7 @@ def forward(
         complete = False
         try:
             if via is not None and response.status == 407:
-                raise UpstreamError(
-                    f"upstream proxy {via} refused our credentials (407)", cause="upstream-auth"
-                )
+                raise _upstream_auth_error(via)
             outcome = _relay(head, response, client, rewrite.pseudonym)
             complete = True
             return outcome
@@ -182,9 +180,17 @@ def _proxy_error(exc: urllib3.exceptions.ProxyError, via: Upstream | None) -> Pr
         return UpstreamTimeout(f"connecting to upstream proxy {via} timed out", cause="upstream-timeout")
     if isinstance(reason, NewConnectionError):
         return UpstreamError(f"cannot connect to upstream proxy {via}", cause="upstream-connect")
-    if "407" in str(reason):
-        return UpstreamError(f"upstream proxy {via} refused our credentials (407)", cause="upstream-auth")
+    if "407" in str(reason) and via is not None:
+        return _upstream_auth_error(via)
     return UpstreamError(f"upstream proxy {via} failed the request", cause="upstream-protocol")
+
+
+def _upstream_auth_error(via: Upstream) -> UpstreamError:
+    if via.proxy_authorization() is None:
+        why = "wants credentials; none are configured"
+    else:
+        why = "refused the configured credentials"
+    return UpstreamError(f"upstream proxy {via} {why} (407)", cause="upstream-auth")
 
 
 def _relay(
