@@ -39,6 +39,7 @@ class ClientConnection:
         self.draining = draining or threading.Event()  # set: the server is stopping
         self.buffer = bytearray()
         self.body_pending = False
+        self._current_timeout: float | None = sock.gettimeout()
         self.body_bytes = 0  # of the current request, for the access log
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -84,7 +85,7 @@ class ClientConnection:
         return len(self.buffer) - self.buffer.rfind(b"\n") - 1 > self.config.max_line_bytes
 
     def _recv(self, timeout: float, *, idle_ok: bool) -> bytes | None:
-        self.sock.settimeout(timeout)
+        self._timeout(timeout)
         try:
             data = self.sock.recv(RECV_SIZE)
         except TimeoutError:
@@ -133,7 +134,7 @@ class ClientConnection:
             data = self._body_recv()
 
     def _body_recv(self) -> bytes:
-        self.sock.settimeout(self.config.read_timeout)
+        self._timeout(self.config.read_timeout)
         try:
             data = self.sock.recv(RECV_SIZE)
         except OSError as exc:
@@ -145,12 +146,20 @@ class ClientConnection:
         return data
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
-        self.sock.settimeout(self.config.read_timeout)
+        if not data:
+            return
+        self._timeout(self.config.read_timeout)
         try:
             self.sock.sendall(data)
         except OSError as exc:
             raise Aborted(f"sending to the client failed: {exc}") from exc
         self.bytes_sent += len(data)
+
+    def _timeout(self, seconds: float) -> None:
+        """settimeout() costs a syscall even when nothing changes: skip it then."""
+        if seconds != self._current_timeout:
+            self.sock.settimeout(seconds)
+            self._current_timeout = seconds
 
     def send_quietly(self, data: bytes) -> None:
         """Best effort, for error replies to a client that may already be gone."""

@@ -49,7 +49,10 @@ from .upstream import Upstream
 log = logging.getLogger(__name__)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-CHUNK_SIZE = 65536
+# One read1() from the origin: larger pieces mean fewer syscalls and allocations per MiB
+# (read1 returns what has arrived, so a slow stream is still relayed as it comes).
+CHUNK_SIZE = 256 * 1024
+COALESCE_LIMIT = 65536  # a known-length body up to this size goes out with the head
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
 
 
@@ -112,13 +115,13 @@ def _send(
 ) -> BaseHTTPResponse:
     body = client.body(head) if head.has_body else None
     try:
-        return pool.urlopen(head.method, head.url, body, headers, via)
+        return pool.urlopen(head.method, (head.scheme, head.host, head.port), head.path, body, headers, via)
     except HTTPError as exc:
         if not (body is None and head.method in IDEMPOTENT and _stale_connection(exc, pool)):
             raise _upstream_error(exc, head, via) from exc
         log.debug("retrying %s %s once: reused connection was closed by the origin", head.method, head.url)
     try:
-        return pool.urlopen(head.method, head.url, None, headers, via)
+        return pool.urlopen(head.method, (head.scheme, head.host, head.port), head.path, None, headers, via)
     except HTTPError as exc:
         raise _upstream_error(exc, head, via) from exc
 
@@ -221,7 +224,7 @@ def _relay(
     # A small body of known length is sent with the head in one write (one syscall, one
     # packet). Otherwise the head goes first: a streaming origin may take a while to
     # send its first body byte, and the client should not wait for the head meanwhile.
-    if bodiless or length is None or length > CHUNK_SIZE:
+    if bodiless or length is None or length > COALESCE_LIMIT:
         client.send(head_bytes)
         head_bytes = b""
     sent = 0 if bodiless else _stream_body(response, client, chunked, head_bytes)

@@ -28,7 +28,7 @@ from urllib3.response import BaseHTTPResponse
 from .config import Config
 from .errors import Overloaded
 from .stats import Stats
-from .upstream import Upstream
+from .upstream import Upstream, join_host_port
 from .upstream_connect import connect_through
 
 
@@ -332,20 +332,35 @@ class UpstreamPool:
         return usage
 
     def urlopen(
-        self, method: str, url: str, body: Any, headers: Any, via: Upstream | None = None
+        self,
+        method: str,
+        origin: tuple[str, str, int],
+        path: str,
+        body: Any,
+        headers: Any,
+        via: Upstream | None,
     ) -> BaseHTTPResponse:
-        """Send a request (through `via`, if given); the caller must release or close the response."""
-        return self._manager(via).urlopen(
-            method,
-            url,
-            body=body,
-            headers=headers,
-            redirect=False,
-            retries=False,
-            preload_content=False,
-            decode_content=False,
-            release_conn=False,
-        )
+        """Send a request to origin (scheme, host, port), through `via` if given.
+
+        The caller owns the response and must release or close it. The origin is passed
+        already parsed: urllib3 would otherwise parse the URL again on every request.
+        """
+        scheme, host, port = origin
+        manager = self._manager(via)
+        options: dict[str, Any] = {
+            "body": body,
+            "headers": headers,
+            "redirect": False,
+            "retries": False,
+            "preload_content": False,
+            "decode_content": False,
+            "release_conn": False,
+        }
+        if isinstance(manager, urllib3.ProxyManager):  # it decides absolute form vs CONNECT
+            url = f"{scheme}://{join_host_port(host, port)}{path}"
+            return manager.urlopen(method, url, **options)
+        pool = manager.connection_from_host(host, port, scheme)
+        return pool.urlopen(method, path, assert_same_host=False, **options)
 
     def close(self) -> None:
         """Stop the reaper, close idle connections and abort those in use (their threads fail fast)."""
