@@ -1,0 +1,213 @@
+"""The table: one row per figure, one column per subject, ratios against direct, verdicts.
+
+Values are medians over the rounds; a ratio is the median of the proxy's values over
+the median of direct's. Targets (issue 9) apply to tinyproxy-py; each verdict says by
+how much a target is met or missed. The table is Markdown, to paste into
+docs/performance.md as printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .scenarios import Record
+
+PY = "tinyproxy-py"
+PY2 = "tinyproxy-py --workers 2"
+C = "tinyproxy"
+DIRECT = "direct"
+
+# A verdict: (met, detail). `met` is None when there is nothing to judge.
+Verdict = tuple[bool | None, str]
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    judge: Callable[[Record, str], Verdict]  # (record, subject) -> verdict
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    digits: int = 0
+    ratio: bool = False  # show x direct next to each proxy
+    target: Target | None = None
+    subject: str = PY  # whose value the target judges
+
+
+def at_least_ratio(key: str, minimum: float, also: float | None = None) -> Target:
+    """proxy / direct >= minimum (and, if given, the weaker copy-path bound `also`)."""
+    text = f">= {minimum:g}x direct" + (f" (copy path >= {also:g}x)" if also else "")
+
+    def judge(record: Record, subject: str) -> Verdict:
+        value, direct = record.median(subject, key), record.median(DIRECT, key)
+        if value is None or not direct:
+            return None, "not measured"
+        ratio = value / direct
+        if ratio >= minimum:
+            return True, f"met: {ratio:.3f}x"
+        verdict = f"missed: {ratio:.3f}x is {ratio / minimum:.0%} of {minimum:g}x"
+        if also is not None:
+            verdict += f"; copy-path {also:g}x {'met' if ratio >= also else 'missed'}"
+        return False, verdict
+
+    return Target(text, judge)
+
+
+def at_most(key: str, maximum: float, unit: str) -> Target:
+    def judge(record: Record, subject: str) -> Verdict:
+        value = record.median(subject, key)
+        if value is None:
+            return None, "not measured"
+        if value <= maximum:
+            return True, f"met: {value:.3g} {unit}"
+        return False, f"missed: {value:.3g} {unit}, {value - maximum:.3g} {unit} over"
+
+    return Target(f"<= {maximum:g} {unit}", judge)
+
+
+def at_least_other(key: str, other: str) -> Target:
+    def judge(record: Record, subject: str) -> Verdict:
+        value, theirs = record.median(subject, key), record.median(other, key)
+        if value is None or theirs is None:
+            return None, f"not measured ({other} missing?)"
+        met = value >= theirs
+        return met, f"{'met' if met else 'missed'}: {value / theirs:.2f}x {other}"
+
+    return Target(f">= {other}", judge)
+
+
+def not_implemented(text: str) -> Target:
+    return Target(text, lambda record, subject: (None, "not implemented (no --workers option)"))
+
+
+ROWS: tuple[Row, ...] = (
+    Row("a_100_rps", "a. keep-alive 100 B, req/s", ratio=True, target=at_least_ratio("a_100_rps", 0.05)),
+    Row("a_100_p50", "a. keep-alive 100 B, p50 ms", 2),
+    Row("a_100_p99", "a. keep-alive 100 B, p99 ms", 2),
+    Row("a_100_cpu", "a. keep-alive 100 B, proxy CPU %"),
+    Row("a_16k_rps", "a. keep-alive 16 KiB, req/s", ratio=True, target=at_least_ratio("a_16k_rps", 0.05)),
+    Row("a_16k_p50", "a. keep-alive 16 KiB, p50 ms", 2),
+    Row("a_16k_p99", "a. keep-alive 16 KiB, p99 ms", 2),
+    Row("a_1m_mibs", "a. keep-alive 1 MiB, MiB/s", ratio=True, target=at_least_ratio("a_1m_mibs", 0.3)),
+    Row(
+        "a_100_rps",
+        "a. keep-alive 100 B, req/s, --workers 2",
+        ratio=True,
+        target=at_least_ratio("a_100_rps", 0.10),
+        subject=PY2,
+    ),
+    Row(
+        "a_16k_rps",
+        "a. keep-alive 16 KiB, req/s, --workers 2",
+        ratio=True,
+        target=at_least_ratio("a_16k_rps", 0.10),
+        subject=PY2,
+    ),
+    Row("b_rps", "b. new connection per request, req/s", ratio=True, target=at_least_other("b_rps", C)),
+    Row("b_cpu", "b. new connection per request, proxy CPU %"),
+    Row(
+        "c_1_mibs",
+        "c. CONNECT bulk, 1 stream, MiB/s",
+        ratio=True,
+        target=at_least_ratio("c_1_mibs", 0.55, 0.35),
+    ),
+    Row("c_1_cpu", "c. CONNECT bulk, 1 stream, proxy CPU %"),
+    Row(
+        "c_8_mibs",
+        "c. CONNECT bulk, 8 streams, MiB/s",
+        ratio=True,
+        target=at_least_ratio("c_8_mibs", 0.6, 0.35),
+    ),
+    Row("c_8_peak", "c. peak RSS during 8 streams, MiB", 1, target=at_most("c_8_peak", 48, "MiB")),
+    Row(
+        "d_plain_tps",
+        "d. CONNECT+GET+close, plain, /s",
+        ratio=True,
+        target=at_least_ratio("d_plain_tps", 0.7),
+    ),
+    Row("d_tls_tps", "d. CONNECT+GET+close, TLS, /s", ratio=True, target=at_least_ratio("d_tls_tps", 0.7)),
+    Row("e_rss", "e. idle tunnel: RSS KiB each", 2, target=at_most("e_rss", 2, "KiB")),
+    Row("e_threads", "e. idle tunnel: threads each", 3, target=at_most("e_threads", 0, "threads")),
+    Row("e_fds", "e. idle tunnel: fds each", 3, target=at_most("e_fds", 2, "fds")),
+    Row("e_fds_left", "e. after close: fds vs baseline", target=at_most("e_fds_left", 0, "fds")),
+    Row(
+        "e_threads_left",
+        "e. after close: threads vs baseline",
+        target=at_most("e_threads_left", 0, "threads"),
+    ),
+    Row("e_rss_left", "e. after close: RSS vs baseline, MiB", 1),
+    Row("f_fds_left", "f. 500 aborts: fds vs baseline", target=at_most("f_fds_left", 0, "fds")),
+    Row(
+        "f_threads_left", "f. 500 aborts: threads vs baseline", target=at_most("f_threads_left", 0, "threads")
+    ),
+    Row("f_settle", "f. 500 aborts: seconds to settle", 1),
+    Row("g_tunnel", "g. slow reader, tunnel: RSS growth MiB", 2, target=at_most("g_tunnel", 1, "MiB")),
+    Row("g_plain", "g. slow reader, plain: RSS growth MiB", 2, target=at_most("g_plain", 1, "MiB")),
+    Row("idle_rss", "idle process at start: RSS MiB", 1, target=at_most("idle_rss", 25, "MiB")),
+    Row("idle_anon", "idle process at start: private (anon) MiB", 1),
+)
+
+
+def render(record: Record, subjects: Sequence[str], aborts: int) -> str:
+    """The Markdown table: direct, each proxy (with x direct where it means something), target."""
+    proxies = [s for s in subjects if s not in (DIRECT, PY2)]
+    head = ["figure", DIRECT]
+    for name in proxies:
+        head += [name, "x"]
+    head += ["target (tinyproxy-py)", "verdict"]
+    lines = [_line(head), _line(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"])]
+    for row in ROWS:
+        if row.subject == PY2 and PY2 not in subjects:
+            lines.append(_line([row.label, *[""] * (len(head) - 3), row.target.text if row.target else "",
+                                "not implemented (no --workers option)"]))  # fmt: skip
+            continue
+        lines.append(_line(_cells(record, row, proxies, aborts)))
+    return "\n".join(lines)
+
+
+def _cells(record: Record, row: Row, proxies: Sequence[str], aborts: int) -> list[str]:
+    label = row.label.replace("500 aborts", f"{aborts} aborts")
+    direct = record.median(DIRECT, row.key)
+    cells = [label, _number(direct, row.digits)]
+    for name in proxies:
+        if row.subject != PY and name != PY:
+            cells += ["", ""]  # a row about one variant of tinyproxy-py
+            continue
+        subject = row.subject if name == PY else name
+        value = record.median(subject, row.key)
+        cells.append(_number(value, row.digits))
+        cells.append(f"{value / direct:.3f}" if row.ratio and value is not None and direct else "")
+    if row.target is None:
+        return [*cells, "", ""]
+    _, verdict = row.target.judge(record, row.subject)
+    return [*cells, row.target.text, verdict]
+
+
+def verdicts(record: Record, subjects: Sequence[str]) -> list[tuple[str, bool | None, str]]:
+    """(row label, met, detail) for every row with a target."""
+    found: list[tuple[str, bool | None, str]] = []
+    for row in ROWS:
+        if row.target is None:
+            continue
+        if row.subject == PY2 and PY2 not in subjects:
+            found.append((row.label, None, "not implemented"))
+            continue
+        met, detail = row.target.judge(record, row.subject)
+        found.append((row.label, met, detail))
+    return found
+
+
+def _number(value: float | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def _line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
