@@ -29,6 +29,7 @@ from .config import Config, parse_credential
 from .errors import Forbidden, LoopDetected, ProxyAuthRequired
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+CLIENT_VERDICTS = 4096  # remembered client addresses; the table is emptied when full
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
@@ -96,18 +97,32 @@ class Policy:
         self._digests = tuple(_digest(user, password) for user, password in (*inline, *users))
         self.challenge = f'Basic realm="{config.auth_realm}"'
         self.via_token = via_token
+        self._verdicts: dict[str, str] = {}  # client address -> refusal ("" admits)
 
     @property
     def requires_auth(self) -> bool:
         return bool(self._digests)
 
     def check_client(self, address: str) -> None:
+        """Every connection asks this, so answers are remembered (a bounded table)."""
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            verdict = self._judge_client(address)
+            if len(self._verdicts) >= CLIENT_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[address] = verdict
+        if verdict:
+            raise Forbidden(verdict, cause="acl")
+
+    def _judge_client(self, address: str) -> str:
+        """Why `address` is refused, or "" if it is admitted."""
         ip = _client_ip(address)
         for network in self.deny:
             if ip in network:
-                raise Forbidden(f"client {address} is denied by rule {network}", cause="acl")
+                return f"client {address} is denied by rule {network}"
         if not any(ip in network for network in self.allow):
-            raise Forbidden(f"client {address} is not in the allow list", cause="acl")
+            return f"client {address} is not in the allow list"
+        return ""
 
     def check_credentials(self, proxy_authorization: str | None) -> None:
         """Basic credentials, compared in constant time against every configured user."""
