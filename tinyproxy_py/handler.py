@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from . import statspage
 from .accesslog import AccessRecord
 from .clientconn import ClientConnection, send_quietly
+from .dialer import dial
 from .errors import Aborted, BadRequest, NotFound, Overloaded, ProxyError, render
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
-from .tunnel import dial
 from .upstream_connect import connect_through
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         via = self.proxy.routes.choose(head.host, head.port, "https")
         upstream: socket.socket | None
         if via is None:
-            upstream, early = dial(head.host, head.port, timeout), b""
+            upstream, early = dial((head.host, head.port), timeout), b""
         else:
             member = via_value(head.version, self.proxy.pseudonym) if self.proxy.pseudonym else ""
             upstream, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)

@@ -366,7 +366,7 @@ class UpstreamPool:
         """Stop the reaper, close idle connections and abort those in use (their threads fail fast)."""
         self._stop.set()
         if self._reaper.is_alive():
-            self._reaper.join()
+            self._reaper.join(timeout=5.0)  # it wakes at once: _stop is set
         with self._managers_lock:
             managers = list(self._managers.values())
         for manager in managers:

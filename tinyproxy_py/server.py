@@ -206,7 +206,7 @@ class ProxyServer:
         server.shutdown()
         server.server_close()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=5.0)  # serve_forever has returned: shutdown() waited for it
         if not self._wait_until_zero("requests_in_flight", self.config.shutdown_grace):
             log.warning(
                 "grace period over: aborting %d requests in flight", self.stats.gauge("requests_in_flight")

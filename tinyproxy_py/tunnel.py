@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .errors import Overloaded, UpstreamError, UpstreamTimeout
+from .errors import Overloaded
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -42,20 +42,6 @@ BUFFER_SIZE = 512 * 1024
 _READS_PER_EVENT = 4  # then let other tunnels have a turn
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
-
-
-def dial(host: str, port: int, timeout: float) -> socket.socket:
-    """Open a TCP connection to host:port, or raise the ProxyError the client should see."""
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"connecting to {host}:{port} timed out", cause="connect-timeout") from exc
-    except socket.gaierror as exc:
-        raise UpstreamError(f"cannot resolve {host}", cause="dns") from exc
-    except OSError as exc:
-        raise UpstreamError(f"cannot connect to {host}:{port}", cause="refused") from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 @dataclass
@@ -442,6 +428,7 @@ class TunnelHub:
         aborted = reason in ("reset", "error")
         self._release(tunnel.client, tunnel.masks[0], aborted or state.down.wants_write)
         self._release(tunnel.upstream, tunnel.masks[1], aborted or state.up.wants_write)
+        state.up.tail = state.down.tail = None  # a stale reference to the tunnel must not pin them
         record = ClosedTunnel(
             tunnel.client_name,
             tunnel.target,

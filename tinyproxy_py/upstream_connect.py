@@ -14,7 +14,8 @@ import socket
 import time
 from http import HTTPStatus
 
-from .errors import BadRequest, LoopDetected, UpstreamError, UpstreamTimeout
+from .dialer import UPSTREAM_CAUSES, dial
+from .errors import BadRequest, LoopDetected, UpstreamError
 from .socks5 import HandshakeIO, peer_label, socks5_handshake
 from .upstream import Upstream, join_host_port
 
@@ -129,7 +130,7 @@ def connect_through(
     """
     deadline = time.monotonic() + timeout
     label = f"upstream {upstream}"
-    sock = _dial(upstream, deadline, label)
+    sock = dial(upstream.address, max(deadline - time.monotonic(), 0.001), name=label, causes=UPSTREAM_CAUSES)
     try:
         if upstream.scheme == "socks5":
             socks5_handshake(
@@ -143,16 +144,3 @@ def connect_through(
     except BaseException:
         sock.close()
         raise
-
-
-def _dial(upstream: Upstream, deadline: float, label: str) -> socket.socket:
-    try:
-        sock = socket.create_connection(upstream.address, timeout=max(deadline - time.monotonic(), 0.001))
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"connecting to {label} timed out", cause="upstream-timeout") from exc
-    except socket.gaierror as exc:
-        raise UpstreamError(f"cannot resolve {label}", cause="upstream-dns") from exc
-    except OSError as exc:
-        raise UpstreamError(f"cannot connect to {label}", cause="upstream-connect") from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock

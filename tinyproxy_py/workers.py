@@ -138,7 +138,7 @@ class SharedStats:
     def detach(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=5.0)
         (self.folder / f"{self.index}.json").unlink(missing_ok=True)
 
     def _publish(self, proxy: ProxyServer) -> None:
