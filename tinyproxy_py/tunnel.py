@@ -291,11 +291,7 @@ class TunnelHub:
         try:
             next_sweep = 0.0
             while not self._stopping:
-                for key, mask in self._selector.select(self._tick()):
-                    if key.data is None:
-                        self._take_incoming()
-                    else:
-                        self._guarded(self._service, key.data, key.fileobj, mask)
+                self._dispatch(self._selector.select(self._tick()))
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep(now)
@@ -304,6 +300,15 @@ class TunnelHub:
             log.exception("tunnel hub failed; closing every tunnel")
         finally:
             self._shutdown()
+
+    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        # A function of its own so that its locals go when it returns: a loop variable
+        # left in _run would keep the last tunnel (and its tails) alive until the next event.
+        for key, mask in events:
+            if key.data is None:
+                self._take_incoming()
+            else:
+                self._guarded(self._service, key.data, key.fileobj, mask)
 
     def _tick(self) -> float:
         """How often deadlines are checked: a quarter of the shortest, at most 1 s."""
@@ -428,7 +433,6 @@ class TunnelHub:
         aborted = reason in ("reset", "error")
         self._release(tunnel.client, tunnel.masks[0], aborted or state.down.wants_write)
         self._release(tunnel.upstream, tunnel.masks[1], aborted or state.up.wants_write)
-        state.up.tail = state.down.tail = None  # a stale reference to the tunnel must not pin them
         record = ClosedTunnel(
             tunnel.client_name,
             tunnel.target,
