@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 # Two named waits: one for things that must expire soon, one generous bound for things
 # that must not (CI is slower than a quiet laptop).
@@ -40,6 +40,22 @@ def open_fds() -> int:
 
 def thread_count() -> int:
     return threading.active_count()
+
+
+def stalled_listener(stack: ExitStack, accept_queue_full: bool = True) -> int:
+    """A loopback port that never answers: its accept queue full (connect hangs), or
+    connections completed by the kernel but never accepted (the handshake hangs).
+    Everything it opens is closed by `stack`."""
+    listener = stack.enter_context(socket.socket())
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    if accept_queue_full:
+        for _ in range(3):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+    return port
 
 
 def closed_port() -> int:

@@ -39,6 +39,7 @@ from ..support import (
     get,
     raw_exchange,
     request_over,
+    stalled_listener,
     wait_until,
 )
 
@@ -283,21 +284,6 @@ def curl(proxy: Hop, url: str, ca_file: Path) -> bytes:
 
 def basic(credentials: str) -> str:
     return "Basic " + base64.b64encode(credentials.encode()).decode()
-
-
-def stalled_listener(stack: ExitStack, accept_queue_full: bool) -> int:
-    """A loopback port that never answers: its accept queue full (connect hangs), or
-    connections completed by the kernel but never accepted (the handshake hangs)."""
-    listener = stack.enter_context(socket.socket())
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = int(listener.getsockname()[1])
-    if accept_queue_full:
-        for _ in range(3):
-            filler = stack.enter_context(socket.socket())
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-    return port
 
 
 class HeadRecorder:

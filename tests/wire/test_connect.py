@@ -31,6 +31,7 @@ from ..support import (
     closed_port,
     open_fds,
     scripted_server,
+    stalled_listener,
     thread_count,
     wait_until,
 )
@@ -291,23 +292,10 @@ def test_unresolvable_target_is_502(proxy: ProxyServer) -> None:
 
 def test_connect_timeout_is_504(make_proxy: Callable[..., ProxyServer]) -> None:
     proxy = make_proxy(connect_timeout=0.3)
-    # A listener whose accept queue is full drops further SYNs: connect() hangs.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        try:
-            for _ in range(3):
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-                fillers.append(filler)
-            started = time.monotonic()
-            response = connect_status(proxy, f"127.0.0.1:{port}")
-        finally:
-            for filler in fillers:
-                filler.close()
+    with ExitStack() as stack:
+        port = stalled_listener(stack)  # a full accept queue drops further SYNs: connect() hangs
+        started = time.monotonic()
+        response = connect_status(proxy, f"127.0.0.1:{port}")
     assert response.status == 504
     assert response.header("X-Tinyproxy-Py-Cause") == "connect-timeout"
     assert time.monotonic() - started < 0.3 + MUST_NOT_EXPIRE / 4

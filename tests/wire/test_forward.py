@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from ..support import (
     recv_all,
     request_over,
     scripted_server,
+    stalled_listener,
     wait_until,
 )
 
@@ -345,22 +347,9 @@ def test_stall_mid_body_closes_client_after_read_timeout(make_proxy, origin: Ori
 
 def test_connect_timeout_is_504(make_proxy) -> None:
     proxy = make_proxy(connect_timeout=0.3)
-    # A listener whose accept queue is full drops further SYNs: connect() hangs.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        try:
-            for _ in range(3):
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-                fillers.append(filler)
-            response = get(proxy.address, f"http://127.0.0.1:{port}/")
-        finally:
-            for filler in fillers:
-                filler.close()
+    with ExitStack() as stack:
+        port = stalled_listener(stack)  # a full accept queue drops further SYNs: connect() hangs
+        response = get(proxy.address, f"http://127.0.0.1:{port}/")
     assert response.status == 504
     assert response.header("X-Tinyproxy-Py-Cause") == "connect-timeout"
 
