@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tinyproxy_py"
-PURE = {"http1", "config", "errors", "stats"}
+PURE = {"http1", "config", "errors", "stats", "policy", "upstream", "accesslog", "statspage"}
 IO_MODULES = {"socket", "selectors", "ssl", "urllib3", "click"}
 
 
