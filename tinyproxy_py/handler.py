@@ -94,7 +94,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         """The proxy's own pages: /, /metrics, /json (origin-form, or via the stat host)."""
         if head.has_body or head.method not in ("GET", "HEAD"):
             raise BadRequest("the stats pages take GET or HEAD without a body")
-        page = statspage.render(head.path, self.proxy.snapshot())
+        page = statspage.render(head.path, self.proxy.snapshot)
         if page is None and head.form == "origin":
             raise BadRequest("this is a proxy: send absolute-form requests (http://host/path)")
         if page is None:
@@ -103,7 +103,9 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         keep_alive = head.keep_alive and not client.draining.is_set()
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         headers += [("Cache-Control", "no-store")] + ([] if keep_alive else [("Connection", "close")])
-        client.send(response_head(200, "OK", headers) + (b"" if head.method == "HEAD" else body))
+        if head.method == "HEAD":
+            body = b""
+        client.send(response_head(200, "OK", headers) + body)
         return Outcome(status=200, keep_alive=keep_alive, bytes_down=len(body))
 
     def _tunnel(self, head: RequestHead, client: ClientConnection) -> None:

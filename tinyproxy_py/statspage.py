@@ -1,6 +1,6 @@
 """The proxy's own pages: an HTML status page, Prometheus metrics and JSON, from one snapshot.
 
-Pure rendering: `render(path, snapshot)` takes the dict ProxyServer.snapshot() builds
+Pure rendering: `render(path, snapshot)` takes a callable returning the dict ProxyServer.snapshot() builds
 and returns (content type, body), or None for an unknown path. Everything that came
 from the network (targets, client addresses) is escaped. Imports: stdlib only.
 """
@@ -15,12 +15,14 @@ from typing import Any
 Snapshot = dict[str, Any]
 
 
-def render(path: str, snapshot: Snapshot) -> tuple[str, bytes] | None:
+def render(path: str, snapshot: Callable[[], Snapshot]) -> tuple[str, bytes] | None:
+    """The page at `path`, or None; `snapshot` is only taken for a page that exists
+    (it lists /proc and every pool: not work to do for a stray request)."""
     page = PAGES.get(path.split("?", 1)[0].rstrip("/") or "/")
     if page is None:
         return None
     content_type, renderer = page
-    return content_type, renderer(snapshot).encode("utf-8")
+    return content_type, renderer(snapshot()).encode("utf-8")
 
 
 def _prefixed(counters: dict[str, int], prefix: str) -> dict[str, int]:
