@@ -23,6 +23,7 @@ SHORT_LIMITS = {
     "port": 0,
     "connect_timeout": 2.0,
     "read_timeout": 2.0,
+    "response_header_timeout": 2.0,
     "header_timeout": 2.0,
     "client_idle_timeout": 2.0,
     "tunnel_idle_timeout": 5.0,

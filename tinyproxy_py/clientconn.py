@@ -5,7 +5,7 @@ timeout before a request starts, the header deadline for the whole head (counted
 its first byte, so a client dribbling bytes is still cut off), the read timeout for body
 bytes and for sends to a client that stopped reading. Socket errors become Aborted,
 which is not an OSError, so urllib3 never mistakes a client failure for an origin's.
-Imports: http1, errors, config.
+Imports: http1, errors, config (tunnel for its type only).
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .config import Config
-from .errors import Aborted, RequestTimeout
+from .errors import Aborted, ProxyError, RequestTimeout, render
 from .http1 import ChunkedDecoder, RequestHead, parse_request_head
+
+if TYPE_CHECKING:
+    from .tunnel import TunnelHub
 
 RECV_SIZE = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -168,8 +172,34 @@ class ClientConnection:
         except Aborted:
             pass
 
-    def detach(self) -> tuple[socket.socket, bytes]:
-        """Hand the socket and unread bytes to a new owner; this object is done."""
-        pending, self.buffer = bytes(self.buffer), bytearray()
-        sock = socket.socket(fileno=self.sock.detach())
-        return sock, pending
+    @property
+    def peer(self) -> str:
+        """host:port of the client, for log lines."""
+        try:
+            host, port = self.sock.getpeername()[:2]
+        except OSError:
+            return "?"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def hand_off(self, hub: TunnelHub, upstream: socket.socket, label: str, greeting: bytes) -> None:
+        """Give this connection and `upstream` to the hub as a tunnel; this object is done.
+
+        `greeting` goes to the client first (the 200 to a CONNECT, an origin's 101). If
+        the hub refuses (full, stopping), the client gets the error's reply, both sockets
+        are closed and the ProxyError is raised. Either way the caller must not touch
+        `upstream` again.
+        """
+        client_sock: socket.socket | None = None
+        try:
+            pending, self.buffer = bytes(self.buffer), bytearray()
+            client_sock = socket.socket(fileno=self.sock.detach())
+            try:
+                hub.adopt(client_sock, upstream, pending, label, greeting=greeting)
+            except ProxyError as error:  # the sockets are still ours
+                send_quietly(client_sock, render(error))
+                raise
+        except BaseException:
+            for sock in (upstream, client_sock):
+                if sock is not None:
+                    sock.close()
+            raise

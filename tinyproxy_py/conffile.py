@@ -8,8 +8,8 @@ ConfigFileError naming file, line and reason.
 
 Every Config field has a keyword: its name in CamelCase (max_clients → MaxClients,
 read_timeout → ReadTimeout), plus tinyproxy's own names listed in ALIASES. tinyproxy's
-single `Timeout` (idle seconds for any connection) sets our read, client-idle and
-tunnel-idle timeouts, unless the file also names one of those explicitly.
+single `Timeout` (idle seconds for any connection) sets our read, response-header,
+client-idle and tunnel-idle timeouts, unless the file also names one of those explicitly.
 Imports: config.
 """
 
@@ -35,7 +35,7 @@ ALIASES = {
     "viaproxyname": "via_name",
     "addheader": "add_headers",
 }
-TIMEOUT_FIELDS = ("read_timeout", "client_idle_timeout", "tunnel_idle_timeout")
+TIMEOUT_FIELDS = ("read_timeout", "response_header_timeout", "client_idle_timeout", "tunnel_idle_timeout")
 LOG_LEVELS = {
     "critical": "error",
     "error": "error",

@@ -38,7 +38,13 @@ class Config:
     port: int = _opt(8888, "TCP port to listen on; 0 picks a free port.")
     connect_timeout: float = _opt(10.0, "TCP connect to an origin or CONNECT target.", unit="seconds")
     read_timeout: float = _opt(
-        60.0, "Wait for an origin's response head, and between its body bytes.", unit="seconds"
+        60.0, "Wait between an origin's body bytes, and for each send to it.", unit="seconds"
+    )
+    response_header_timeout: float = _opt(
+        60.0,
+        "Deadline for an origin's whole response head, from when the request was sent (Go's "
+        "ResponseHeaderTimeout); 504 beyond.",
+        unit="seconds",
     )
     pool_idle_timeout: float = _opt(
         90.0, "Idle upstream connections older than this are closed.", unit="seconds"
@@ -67,6 +73,12 @@ class Config:
     max_line_bytes: int = _opt(8192, "Longest request line; 414 beyond.", unit="bytes")
     max_head_bytes: int = _opt(65_536, "Largest request head; 431 beyond.", unit="bytes")
     max_headers: int = _opt(100, "Most header fields in a request head; 431 beyond.")
+    # nginx answers 502 past its 4-8 KiB proxy buffer and h11 stops at 16 KiB; 64 KiB
+    # leaves room for cookie-heavy sites while 4 such heads at once stay under 1 MiB.
+    max_response_head_bytes: int = _opt(
+        65_536, "Largest response head an origin may send; 502 beyond.", unit="bytes"
+    )
+    max_response_headers: int = _opt(100, "Most header fields in an origin's response head; 502 beyond.")
     shutdown_grace: float = _opt(
         10.0, "On stop, how long in-flight requests may take to finish.", unit="seconds"
     )
@@ -134,7 +146,14 @@ class Config:
                 raise ValueError(f"{f.name} must be greater than 0")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be within 0..65535, got {self.port}")
-        at_least_one = ("max_clients", "max_tunnels", "max_line_bytes", "max_headers", "workers")
+        at_least_one = (
+            "max_clients",
+            "max_tunnels",
+            "max_line_bytes",
+            "max_headers",
+            "max_response_headers",
+            "workers",
+        )
         for name in (*at_least_one, "pool_hosts", "pool_idle_per_host"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -148,6 +167,8 @@ class Config:
             raise ValueError("connect_ports must be ports (0 allows every port)")
         if self.max_head_bytes < self.max_line_bytes:
             raise ValueError("max_head_bytes must be at least max_line_bytes")
+        if self.max_response_head_bytes < 1024:
+            raise ValueError("max_response_head_bytes must be at least 1024")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

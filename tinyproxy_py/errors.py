@@ -97,6 +97,18 @@ class UpstreamTimeout(ProxyError):
     cause = "read-timeout"
 
 
+class BadResponse(UpstreamError):
+    """The origin's response broke HTTP/1.1 (RFC 9112): its connection is never reused."""
+
+    cause = "bad-response"
+
+
+class ResponseTimeout(UpstreamTimeout):
+    """The origin's whole response head did not arrive within response_header_timeout."""
+
+    cause = "response-timeout"
+
+
 class Overloaded(ProxyError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     cause = "overloaded"

@@ -1,59 +1,55 @@
-"""One plain-HTTP request through the pool, streamed both ways.
+"""One plain-HTTP request through a pooled connection, streamed both ways.
 
-urllib3 is used as a dumb pipe: no redirects, no content decoding, no retries (except
-the one below), no headers the client did not send (SKIP_HEADER). The `finally` in
-`forward` is the only place an upstream response is finished: read to its end and
-released to the pool, or closed. This is the only module that catches urllib3 errors.
+The proxy speaks HTTP/1.1 to the origin itself: it writes the request head and body,
+reads the response with http1_response.py (as strictly as requests are read), relays
+interim responses, and streams the body framed for this client. urllib3 only owns the
+connections (pool.py). The `finally` in `forward` is the one place a connection is
+finished: back to the pool when the response ended exactly where its framing says and
+the origin allows reuse, closed in every other case, or handed to the tunnel hub after
+a 101 to a request that asked to upgrade.
 
 The one retry: an idempotent request without a body that failed on a reused pooled
 connection before any response byte arrived (the origin closed an idle connection as
 we sent on it). Nothing reached the origin's application, so sending again is safe.
-Imports: http1, clientconn, pool, errors, stats; urllib3.
+Imports: http1, http1_response, exchange, clientconn, pool, errors, upstream, tunnel.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
-from collections.abc import Iterator
+import time
 from dataclasses import dataclass
-
-import urllib3
-from urllib3 import HTTPHeaderDict
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NameResolutionError,
-    NewConnectionError,
-    ReadTimeoutError,
-    SSLError,
-)
-from urllib3.response import BaseHTTPResponse
-from urllib3.util import SKIP_HEADER
 
 from .clientconn import ClientConnection
 from .config import Config
-from .errors import Aborted, ProxyError, UpstreamError, UpstreamTimeout
-from .http1 import (
-    LAST_CHUNK,
-    RequestHead,
-    chunk,
-    connection_tokens,
-    response_head,
-    strip_hop_by_hop,
-    via_value,
+from .errors import (
+    Aborted,
+    BadResponse,
+    NotImplementedByProxy,
+    Overloaded,
+    ProxyError,
+    ResponseTimeout,
+    UpstreamError,
+    UpstreamTimeout,
 )
-from .pool import UpstreamPool, origin_key
+from .exchange import OriginStream
+from .http1 import LAST_CHUNK, Headers, RequestHead, chunk, strip_hop_by_hop, via_value
+from .http1_response import MAX_INTERIM, BodyReader, ResponseHead, parse_response_head
+from .pool import Lease, UpstreamPool, origin_key
+from .tunnel import TunnelHub
 from .upstream import Upstream
+from .upstream_connect import auth_refused
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-# One read1() from the origin: larger pieces mean fewer syscalls and allocations per MiB
-# (read1 returns what has arrived, so a slow stream is still relayed as it comes).
+# One recv from the origin: larger pieces mean fewer syscalls and allocations per MiB
+# (recv returns what has arrived, so a slow stream is still relayed as it comes).
 CHUNK_SIZE = 256 * 1024
+HEAD_RECV_SIZE = 65536
 COALESCE_LIMIT = 65536  # a known-length body up to this size goes out with the head
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
+_FRAMING_FIELDS = frozenset({"content-length", "transfer-encoding"})
 
 
 @dataclass
@@ -63,6 +59,7 @@ class Outcome:
     status: int = 0
     keep_alive: bool = False
     bytes_down: int = 0
+    handed_off: bool = False  # the client's socket went to the tunnel hub (an upgrade)
 
 
 @dataclass(frozen=True)
@@ -82,6 +79,17 @@ class Rewrite:
         return cls(pseudonym, config.forwarded_for, config.x_tinyproxy, added)
 
 
+@dataclass
+class _Exchange:
+    """One request on one leased connection, up to its final response head."""
+
+    lease: Lease
+    stream: OriginStream
+    response: ResponseHead
+    leftover: bytes  # bytes read after the head: the body's first bytes
+    early: bool  # the origin answered before taking the whole request body
+
+
 def forward(
     head: RequestHead,
     client: ClientConnection,
@@ -89,164 +97,289 @@ def forward(
     rewrite: Rewrite,
     client_ip: str,
     via: Upstream | None = None,
+    hub: TunnelHub | None = None,
 ) -> Outcome:
     """Forward `head` (and its body) to the origin, through `via` if given, and relay the response."""
+    upgrade = _upgrade_token(head)
+    if upgrade:
+        _check_upgrade(head, hub)
+    headers = _upstream_headers(head, rewrite, client_ip, upgrade)
     with pool.slots.hold(origin_key(head.scheme, head.host, head.port)):
-        response = _send(head, client, pool, _upstream_headers(head, rewrite, client_ip), via)
-        complete = False
+        exchange = _exchange(head, headers, client, pool, via)
+        clean = False
         try:
-            if via is not None and response.status == 407:
-                raise _upstream_auth_error(via)
-            outcome = _relay(head, response, client, rewrite.pseudonym)
-            complete = True
+            if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and via:
+                raise auth_refused(f"upstream {via}", exchange.lease.proxy_authorization is not None)
+            if exchange.response.status == 101:
+                assert hub is not None
+                return _hand_off(head, exchange, client, hub, rewrite.pseudonym)
+            outcome, clean = _relay(head, exchange, client, pool.config, rewrite.pseudonym)
+            clean = clean and not upgrade and not exchange.early
             return outcome
         finally:
-            if not complete:
-                response.close()
-            response.release_conn()
+            if exchange.stream.sock is exchange.lease.conn.sock:  # not handed off
+                exchange.lease.release(clean)
 
 
-def _send(
-    head: RequestHead,
-    client: ClientConnection,
-    pool: UpstreamPool,
-    headers: HTTPHeaderDict,
-    via: Upstream | None,
-) -> BaseHTTPResponse:
-    body = client.body(head) if head.has_body else None
-    try:
-        return pool.urlopen(head.method, (head.scheme, head.host, head.port), head.path, body, headers, via)
-    except HTTPError as exc:
-        if not (body is None and head.method in IDEMPOTENT and _stale_connection(exc, pool)):
-            raise _upstream_error(exc, head, via) from exc
-        log.debug("retrying %s %s once: reused connection was closed by the origin", head.method, head.url)
-    try:
-        return pool.urlopen(head.method, (head.scheme, head.host, head.port), head.path, None, headers, via)
-    except HTTPError as exc:
-        raise _upstream_error(exc, head, via) from exc
+def _upgrade_token(head: RequestHead) -> str:
+    """The Upgrade field of a request that asks to switch protocols (RFC 9110 §7.8), or ""."""
+    if head.version != "HTTP/1.1" or "upgrade" not in head.connection_tokens:
+        return ""
+    return head.get("Upgrade") or ""
 
 
-def _stale_connection(exc: HTTPError, pool: UpstreamPool) -> bool:
-    """The origin closed a reused connection before sending any byte of a response."""
-    reason = exc.args[1] if len(exc.args) > 1 else exc.__context__
-    stale = isinstance(reason, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError)
-    return stale and pool.tracker.last_request_reused()
+def _check_upgrade(head: RequestHead, hub: TunnelHub | None) -> None:
+    if head.scheme == "https":
+        raise NotImplementedByProxy("upgrading an https:// origin: use CONNECT (wss://) instead")
+    if hub is None or hub.full:
+        limit = hub.config.max_tunnels if hub is not None else 0
+        raise Overloaded(f"too many open tunnels (max {limit}) for an upgraded connection")
 
 
-def _upstream_headers(head: RequestHead, rewrite: Rewrite, client_ip: str) -> HTTPHeaderDict:
-    headers = HTTPHeaderDict()
-    headers["Host"] = head.authority
-    for name, value in strip_hop_by_hop(head.headers, head.connection_tokens):
-        if name.lower() not in _NOT_FORWARDED:
-            headers.add(name, value)
+def _upstream_headers(head: RequestHead, rewrite: Rewrite, client_ip: str, upgrade: str) -> Headers:
+    """The request's fields as the origin gets them (the request line and Host aside)."""
+    headers = [
+        (name, value)
+        for name, value in strip_hop_by_hop(head.headers, head.connection_tokens)
+        if name.lower() not in _NOT_FORWARDED
+    ]
     if head.content_length is not None:
-        headers["Content-Length"] = str(head.content_length)
+        headers.append(("Content-Length", str(head.content_length)))
+    elif head.chunked:
+        headers.append(("Transfer-Encoding", "chunked"))
+    if upgrade:
+        headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
     if rewrite.pseudonym:
-        headers.add("Via", via_value(head.version, rewrite.pseudonym))
+        headers.append(("Via", via_value(head.version, rewrite.pseudonym)))
     if rewrite.forwarded_for:
-        prior = headers.pop("X-Forwarded-For", None)
-        headers["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+        prior = [value for name, value in headers if name.lower() == "x-forwarded-for"]
+        headers = [(name, value) for name, value in headers if name.lower() != "x-forwarded-for"]
+        headers.append(("X-Forwarded-For", ", ".join([*prior, client_ip])))
     if rewrite.x_tinyproxy:
-        headers["X-Tinyproxy"] = client_ip
-    for name, value in rewrite.add_headers:
-        headers.add(name, value)
-    for name in ("User-Agent", "Accept-Encoding"):
-        if name not in headers:
-            headers[name] = SKIP_HEADER
+        headers.append(("X-Tinyproxy", client_ip))
+    headers += rewrite.add_headers
     return headers
 
 
-def _upstream_error(exc: HTTPError, head: RequestHead, via: Upstream | None) -> ProxyError:
-    """Translate a urllib3 failure into the answer the client gets (DESIGN.md error table)."""
-    origin = f"{head.host}:{head.port}"
-    if isinstance(exc, urllib3.exceptions.ProxyError):
-        return _proxy_error(exc, via)
-    if via is not None:
-        origin += f" (via upstream {via})"
-    if isinstance(exc, NameResolutionError):
-        return UpstreamError(f"cannot resolve {head.host}", cause="dns")
-    if isinstance(exc, NewConnectionError):  # before ConnectTimeoutError: it subclasses it
-        return UpstreamError(f"cannot connect to {origin}", cause="refused")
-    if isinstance(exc, ConnectTimeoutError):
-        return UpstreamTimeout(f"connecting to {origin} timed out", cause="connect-timeout")
-    if isinstance(exc, ReadTimeoutError):
-        return UpstreamTimeout(f"{origin} did not answer in time", cause="read-timeout")
-    if isinstance(exc, SSLError):
-        return UpstreamError(f"TLS with {origin} failed", cause="tls")
-    return UpstreamError(f"{origin} broke the HTTP exchange", cause="upstream-protocol")
+def _request_bytes(head: RequestHead, headers: Headers, lease: Lease) -> bytes:
+    target = head.url if lease.target_form == "absolute" else head.path
+    lines = [f"{head.method} {target} HTTP/1.1", f"Host: {head.authority}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if lease.proxy_authorization is not None:
+        lines.append(f"Proxy-Authorization: {lease.proxy_authorization}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _proxy_error(exc: urllib3.exceptions.ProxyError, via: Upstream | None) -> ProxyError:
-    """urllib3 could not use the upstream proxy itself: name it, never the raw dial error."""
-    reason = exc.original_error
-    if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
-        return UpstreamTimeout(f"connecting to upstream proxy {via} timed out", cause="upstream-timeout")
-    if isinstance(reason, NewConnectionError):
-        return UpstreamError(f"cannot connect to upstream proxy {via}", cause="upstream-connect")
-    if "407" in str(reason) and via is not None:
-        return _upstream_auth_error(via)
-    return UpstreamError(f"upstream proxy {via} failed the request", cause="upstream-protocol")
+def _exchange(
+    head: RequestHead, headers: Headers, client: ClientConnection, pool: UpstreamPool, via: Upstream | None
+) -> _Exchange:
+    """Send the request and read up to its final response head, retrying once if allowed."""
+    retry = head.method in IDEMPOTENT and not head.has_body
+    peer = f"{head.host}:{head.port}" + (f" (via upstream {via})" if via is not None else "")
+    lease = pool.checkout(head.scheme, head.host, head.port, via)
+    while True:
+        stream = OriginStream(lease.sock, client.sock)
+        try:
+            early = _send_request(head, _request_bytes(head, headers, lease), client, stream, pool.config)
+            response, leftover = _read_head(head, client, stream, pool.config, peer)
+            return _Exchange(lease, stream, response, leftover, early)
+        except OSError as exc:
+            lease.release(False)
+            stale = lease.reused and stream.received == 0 and not isinstance(exc, TimeoutError)
+            if not (retry and stale):
+                raise _origin_error(exc, peer, stream.received) from exc
+            log.debug(
+                "retrying %s %s once: reused connection was closed by the origin", head.method, head.url
+            )
+        except BaseException:
+            lease.release(False)
+            raise
+        retry = False
+        lease = pool.checkout(head.scheme, head.host, head.port, via, fresh=True)
 
 
-def _upstream_auth_error(via: Upstream) -> UpstreamError:
-    if via.proxy_authorization() is None:
-        why = "wants credentials; none are configured"
-    else:
-        why = "refused the configured credentials"
-    return UpstreamError(f"upstream proxy {via} {why} (407)", cause="upstream-auth")
+def _send_request(
+    head: RequestHead, request: bytes, client: ClientConnection, stream: OriginStream, config: Config
+) -> bool:
+    """Write the request; True if the origin answered before taking the whole body.
+
+    A body is relayed as the client sends it (chunked bodies re-chunked). Before each
+    piece the origin is checked for an early answer (a 413, say): the rest of the body
+    is then not sent, and neither connection is reused.
+    """
+    if not head.has_body:
+        stream.send(request, config.read_timeout)
+        return False
+    pending = request
+    for piece in client.body(head):
+        if not pending and stream.readable():
+            return True
+        data = b"".join(chunk(piece)) if head.chunked else piece
+        try:
+            stream.send(pending + data, config.read_timeout)
+        except OSError:
+            if stream.readable():  # it answered and closed: relay that answer
+                return True
+            raise
+        pending = b""
+    stream.send(pending + LAST_CHUNK if head.chunked else pending, config.read_timeout)
+    return False
+
+
+def _read_head(
+    head: RequestHead, client: ClientConnection, stream: OriginStream, config: Config, peer: str
+) -> tuple[ResponseHead, bytes]:
+    """The final response head, and the bytes read after it; interim ones are relayed.
+
+    One deadline for all of it, from now (the request has been sent): an origin that
+    dribbles its head, or sends 1xx after 1xx, cannot extend it.
+    """
+    deadline = time.monotonic() + config.response_header_timeout
+    buffer = bytearray()
+    interim = 0
+    stream.watch_client(not client.buffer)  # a pipelined request already read is not a hang-up
+    try:
+        while True:
+            parsed = parse_response_head(buffer, config, head.method) if buffer else None
+            if parsed is None:
+                buffer += _recv_head_bytes(stream, deadline, bool(buffer), peer, config)
+                continue
+            response, used = parsed
+            del buffer[:used]
+            if not response.interim or response.status == 101:
+                if response.status == 101 and not _upgrade_token(head):
+                    raise BadResponse("101 Switching Protocols to a request that did not ask to upgrade")
+                return response, bytes(buffer)
+            interim += 1
+            if interim > MAX_INTERIM:
+                raise BadResponse(f"more than {MAX_INTERIM} interim responses")
+            if head.version == "HTTP/1.1" and response.status != 100:  # we answered Expect ourselves
+                client.send(_client_head(response, response.headers, ""))
+    except BadResponse as exc:
+        raise BadResponse(f"{peer} sent a bad response: {exc.message}") from None
+    finally:
+        stream.watch_client(False)
+
+
+def _recv_head_bytes(
+    stream: OriginStream, deadline: float, started: bool, peer: str, config: Config
+) -> bytes:
+    try:
+        data = stream.recv(HEAD_RECV_SIZE, deadline)
+    except TimeoutError as exc:
+        limit = config.response_header_timeout
+        raise ResponseTimeout(f"{peer} did not send its response head within {limit:g} s") from exc
+    if not data:
+        if started:
+            raise BadResponse("the connection closed in the middle of the response head")
+        raise ConnectionResetError("origin closed the connection without answering")
+    return data
+
+
+def _origin_error(exc: OSError, peer: str, received: int) -> ProxyError:
+    """A socket failure before the response head, as the client should hear it."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"sending the request to {peer} timed out", cause="read-timeout")
+    what = "broke off its response" if received else "closed the connection without answering"
+    return UpstreamError(f"{peer} {what}", cause="no-response")
+
+
+def _client_head(response: ResponseHead, headers: Headers, pseudonym: str) -> bytes:
+    """A response head for the client: the origin's fields minus hop-by-hop ones, plus ours."""
+    fields = strip_hop_by_hop(response.headers, response.connection_tokens)
+    if response.status == 101:  # the switch itself needs them (RFC 9110 §7.8)
+        fields += [(k, v) for k, v in response.headers if k.lower() in ("connection", "upgrade")]
+    if pseudonym:
+        fields.append(("Via", via_value(response.version, pseudonym)))
+    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
+    lines += [f"{name}: {value}" for name, value in fields + headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def _relay(
-    head: RequestHead, response: BaseHTTPResponse, client: ClientConnection, pseudonym: str
-) -> Outcome:
-    """Send the response head and stream the body, framed for this client."""
-    status = response.status
-    raw = list(response.headers.items())
-    headers = strip_hop_by_hop(raw, connection_tokens(raw))
-    if pseudonym:
-        headers.append(("Via", via_value(f"HTTP/{response.version / 10:.1f}", pseudonym)))
-    bodiless = head.method == "HEAD" or status in (204, 304) or status < 200
-    length = None if bodiless or response.chunked else response.length_remaining
+    head: RequestHead, exchange: _Exchange, client: ClientConnection, config: Config, pseudonym: str
+) -> tuple[Outcome, bool]:
+    """Send the response head and stream the body, framed for this client.
+
+    Returns the outcome and whether the origin connection may be reused.
+    """
+    response = exchange.response
+    reader = BodyReader(response, config)
+    bodiless = response.framing == "none"
+    length = response.length if response.framing == "length" else None
+    http11 = head.version == "HTTP/1.1"
+    if response.codings and not http11:
+        raise BadResponse(f"transfer coding {', '.join(response.codings)} cannot reach an HTTP/1.0 client")
+    chunked = not bodiless and length is None and http11
+    keep_alive = (
+        head.keep_alive and (bodiless or length is not None or chunked)
+        and not client.body_pending and not client.draining.is_set()
+    )  # fmt: skip
+    extra: Headers = []
     if not bodiless:
-        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        response.headers = [(k, v) for k, v in response.headers if k.lower() not in _FRAMING_FIELDS]
         if length is not None:
-            headers.append(("Content-Length", str(length)))
-    chunked = not bodiless and length is None and head.version == "HTTP/1.1"
-    framed = bodiless or length is not None or chunked
-    keep_alive = head.keep_alive and framed and not client.body_pending and not client.draining.is_set()
-    if chunked:
-        headers.append(("Transfer-Encoding", "chunked"))
+            extra.append(("Content-Length", str(length)))
+        if chunked:
+            extra.append(("Transfer-Encoding", ", ".join([*response.codings, "chunked"])))
     if not keep_alive:
-        headers.append(("Connection", "close"))
-    elif head.version == "HTTP/1.0":
-        headers.append(("Connection", "keep-alive"))
-    head_bytes = response_head(status, response.reason or "", headers)
+        extra.append(("Connection", "close"))
+    elif not http11:
+        extra.append(("Connection", "keep-alive"))
+    head_bytes = _client_head(response, extra, pseudonym)
     # A small body of known length is sent with the head in one write (one syscall, one
     # packet). Otherwise the head goes first: a streaming origin may take a while to
     # send its first body byte, and the client should not wait for the head meanwhile.
     if bodiless or length is None or length > COALESCE_LIMIT:
         client.send(head_bytes)
         head_bytes = b""
-    sent = 0 if bodiless else _stream_body(response, client, chunked, head_bytes)
-    return Outcome(status=status, keep_alive=keep_alive, bytes_down=sent)
+    sent = _stream_body(reader, exchange, client, chunked, head_bytes, config)
+    clean = response.keep_alive and reader.done and not reader.unused and response.framing != "close"
+    return Outcome(status=response.status, keep_alive=keep_alive, bytes_down=sent), clean
 
 
-def _stream_body(response: BaseHTTPResponse, client: ClientConnection, chunked: bool, head: bytes) -> int:
-    """Relay the body; `head`, if not yet sent, goes out with its first piece."""
+def _stream_body(
+    reader: BodyReader,
+    exchange: _Exchange,
+    client: ClientConnection,
+    chunked: bool,
+    head: bytes,
+    config: Config,
+) -> int:
+    """Relay the body until its framing ends; `head`, if not yet sent, goes with its first piece."""
     sent = 0
     pending = head
+    data = exchange.leftover
     try:
-        for data in _read_chunks(response):
-            client.send(pending + (b"".join(chunk(data)) if chunked else data))
-            pending = b""
-            sent += len(data)
-    except HTTPError as exc:
-        cause = "read-timeout" if isinstance(exc, ReadTimeoutError) else "upstream-abort"
-        raise Aborted(f"origin response broke off after {sent} bytes", cause=cause) from exc
+        while True:
+            if data:
+                pieces = reader.feed(data)
+                out = b"".join(b"".join(chunk(p)) for p in pieces) if chunked else b"".join(pieces)
+                if out or pending:
+                    client.send(pending + out)
+                    pending = b""
+                sent += sum(len(p) for p in pieces)
+            if reader.done:
+                break
+            size = min(CHUNK_SIZE, reader.remaining) if reader.framing == "length" else CHUNK_SIZE
+            data = exchange.stream.recv(size, time.monotonic() + config.read_timeout)
+            if not data:
+                reader.end_of_stream()
+                break
+    except TimeoutError as exc:
+        raise Aborted(f"origin response stalled after {sent} bytes", cause="read-timeout") from exc
+    except (OSError, BadResponse) as exc:
+        raise Aborted(f"origin response broke off after {sent} bytes: {exc}", cause="upstream-abort") from exc
     client.send(pending + LAST_CHUNK if chunked else pending)
     return sent
 
 
-def _read_chunks(response: BaseHTTPResponse) -> Iterator[bytes]:
-    while data := response.read1(CHUNK_SIZE):
-        yield data
+def _hand_off(
+    head: RequestHead, exchange: _Exchange, client: ClientConnection, hub: TunnelHub, pseudonym: str
+) -> Outcome:
+    """The origin switched protocols: both sockets become a tunnel in the hub."""
+    greeting = _client_head(exchange.response, [], pseudonym) + exchange.leftover
+    origin_sock = exchange.lease.detach()
+    label = f"{client.peer} -> {head.host}:{head.port}"
+    client.hand_off(hub, origin_sock, label, greeting)
+    return Outcome(status=101, keep_alive=False, handed_off=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import statspage
 from .accesslog import AccessRecord
-from .clientconn import ClientConnection, send_quietly
+from .clientconn import ClientConnection
 from .dialer import dial
 from .errors import Aborted, BadRequest, NotFound, Overloaded, ProxyError, render
 from .forward import Outcome, forward
@@ -58,7 +58,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
                 return
             if outcome is None:
                 return  # a tunnel: the hub owns the connection now
-            self._log(head, outcome, client, started)
+            self._log(head, outcome, client, started)  # an upgrade's 101 too, then the hub has it
             if not outcome.keep_alive:
                 return
             idle_timeout = config.client_idle_timeout
@@ -74,7 +74,9 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             return None
         via = self.proxy.routes.choose(head.host, head.port, head.scheme)
         with self.proxy.stats.live("requests_in_flight"):
-            return forward(head, client, self.proxy.pool, self.proxy.rewrite, self.client_address[0], via)
+            return forward(
+                head, client, self.proxy.pool, self.proxy.rewrite, self.client_address[0], via, self.proxy.hub
+            )
 
     def _is_stat_host(self, host: str) -> bool:
         stat_host = self.proxy.config.stat_host
@@ -118,27 +120,14 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         if hub.full:
             raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels})")
         via = self.proxy.routes.choose(head.host, head.port, "https")
-        upstream: socket.socket | None
         if via is None:
             upstream, early = dial((head.host, head.port), timeout), b""
         else:
             member = via_value(head.version, self.proxy.pseudonym) if self.proxy.pseudonym else ""
             upstream, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)
-        client_sock: socket.socket | None = None
-        try:
-            client_sock, pending = client.detach()
-            label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
-            try:
-                hub.adopt(client_sock, upstream, pending, label, greeting=CONNECTION_ESTABLISHED + early)
-            except ProxyError as error:  # full or stopping after all: the socket is still ours
-                send_quietly(client_sock, render(error))
-                raise
-            upstream = client_sock = None  # the hub owns them now, and logs the tunnel when it closes
-            self.proxy.stats.count("responses.2xx")
-        finally:
-            for sock in (upstream, client_sock):
-                if sock is not None:
-                    sock.close()
+        label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
+        client.hand_off(hub, upstream, label, CONNECTION_ESTABLISHED + early)
+        self.proxy.stats.count("responses.2xx")  # the hub logs the tunnel when it closes
 
     def _fail(
         self, error: ProxyError, head: RequestHead | None, client: ClientConnection, started: float

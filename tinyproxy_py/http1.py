@@ -24,6 +24,7 @@ from .errors import (
     ExpectationFailed,
     HeadTooLarge,
     NotImplementedByProxy,
+    ProxyError,
     UpstreamError,
     URITooLong,
     VersionNotSupported,
@@ -392,19 +393,30 @@ class ChunkedDecoder:
     """Decode a chunked request body fed in arbitrary pieces.
 
     `feed` returns the data decoded so far; once `done`, `unused` holds the bytes that
-    follow the body (they belong to the next pipelined request). Chunk extensions are
-    validated and dropped; trailers are validated and dropped (urllib3 cannot send them).
+    follow the body (they belong to the next pipelined request, or make an origin's
+    connection unfit for reuse). Chunk extensions are validated and dropped; trailers are
+    validated and dropped. The same decoder reads clients' and origins' bodies: `error` is
+    what a framing fault raises (400 for a client, 502 for an origin), `too_large` what a
+    trailer section over its bound raises.
     """
 
     MAX_SIZE_DIGITS = 16
 
-    def __init__(self, max_line: int = 4096, max_trailer: int = 16384) -> None:
+    def __init__(
+        self,
+        max_line: int = 4096,
+        max_trailer: int = 16384,
+        error: type[ProxyError] = BadRequest,
+        too_large: type[ProxyError] = HeadTooLarge,
+    ) -> None:
         self._buf = bytearray()
         self._remaining = 0
         self._state = "size"
         self._trailer_bytes = 0
         self._max_line = max_line
         self._max_trailer = max_trailer
+        self._error = error
+        self._too_large = too_large
         self.done = False
         self.unused = b""
 
@@ -423,8 +435,11 @@ class ChunkedDecoder:
         if self._state == "data":
             if not self._buf:
                 return False
-            taken = bytes(self._buf[: self._remaining])
-            del self._buf[: len(taken)]
+            if len(self._buf) <= self._remaining:
+                taken, self._buf = bytes(self._buf), bytearray()
+            else:
+                taken = bytes(self._buf[: self._remaining])
+                del self._buf[: len(taken)]
             self._remaining -= len(taken)
             out.append(taken)
             if self._remaining == 0:
@@ -438,7 +453,7 @@ class ChunkedDecoder:
             self._state = "data" if self._remaining else "trailer"
         elif self._state == "data-end":
             if line:
-                raise BadRequest("chunk data longer than its size")
+                raise self._error("chunk data longer than its size")
             self._state = "size"
         else:
             self._trailer_line(line)
@@ -448,22 +463,22 @@ class ChunkedDecoder:
         end = self._buf.find(b"\r\n", 0, self._max_line + 2)
         if end < 0:
             if len(self._buf) > self._max_line + 1:
-                raise BadRequest("chunk line too long")
+                raise self._error("chunk line too long")
             if b"\n" in self._buf or b"\r" in self._buf[:-1]:
-                raise BadRequest("bare CR or LF in chunked framing")
+                raise self._error("bare CR or LF in chunked framing")
             return None
         line = bytes(self._buf[:end])
         del self._buf[: end + 2]
         if b"\r" in line or b"\n" in line:
-            raise BadRequest("bare CR or LF in chunked framing")
+            raise self._error("bare CR or LF in chunked framing")
         return line
 
     def _parse_size(self, line: bytes) -> int:
         match = _CHUNK_LINE.fullmatch(line)
         if match is None or len(match.group(1)) > self.MAX_SIZE_DIGITS:
-            raise BadRequest("invalid chunk size")
+            raise self._error("invalid chunk size")
         if not _CHUNK_EXT.fullmatch(match.group(2)):
-            raise BadRequest("malformed chunk extension")
+            raise self._error("malformed chunk extension")
         return int(match.group(1), 16)
 
     def _trailer_line(self, line: bytes) -> None:
@@ -472,5 +487,8 @@ class ChunkedDecoder:
             return
         self._trailer_bytes += len(line) + 2
         if self._trailer_bytes > self._max_trailer:
-            raise HeadTooLarge(f"trailer section larger than {self._max_trailer} bytes")
-        _parse_field(line)
+            raise self._too_large(f"trailer section larger than {self._max_trailer} bytes")
+        try:
+            _parse_field(line)
+        except BadRequest as exc:
+            raise self._error(f"trailer: {exc.message}") from None

@@ -1,35 +1,44 @@
-"""The bounded urllib3 PoolManager that carries plain HTTP to origins.
+"""The bounded urllib3 PoolManager that owns the connections plain HTTP travels on.
 
-Bounds: `pool_hosts` host pools (LRU), `pool_idle_per_host` idle connections per host
-(`block=False`: extra connections are made when needed and closed when returned to a
-full pool), connect and read timeouts on every connection, no retries or redirects
-(forward.py decides). The connection classes report to a tracker so the proxy knows
-which upstream sockets are open (gauges, forced shutdown) and whether the request in
-flight on this thread went over a reused connection (the one retry we allow).
-Imports: config, stats; urllib3, certifi.
+urllib3 creates the connections (the dial, TLS with certifi's bundle, chaining through an
+upstream proxy), bounds them and keeps the idle ones; the proxy writes each request and
+reads each response on a checked-out connection itself (exchange.py, forward.py), and
+gives it back only when clean. Bounds: `pool_hosts` host pools (LRU), `pool_idle_per_host`
+idle connections per host (`block=False`: extra connections are made when needed and
+closed when returned to a full pool), the connect timeout on every dial. A reaper closes
+idle connections past the idle timeout, and within a second any idle connection its
+origin closed or wrote to (Go's transport reads every idle connection for the same
+reason): an idle connection has nothing to say, and what it says would otherwise reach
+the next request.
+Imports: config, stats, dialer, upstream, upstream_connect, errors; urllib3, certifi.
 """
 
 from __future__ import annotations
 
 import queue
+import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from ssl import CertificateError
 from typing import Any
 
 import certifi
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.response import BaseHTTPResponse
 
 from .config import Config
-from .errors import Overloaded
+from .dialer import UPSTREAM_CAUSES, dial
+from .errors import Overloaded, ProxyError, UpstreamError, UpstreamTimeout
 from .stats import Stats
 from .upstream import Upstream, join_host_port
 from .upstream_connect import connect_through
+
+IDLE_WATCH_INTERVAL = 1.0  # how soon an idle connection that its origin closed is closed
 
 
 class ConnectionTracker:
@@ -38,7 +47,6 @@ class ConnectionTracker:
     def __init__(self, stats: Stats) -> None:
         self._lock = threading.Lock()
         self._open: set[HTTPConnection] = set()
-        self._local = threading.local()
         self._stats = stats
 
     def opened(self, conn: HTTPConnection) -> None:
@@ -52,13 +60,6 @@ class ConnectionTracker:
             if conn in self._open:
                 self._open.discard(conn)
                 self._stats.adjust("upstream_open", -1)
-
-    def sending(self, reused: bool) -> None:
-        self._local.reused = reused
-
-    def last_request_reused(self) -> bool:
-        """Whether this thread's latest request went over a previously used connection."""
-        return bool(getattr(self._local, "reused", False))
 
     def abort_all(self) -> None:
         """Shut down every open upstream socket, waking threads blocked reading them."""
@@ -75,47 +76,68 @@ class ConnectionTracker:
                     pass
 
 
-class _TrackedConnectionMixin:
+class _DialingConnectionMixin:
+    """Connections dial with dialer.py (or through an upstream proxy) and report to a tracker.
+
+    `via` and `to_proxy` are bound per pool class: `via` set and `to_proxy` False tunnels
+    through that upstream (CONNECT or SOCKS5) to the origin; `to_proxy` True is a plain
+    connection to the upstream HTTP proxy itself, for absolute-form requests. Dial
+    failures are ProxyErrors naming the right peer; urllib3 lets them through.
+    """
+
     tracker: ConnectionTracker | None = None
-    _requests_sent = 0
+    via: Upstream | None = None
+    to_proxy = False
+    host: str
+    port: int
+    timeout: Any
     sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        if self.via is None:
+            return dial((self.host, self.port), self.timeout)
+        if self.to_proxy:
+            return dial(self.via.address, self.timeout, name=f"upstream {self.via}", causes=UPSTREAM_CAUSES)
+        sock, early = connect_through(self.via, self.host, self.port, timeout=self.timeout)
+        if early:  # the origin speaks after we do: bytes now are not the origin's
+            sock.close()
+            raise UpstreamError(f"upstream {self.via} sent bytes after its 200", cause="upstream-protocol")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
         if self.tracker is not None:
             self.tracker.opened(self)  # type: ignore[arg-type]
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        if self.tracker is not None:
-            self.tracker.sending(self._requests_sent > 0 and self.sock is not None)
-        self._requests_sent += 1
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
     def close(self) -> None:
         try:
             super().close()  # type: ignore[misc]
         finally:
-            self._requests_sent = 0
             if self.tracker is not None:
                 self.tracker.closed(self)  # type: ignore[arg-type]
 
+    def detach(self) -> socket.socket:
+        """Take the socket away from this connection (an upgraded stream leaves the pool)."""
+        sock = self.sock
+        assert sock is not None
+        self.sock = None
+        if self.tracker is not None:
+            self.tracker.closed(self)  # type: ignore[arg-type]
+        return sock
 
-class _HTTPConnection(_TrackedConnectionMixin, HTTPConnection):
+
+class _HTTPConnection(_DialingConnectionMixin, HTTPConnection):
     pass
 
 
-class _HTTPSConnection(_TrackedConnectionMixin, HTTPSConnection):
+class _HTTPSConnection(_DialingConnectionMixin, HTTPSConnection):
     pass
 
 
 class _TrackedPoolMixin:
     tracker: ConnectionTracker
     pool: queue.LifoQueue[Any] | None
-
-    def _new_conn(self) -> Any:
-        conn = super()._new_conn()  # type: ignore[misc]
-        conn.tracker = self.tracker
-        return conn
 
     def _put_conn(self, conn: Any) -> None:
         if conn is not None:
@@ -125,8 +147,9 @@ class _TrackedPoolMixin:
                 return
         super()._put_conn(conn)  # type: ignore[misc]
 
-    def close_idle(self, older_than: float = 0.0) -> int:
-        """Close pooled connections idle for `older_than` seconds or more; never one in use.
+    def close_idle(self, older_than: float = 0.0, *, stirring: bool = False) -> int:
+        """Close pooled connections idle for `older_than` seconds or more, and with
+        `stirring` those whose origin closed them or sent bytes; never one in use.
 
         Connections in use are not in the queue, and holding the queue's mutex keeps any
         thread from taking one out while we look.
@@ -135,8 +158,10 @@ class _TrackedPoolMixin:
         if idle_queue is None:
             return 0
         with idle_queue.mutex:
-            for conn in idle_queue.queue:
-                if conn is not None and conn.sock is not None and now - conn.idle_since >= older_than:
+            idle = [conn for conn in idle_queue.queue if conn is not None and conn.sock is not None]
+            stirred = _readable(conn.sock for conn in idle) if stirring else set()
+            for conn in idle:
+                if now - conn.idle_since >= older_than or conn.sock.fileno() in stirred:
                     conn.close()
                     closed += 1
         return closed
@@ -157,51 +182,65 @@ class _HTTPSPool(_TrackedPoolMixin, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
-class _TrackedManagerMixin:
-    tracker: ConnectionTracker
+def _pool_classes(via: Upstream | None, tracker: ConnectionTracker) -> dict[str, type]:
+    """Pool classes whose connections report to `tracker` and dial as `via` needs.
 
-    def _new_pool(self, scheme: str, host: str, port: int, request_context: Any = None) -> Any:
-        pool = super()._new_pool(scheme, host, port, request_context)  # type: ignore[misc]
-        pool.tracker = self.tracker
-        return pool
-
-
-class _PoolManager(_TrackedManagerMixin, urllib3.PoolManager):
-    pass
-
-
-class _ProxyManager(_TrackedManagerMixin, urllib3.ProxyManager):
-    def _set_proxy_headers(self, url: str, headers: Any = None) -> Any:
-        # urllib3 would add "Accept: */*" (and a Host we already set): the client's
-        # headers go as they are, no invented ones.
-        return headers
-
-
-class _SocksConnectionMixin:
-    """Dial through a SOCKS5 upstream instead of connecting to the origin directly."""
-
-    upstream: Upstream
-    host: str
-    port: int
-    timeout: Any
-
-    def _new_conn(self) -> socket.socket:
-        # Handshake failures raise UpstreamError/UpstreamTimeout, not OSError: urllib3 lets
-        # them through (closing this connection) and they already name the upstream.
-        sock, _ = connect_through(self.upstream, self.host, self.port, timeout=self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-
-def _socks_pool_classes(upstream: Upstream) -> dict[str, type]:
-    """Pool classes whose connections go through `upstream` (bound as a class attribute)."""
-    attrs = {"upstream": upstream}
-    http = type("SocksHTTPConnection", (_SocksConnectionMixin, _HTTPConnection), attrs)
-    https = type("SocksHTTPSConnection", (_SocksConnectionMixin, _HTTPSConnection), attrs)
+    Without `via`, and with a SOCKS5 upstream, both schemes go to the origin (through
+    the upstream for SOCKS5). With an HTTP upstream, https:// origins are reached through
+    a CONNECT tunnel and http:// requests go to the upstream itself in absolute form, so
+    its "http" pool is a pool of plain connections to the upstream.
+    """
+    attrs = {"tracker": tracker, "via": via}
+    to_proxy = via is not None and via.scheme == "http"
+    http = type("HTTPConnection", (_HTTPConnection,), {**attrs, "to_proxy": to_proxy})
+    https = type("HTTPSConnection", (_HTTPSConnection,), attrs)
     return {
-        "http": type("SocksHTTPPool", (_HTTPPool,), {"ConnectionCls": http}),
-        "https": type("SocksHTTPSPool", (_HTTPSPool,), {"ConnectionCls": https}),
+        "http": type("HTTPPool", (_HTTPPool,), {"ConnectionCls": http, "tracker": tracker}),
+        "https": type("HTTPSPool", (_HTTPSPool,), {"ConnectionCls": https, "tracker": tracker}),
     }
+
+
+def _readable(socks: Iterator[socket.socket]) -> set[int]:
+    """The descriptors among `socks` with something to read (bytes or EOF) right now."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    return {fd for fd, _ in poller.poll(0)}
+
+
+@dataclass(eq=False)
+class Lease:
+    """One pooled connection checked out for one exchange.
+
+    `target_form` is "origin" for a request-target of path only, "absolute" when the
+    connection goes to an HTTP upstream proxy, which needs the whole URL and its
+    `proxy_authorization`. The holder must call exactly one of release() or detach().
+    """
+
+    pool: Any
+    conn: Any
+    reused: bool
+    target_form: str = "origin"
+    proxy_authorization: str | None = None
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.conn.sock  # type: ignore[no-any-return]
+
+    def release(self, clean: bool) -> None:
+        """Back to the pool if `clean` (the exchange ended exactly at its framing), else closed."""
+        if not clean:
+            self.conn.close()
+            self.pool._put_conn(None)  # keeps the pool's slot count, as urllib3 does
+            return
+        self.conn.idle_since = time.monotonic()
+        self.pool._put_conn(self.conn)
+
+    def detach(self) -> socket.socket:
+        """The socket, for a new owner (an upgraded stream); the connection is done."""
+        sock = self.conn.detach()
+        self.pool._put_conn(None)
+        return sock  # type: ignore[no-any-return]
 
 
 def origin_key(scheme: str, host: str, port: int) -> str:
@@ -271,42 +310,66 @@ class UpstreamPool:
 
     def _new_manager(self, via: Upstream | None) -> urllib3.PoolManager:
         config = self.config
-        settings: dict[str, Any] = {
-            "num_pools": config.pool_hosts,
-            "maxsize": config.pool_idle_per_host,
-            "block": False,
-            "timeout": urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
-            "retries": False,
-            "cert_reqs": "CERT_REQUIRED",
-            "ca_certs": config.ca_bundle or certifi.where(),
-        }
-        manager: urllib3.PoolManager
-        if via is not None and via.scheme == "http":
-            auth = via.proxy_authorization()
-            headers = {"Proxy-Authorization": auth} if auth else None
-            manager = _ProxyManager(f"http://{via.authority}", proxy_headers=headers, **settings)
-        else:
-            manager = _PoolManager(**settings)
-        manager.tracker = self.tracker
-        if via is not None and via.scheme == "socks5":
-            manager.pool_classes_by_scheme = _socks_pool_classes(via)
-        else:
-            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        manager = urllib3.PoolManager(
+            num_pools=config.pool_hosts,
+            maxsize=config.pool_idle_per_host,
+            block=False,
+            timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=config.ca_bundle or certifi.where(),
+        )
+        manager.pool_classes_by_scheme = _pool_classes(via, self.tracker)
         # urllib3 does not close an evicted host pool (a80c248c: another thread may still
         # be using it). Close its idle connections; one in use goes back into the evicted
         # pool when released, and urllib3's finalizer closes it once the pool is unreferenced.
         manager.pools.dispose_func = _close_all_idle
         return manager
 
+    def checkout(
+        self, scheme: str, host: str, port: int, via: Upstream | None, *, fresh: bool = False
+    ) -> Lease:
+        """A connected connection to origin (scheme, host, port), through `via` if given.
+
+        An idle pooled one if there is one (urllib3 drops it if its origin closed it),
+        else a new one; `fresh` always dials anew. Dial and TLS failures raise the
+        ProxyError the client should see. The caller owns the lease.
+        """
+        to_proxy = via is not None and via.scheme == "http" and scheme == "http"
+        manager = self._manager(via)
+        if to_proxy:
+            assert via is not None
+            pool = manager.connection_from_host(via.host, via.port, "http")
+        else:
+            pool = manager.connection_from_host(host, port, scheme)
+        conn: Any = pool._get_conn()  # takes one of the pool's slots, filled or empty
+        if fresh and conn.sock is not None:
+            conn.close()  # the object and its slot are kept; it dials anew below
+        reused = conn.sock is not None
+        if not reused:
+            try:
+                conn.connect()
+            except BaseException as exc:
+                conn.close()
+                pool._put_conn(None)
+                raise _connect_error(exc, scheme, host, port, via) from exc
+        return Lease(
+            pool,
+            conn,
+            reused,
+            "absolute" if to_proxy else "origin",
+            via.proxy_authorization() if to_proxy and via is not None else None,
+        )
+
     def start(self) -> None:
         self._reaper.start()
 
     def _reap(self) -> None:
         """Close idle connections past the idle timeout, even for hosts never asked for again."""
-        interval = min(self.config.pool_idle_timeout / 4, 5.0)
+        interval = min(self.config.pool_idle_timeout / 4, IDLE_WATCH_INTERVAL)
         while not self._stop.wait(interval):
             for pool in self._pools():
-                pool.close_idle(older_than=self.config.pool_idle_timeout)
+                pool.close_idle(older_than=self.config.pool_idle_timeout, stirring=True)
 
     def _pools(self) -> list[_TrackedPoolMixin]:
         with self._managers_lock:
@@ -331,37 +394,6 @@ class UpstreamPool:
             usage.setdefault(origin, {"in_use": 0, "idle": 0})["in_use"] = count
         return usage
 
-    def urlopen(
-        self,
-        method: str,
-        origin: tuple[str, str, int],
-        path: str,
-        body: Any,
-        headers: Any,
-        via: Upstream | None,
-    ) -> BaseHTTPResponse:
-        """Send a request to origin (scheme, host, port), through `via` if given.
-
-        The caller owns the response and must release or close it. The origin is passed
-        already parsed: urllib3 would otherwise parse the URL again on every request.
-        """
-        scheme, host, port = origin
-        manager = self._manager(via)
-        options: dict[str, Any] = {
-            "body": body,
-            "headers": headers,
-            "redirect": False,
-            "retries": False,
-            "preload_content": False,
-            "decode_content": False,
-            "release_conn": False,
-        }
-        if isinstance(manager, urllib3.ProxyManager):  # it decides absolute form vs CONNECT
-            url = f"{scheme}://{join_host_port(host, port)}{path}"
-            return manager.urlopen(method, url, **options)
-        pool = manager.connection_from_host(host, port, scheme)
-        return pool.urlopen(method, path, assert_same_host=False, **options)
-
     def close(self) -> None:
         """Stop the reaper, close idle connections and abort those in use (their threads fail fast)."""
         self._stop.set()
@@ -376,3 +408,21 @@ class UpstreamPool:
 
 def _close_all_idle(pool: Any) -> None:
     pool.close_idle()
+
+
+def _connect_error(
+    exc: BaseException, scheme: str, host: str, port: int, via: Upstream | None
+) -> BaseException:
+    """What a client is told when a new connection could not be set up.
+
+    The dial itself already raises ProxyErrors (dialer.py, upstream_connect.py); what is
+    left is TLS with the origin, and errors of our own making, which pass unchanged.
+    """
+    if isinstance(exc, ProxyError) or not isinstance(exc, OSError | CertificateError):
+        return exc
+    origin = join_host_port(host, port)
+    if via is not None:
+        origin += f" (via upstream {via})"
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"TLS with {origin} timed out", cause="connect-timeout")
+    return UpstreamError(f"TLS with {origin} failed", cause="tls")

@@ -97,17 +97,20 @@ def _check_status(label: str, status: int, authority: str, sent_credentials: boo
     if 200 <= status < 300:
         return
     if status == HTTPStatus.PROXY_AUTHENTICATION_REQUIRED:
-        why = (
-            "refused the configured credentials"
-            if sent_credentials
-            else "wants credentials; none are configured"
-        )
-        raise UpstreamError(f"{label} {why} (407)", cause="upstream-auth")
+        raise auth_refused(label, sent_credentials)
     if status == HTTPStatus.LOOP_DETECTED:  # our own Via came back: say so, not "bad gateway"
         raise LoopDetected(f"{label} reports a loop for CONNECT to {authority}")
     raise UpstreamError(
         f"{label} refused CONNECT to {authority}: {_describe(status)}", cause="upstream-status"
     )
+
+
+def auth_refused(label: str, sent_credentials: bool) -> UpstreamError:
+    """An upstream proxy answered 407: say whether our credentials were wrong or missing."""
+    why = (
+        "refused the configured credentials" if sent_credentials else "wants credentials; none are configured"
+    )
+    return UpstreamError(f"{label} {why} (407)", cause="upstream-auth")
 
 
 def _describe(status: int) -> str:

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tinyproxy_py"
-PURE = {"http1", "config", "errors", "stats", "policy", "upstream", "accesslog", "statspage"}
+PURE = {
+    "http1",
+    "http1_response",
+    "config",
+    "errors",
+    "stats",
+    "policy",
+    "upstream",
+    "accesslog",
+    "statspage",
+}
 IO_MODULES = {"socket", "selectors", "ssl", "urllib3", "click"}
 
 
@@ -56,6 +66,12 @@ def test_http1_depends_only_on_errors_and_config() -> None:
     assert relative <= {"errors", "config"}
 
 
-def test_only_forward_and_pool_know_urllib3() -> None:
+def test_http1_response_builds_only_on_http1() -> None:
+    _, relative = imports("http1_response")
+    assert relative <= {"errors", "config", "http1"}
+
+
+def test_only_pool_knows_urllib3() -> None:
+    """urllib3 owns the connections; the proxy's own code speaks HTTP on them."""
     users = {m for m in MODULES if "urllib3" in imports(m)[0]}
-    assert users == {"forward", "pool"}
+    assert users == {"pool"}

@@ -560,7 +560,7 @@ def test_upstream_that_never_accepts_is_504(
         ("connect", "http", "upstream-timeout"),
         ("connect", "socks5", "upstream-timeout"),
         ("plain", "socks5", "upstream-timeout"),
-        ("plain", "http", "read-timeout"),  # the request was sent: its answer is late
+        ("plain", "http", "response-timeout"),  # the request was sent: its answer is late
     ],
 )
 def test_upstream_that_accepts_but_never_answers_is_504(
@@ -568,7 +568,12 @@ def test_upstream_that_accepts_but_never_answers_is_504(
 ) -> None:
     with ExitStack() as stack:
         port = stalled_listener(stack, accept_queue_full=False)
-        a = hop(upstream=(f"{scheme}://127.0.0.1:{port}",), connect_timeout=0.5, read_timeout=0.5)
+        a = hop(
+            upstream=(f"{scheme}://127.0.0.1:{port}",),
+            connect_timeout=0.5,
+            read_timeout=0.5,
+            response_header_timeout=0.5,
+        )
         started = time.monotonic()
         refused(a, kind, f"127.0.0.1:{origin.port}", 504, cause, f"127.0.0.1:{port}")
         assert time.monotonic() - started < 0.5 + EXPIRE_SOON

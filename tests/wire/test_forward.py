@@ -329,11 +329,11 @@ def test_unresolvable_origin_is_502(proxy: ProxyServer) -> None:
     assert response.header("X-Tinyproxy-Py-Cause") == "dns"
 
 
-def test_read_timeout_is_504(make_proxy, origin: OriginServer) -> None:
-    proxy = make_proxy(read_timeout=0.3)
+def test_response_header_timeout_is_504(make_proxy, origin: OriginServer) -> None:
+    proxy = make_proxy(response_header_timeout=0.3)
     response = get(proxy.address, origin.url("/slow/5"))
     assert response.status == 504
-    assert response.header("X-Tinyproxy-Py-Cause") == "read-timeout"
+    assert response.header("X-Tinyproxy-Py-Cause") == "response-timeout"
 
 
 def test_stall_mid_body_closes_client_after_read_timeout(make_proxy, origin: OriginServer) -> None:

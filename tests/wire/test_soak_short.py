@@ -40,6 +40,7 @@ from ..support import (
 LIMITS = {
     "connect_timeout": 1.0,
     "read_timeout": 0.5,
+    "response_header_timeout": 0.5,
     "header_timeout": 1.0,
     "client_idle_timeout": 1.0,
     "tunnel_idle_timeout": 2.0,
@@ -269,7 +270,7 @@ class Mix:
         started = time.monotonic()
         with dial(self.proxy.address) as sock:
             assert request_over(sock, request("GET", self.origin.url("/slow/1.5"))).status == 504
-        assert time.monotonic() - started < LIMITS["read_timeout"] + SLACK
+        assert time.monotonic() - started < LIMITS["response_header_timeout"] + SLACK
 
     def stall_body(self, n: int) -> None:
         url = f"http://{self.target('stall_body')}/"
@@ -433,8 +434,9 @@ def test_mixed_traffic_and_faults_return_to_baseline(
         assert isinstance(counters, dict)
         for name in (
             "errors.read-timeout",
+            "errors.response-timeout",
             "errors.refused",
-            "errors.upstream-protocol",
+            "errors.no-response",
             "errors.upstream-abort",
             "errors.header-timeout",
             "errors.bad-request",

@@ -1,0 +1,117 @@
+"""Bytes to and from an origin connection, every wait under a deadline.
+
+The socket belongs to a Lease (pool.py); an OriginStream only writes to it and reads
+from it, non-blocking, waiting in poll(). While the origin has not answered, the client's
+socket is watched too: a client that hangs up is noticed at once, not when the origin
+answers or the deadline passes (a client that pipelines its next request is not gone).
+Socket errors pass through as OSError (TimeoutError for a deadline); forward.py decides
+what they mean. TLS sockets are read the same way (SSLWantRead/Write are waits).
+Imports: errors; socket, select, ssl.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import time
+
+from .errors import Aborted
+
+_WAIT_ERRORS = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+class OriginStream:
+    """Non-blocking reads and writes on `sock`, watching `client` while asked to."""
+
+    def __init__(self, sock: socket.socket, client: socket.socket | None = None) -> None:
+        if sock.gettimeout() != 0.0:
+            sock.settimeout(0.0)  # stays so in the pool: only this module reads it
+        self.sock = sock
+        self.client = client
+        self.received = 0  # bytes from the origin during this exchange
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+        self._events = select.POLLIN
+        self._watching = False
+
+    def watch_client(self, on: bool) -> None:
+        """Watch the client's socket for a hang-up during waits (on) or stop (off)."""
+        if self.client is None or on == self._watching:
+            return
+        if on:
+            self._poller.register(self.client, select.POLLIN)
+        else:
+            self._poller.unregister(self.client)
+        self._watching = on
+
+    def send(self, data: bytes | memoryview, timeout: float) -> None:
+        """All of `data`; each wait for room may take up to `timeout` (TimeoutError)."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+                continue
+            except ssl.SSLWantReadError:
+                events = select.POLLIN
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                events = select.POLLOUT
+            self._wait(events, time.monotonic() + timeout)
+
+    def recv(self, size: int, deadline: float) -> bytes:
+        """Up to `size` bytes, b"" when the origin closed; TimeoutError past `deadline`."""
+        while True:
+            try:
+                data = self.sock.recv(size)
+            except ssl.SSLWantWriteError:
+                self._wait(select.POLLOUT, deadline)
+                continue
+            except _WAIT_ERRORS:
+                self._wait(select.POLLIN, deadline)
+                continue
+            self.received += len(data)
+            return data
+
+    def readable(self) -> bool:
+        """Whether the origin has sent something (or closed) that nobody read yet."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def _wait(self, events: int, deadline: float) -> None:
+        if events != self._events:
+            self._poller.modify(self.sock, events)
+            self._events = events
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("origin deadline passed")
+            ready = self._poller.poll(remaining * 1000 + 1)
+            if any(fd != self.client_fd for fd, _ in ready):
+                return
+            for _, event in ready:
+                self._check_client(event)
+
+    @property
+    def client_fd(self) -> int:
+        return self.client.fileno() if self._watching and self.client is not None else -1
+
+    def _check_client(self, event: int) -> None:
+        """The client's socket stirred while we wait: gone (EOF, reset) or pipelining."""
+        assert self.client is not None
+        try:
+            data = self.client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if event & _GONE:
+                raise _client_gone() from None
+            return
+        except OSError as exc:
+            raise _client_gone() from exc
+        if not data:
+            raise _client_gone()
+        self.watch_client(False)  # the next request is already coming: not a hang-up
+
+
+def _client_gone() -> Aborted:
+    return Aborted("client went away while waiting for the origin", cause="client-abort")
