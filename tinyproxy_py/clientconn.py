@@ -1,11 +1,11 @@
 """The client's socket and the bytes received from it but not yet used.
 
-Owned by exactly one handler thread. Every read has a deadline: the keep-alive idle
-timeout before a request starts, the header deadline for the whole head (counted from
-its first byte, so a client dribbling bytes is still cut off), the read timeout for body
-bytes and for sends to a client that stopped reading. Socket errors become Aborted,
+Owned by exactly one handler thread. Every read has a deadline (stream.py): the
+keep-alive idle timeout before a request starts, the header deadline for the whole head
+(counted from its first byte, so a client dribbling bytes is still cut off), the read
+timeout for body bytes and for sends to a client that stopped reading. Socket errors become Aborted,
 which is not an OSError, so urllib3 never mistakes a client failure for an origin's.
-Imports: http1, errors, config (tunnel for its type only).
+Imports: http1, stream, errors, config (tunnel for its type only).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from .config import Config
 from .errors import Aborted, ProxyError, RequestTimeout, render
 from .http1 import ChunkedDecoder, RequestHead, parse_request_head
+from .stream import Stream
 
 if TYPE_CHECKING:
     from .tunnel import TunnelHub
@@ -39,14 +40,12 @@ def send_quietly(sock: socket.socket, data: bytes, timeout: float = 1.0) -> None
 class ClientConnection:
     def __init__(self, sock: socket.socket, config: Config, draining: threading.Event | None = None) -> None:
         self.sock = sock
+        self.stream = Stream(sock)  # the socket is non-blocking from here on
         self.config = config
         self.draining = draining or threading.Event()  # set: the server is stopping
         self.buffer = bytearray()
         self.body_pending = False
-        self._current_timeout: float | None = sock.gettimeout()
         self.body_bytes = 0  # of the current request, for the access log
-        self.bytes_received = 0
-        self.bytes_sent = 0
 
     def read_head(self, idle_timeout: float) -> RequestHead | None:
         """The next request head, or None if the client closed or idled out between requests."""
@@ -89,16 +88,14 @@ class ClientConnection:
         return len(self.buffer) - self.buffer.rfind(b"\n") - 1 > self.config.max_line_bytes
 
     def _recv(self, timeout: float, *, idle_ok: bool) -> bytes | None:
-        self._timeout(timeout)
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = self.stream.recv(RECV_SIZE, time.monotonic() + timeout)
         except TimeoutError:
             if idle_ok:
                 return None
             raise RequestTimeout("request head not complete before the header deadline") from None
         except OSError as exc:
             raise Aborted(f"client connection failed: {exc}") from exc
-        self.bytes_received += len(data)
         return data
 
     def body(self, head: RequestHead) -> Iterator[bytes]:
@@ -138,32 +135,22 @@ class ClientConnection:
             data = self._body_recv()
 
     def _body_recv(self) -> bytes:
-        self._timeout(self.config.read_timeout)
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = self.stream.recv(RECV_SIZE, time.monotonic() + self.config.read_timeout)
         except OSError as exc:
             cause = "client-timeout" if isinstance(exc, TimeoutError) else "client-abort"
             raise Aborted(f"reading the request body failed: {exc}", cause=cause) from exc
         if not data:
             raise Aborted("client closed before the request body ended")
-        self.bytes_received += len(data)
         return data
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        self._timeout(self.config.read_timeout)
         try:
-            self.sock.sendall(data)
+            self.stream.send(data, self.config.read_timeout)
         except OSError as exc:
             raise Aborted(f"sending to the client failed: {exc}") from exc
-        self.bytes_sent += len(data)
-
-    def _timeout(self, seconds: float) -> None:
-        """settimeout() costs a syscall even when nothing changes: skip it then."""
-        if seconds != self._current_timeout:
-            self.sock.settimeout(seconds)
-            self._current_timeout = seconds
 
     def send_quietly(self, data: bytes) -> None:
         """Best effort, for error replies to a client that may already be gone."""

@@ -11,7 +11,7 @@ a 101 to a request that asked to upgrade.
 The one retry: an idempotent request without a body that failed on a reused pooled
 connection before any response byte arrived (the origin closed an idle connection as
 we sent on it). Nothing reached the origin's application, so sending again is safe.
-Imports: http1, http1_response, exchange, clientconn, pool, errors, upstream, tunnel.
+Imports: http1, http1_response, stream, clientconn, pool, errors, upstream, tunnel.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from .errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from .exchange import OriginStream
 from .http1 import LAST_CHUNK, Headers, RequestHead, chunk, strip_hop_by_hop, via_value
 from .http1_response import MAX_INTERIM, BodyReader, ResponseHead, parse_response_head
 from .pool import Lease, UpstreamPool, origin_key
+from .stream import Stream
 from .tunnel import TunnelHub
 from .upstream import Upstream
 from .upstream_connect import auth_refused
@@ -84,7 +84,7 @@ class _Exchange:
     """One request on one leased connection, up to its final response head."""
 
     lease: Lease
-    stream: OriginStream
+    stream: Stream
     response: ResponseHead
     leftover: bytes  # bytes read after the head: the body's first bytes
     early: bool  # the origin answered before taking the whole request body
@@ -178,7 +178,7 @@ def _exchange(
     peer = f"{head.host}:{head.port}" + (f" (via upstream {via})" if via is not None else "")
     lease = pool.checkout(head.scheme, head.host, head.port, via)
     while True:
-        stream = OriginStream(lease.sock, client.sock)
+        stream = Stream(lease.sock, client.sock)
         try:
             early = _send_request(head, _request_bytes(head, headers, lease), client, stream, pool.config)
             response, leftover = _read_head(head, client, stream, pool.config, peer)
@@ -199,7 +199,7 @@ def _exchange(
 
 
 def _send_request(
-    head: RequestHead, request: bytes, client: ClientConnection, stream: OriginStream, config: Config
+    head: RequestHead, request: bytes, client: ClientConnection, stream: Stream, config: Config
 ) -> bool:
     """Write the request; True if the origin answered before taking the whole body.
 
@@ -227,7 +227,7 @@ def _send_request(
 
 
 def _read_head(
-    head: RequestHead, client: ClientConnection, stream: OriginStream, config: Config, peer: str
+    head: RequestHead, client: ClientConnection, stream: Stream, config: Config, peer: str
 ) -> tuple[ResponseHead, bytes]:
     """The final response head, and the bytes read after it; interim ones are relayed.
 
@@ -261,9 +261,7 @@ def _read_head(
         stream.watch_client(False)
 
 
-def _recv_head_bytes(
-    stream: OriginStream, deadline: float, started: bool, peer: str, config: Config
-) -> bytes:
+def _recv_head_bytes(stream: Stream, deadline: float, started: bool, peer: str, config: Config) -> bytes:
     try:
         data = stream.recv(HEAD_RECV_SIZE, deadline)
     except TimeoutError as exc:
@@ -310,7 +308,9 @@ def _relay(
     http11 = head.version == "HTTP/1.1"
     if response.codings and not http11:
         raise BadResponse(f"transfer coding {', '.join(response.codings)} cannot reach an HTTP/1.0 client")
-    chunked = not bodiless and length is None and http11
+    # A body whose codings already include chunked (not last: read to close) cannot be
+    # chunked again (RFC 9112 §6.1): it goes on as it came, delimited by the close.
+    chunked = not bodiless and length is None and http11 and "chunked" not in response.codings
     keep_alive = (
         head.keep_alive and (bodiless or length is not None or chunked)
         and not client.body_pending and not client.draining.is_set()
@@ -322,6 +322,8 @@ def _relay(
             extra.append(("Content-Length", str(length)))
         if chunked:
             extra.append(("Transfer-Encoding", ", ".join([*response.codings, "chunked"])))
+        elif response.codings:
+            extra.append(("Transfer-Encoding", ", ".join(response.codings)))
     if not keep_alive:
         extra.append(("Connection", "close"))
     elif not http11:

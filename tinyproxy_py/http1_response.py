@@ -66,13 +66,9 @@ def parse_response_head(
         return None
     raw = bytes(buf[:end])
     _check_bytes(raw)
-    lines = [line[:-1] if line.endswith(b"\r") else line for line in raw.split(b"\n")]
-    while lines and not lines[-1]:
-        lines.pop()  # the empty line that ends the head
-    if not lines:
-        raise BadResponse("empty response head")
+    lines = [line.removesuffix(b"\r") for line in raw.split(b"\n")]
     version, status, reason = _status_line(lines[0])
-    headers = _fields(lines[1:], limits)
+    headers = _fields(lines[1:-2], limits)  # the last two: the empty line, and after it
     head = ResponseHead(status, reason, version, headers)
     _apply_connection(head)
     _apply_framing(head, method)
@@ -95,7 +91,11 @@ def _check_incomplete(buf: bytes | bytearray, limits: Config) -> None:
     if buf and not b"HTTP/".startswith(bytes(buf[:5])):
         raise BadResponse("response does not start with an HTTP/1.x status line")
     _check_bytes(buf[:-1] if buf.endswith(b"\r") else buf)  # a final CR may be half a CRLF
-    if buf.count(b"\n") > limits.max_response_headers + 1:
+    first_end = buf.find(b"\n")
+    if first_end >= 0:
+        _status_line(bytes(buf[:first_end]).removesuffix(b"\r"))
+    folds = buf.count(b"\n ") + buf.count(b"\n\t")  # continuations, not fields
+    if buf.count(b"\n") - folds > limits.max_response_headers + 1:
         raise BadResponse(f"more than {limits.max_response_headers} response header fields")
 
 

@@ -1,11 +1,14 @@
-"""Bytes to and from an origin connection, every wait under a deadline.
+"""Reads and writes on a non-blocking socket, every wait under a deadline.
 
-The socket belongs to a Lease (pool.py); an OriginStream only writes to it and reads
-from it, non-blocking, waiting in poll(). While the origin has not answered, the client's
-socket is watched too: a client that hangs up is noticed at once, not when the origin
-answers or the deadline passes (a client that pipelines its next request is not gone).
-Socket errors pass through as OSError (TimeoutError for a deadline); forward.py decides
-what they mean. TLS sockets are read the same way (SSLWantRead/Write are waits).
+Both sides use it: the client's connection (clientconn.py) and an origin connection
+(forward.py). A call tries the socket first and waits in poll() only when the kernel
+says it must, so a socket never keeps a timeout setting of its own: Python's timeout
+mode would cost a settimeout syscall per change and a poll before every send and recv.
+An origin stream can also watch the client's socket while it waits: a client that hangs
+up is noticed at once, not when the origin answers or the deadline passes (a client
+that pipelines its next request is not gone). Socket errors pass through as OSError
+(TimeoutError for a deadline); the caller decides what they mean. TLS sockets work the
+same way (SSLWantRead/Write are waits). The owner of the socket stays its owner.
 Imports: errors; socket, select, ssl.
 """
 
@@ -22,15 +25,15 @@ _WAIT_ERRORS = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
-class OriginStream:
-    """Non-blocking reads and writes on `sock`, watching `client` while asked to."""
+class Stream:
+    """Non-blocking reads and writes on `sock`; `client`, if given, can be watched during waits."""
 
     def __init__(self, sock: socket.socket, client: socket.socket | None = None) -> None:
         if sock.gettimeout() != 0.0:
             sock.settimeout(0.0)  # stays so in the pool: only this module reads it
         self.sock = sock
         self.client = client
-        self.received = 0  # bytes from the origin during this exchange
+        self.received = 0  # bytes read through this stream
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
         self._events = select.POLLIN
@@ -46,7 +49,7 @@ class OriginStream:
             self._poller.unregister(self.client)
         self._watching = on
 
-    def send(self, data: bytes | memoryview, timeout: float) -> None:
+    def send(self, data: bytes | bytearray | memoryview, timeout: float) -> None:
         """All of `data`; each wait for room may take up to `timeout` (TimeoutError)."""
         view = memoryview(data)
         while view:
@@ -74,7 +77,7 @@ class OriginStream:
             return data
 
     def readable(self) -> bool:
-        """Whether the origin has sent something (or closed) that nobody read yet."""
+        """Whether the peer has sent something (or closed) that nobody read yet."""
         if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             return True
         return bool(select.select([self.sock], [], [], 0)[0])
@@ -86,7 +89,7 @@ class OriginStream:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("origin deadline passed")
+                raise TimeoutError("deadline passed")
             ready = self._poller.poll(remaining * 1000 + 1)
             if any(fd != self.client_fd for fd, _ in ready):
                 return
