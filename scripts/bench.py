@@ -20,13 +20,18 @@ own dependencies for --python (default: this interpreter). Everything runs on
 PID. About 7 minutes, after waiting (up to 15) for the load average to drop below 0.7;
 --quick is a smoke run of about 1.
 
-Usage: python3 scripts/bench.py [--quick] [--only abcdefg] [--json FILE] [--profile DIR]
+--before DIR adds another source tree of tinyproxy-py (e.g. main, unpacked with
+`git archive HEAD | tar -x -C DIR`) as the subject "tinyproxy-py (before)", run next to
+this checkout in every scenario, with an after/before column in the table.
+
+Usage: python3 scripts/bench.py [--quick] [--only abcdefg] [--before DIR] [--json FILE] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import multiprocessing
@@ -71,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait-max", type=float, default=900, help="give up waiting after this many seconds")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs tinyproxy-py")
     parser.add_argument("--no-tinyproxy", action="store_true", help="leave tinyproxy out even if installed")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help=f"also run the tinyproxy-py tree in DIR as '{report.PY_BEFORE}'")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write every measured value to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="afterwards, record py-spy profiles of tinyproxy-py into DIR")  # fmt: skip
@@ -78,6 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if set(args.only) - set("abcdefg") or not 1 <= (args.rounds or 1) <= 9:
         parser.error("--only takes letters a-g; --rounds is 1 to 9")
+    if args.before is not None:
+        args.before = args.before.resolve()  # the child's cwd and PYTHONPATH
+        if not (args.before / "tinyproxy_py" / "__main__.py").is_file():
+            parser.error(f"--before: {args.before} holds no tinyproxy_py/__main__.py")
     return args
 
 
@@ -158,6 +169,8 @@ def measure(args: argparse.Namespace, settings: Settings) -> tuple[scenarios.Rec
         _start_workers(executor, settings.churn_processes)
         ctx = Context(settings, origin, executor, workdir)
         subjects = start_subjects(args, workdir, stack)
+        if args.before:
+            ctx.record.note(f"{report.PY}: {services.REPO}; {report.PY_BEFORE}: {args.before}")
         for subject in subjects[1:]:
             _warm(ctx, subject)
         run_rates(ctx, subjects, args.only)
@@ -177,16 +190,20 @@ def _start_workers(executor: ProcessPoolExecutor, count: int) -> None:
 
 
 def start_subjects(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -> list[Subject]:
-    """direct, tinyproxy-py, [tinyproxy-py --workers 2], [tinyproxy]: the long-lived ones started."""
+    """direct, tinyproxy-py, [its --before tree], [... --workers 2], [tinyproxy]: the long-lived ones."""
     numbers = itertools.count()
 
-    def fresh_py() -> services.Proxy:
-        return services.start_tinyproxy_py(workdir / f"py-{next(numbers)}", args.python)
+    def fresh_py(source: Path = services.REPO, name: str = "") -> services.Proxy:
+        return services.start_tinyproxy_py(workdir / f"py-{next(numbers)}", args.python, (), name, source)
 
     def fresh_c() -> services.Proxy:
         return services.start_tinyproxy(workdir / f"tinyproxy-{next(numbers)}")
 
     subjects = [Subject(report.DIRECT), _started(stack, report.PY, fresh_py)]
+    if args.before:
+        subjects.append(
+            _started(stack, report.PY_BEFORE, functools.partial(fresh_py, args.before, report.PY_BEFORE))
+        )
     if services.tinyproxy_py_has_workers(args.python):
         proxy = services.start_tinyproxy_py(workdir / "py-w2", args.python, ["--workers", "2"], report.PY2)
         stack.callback(proxy.child.stop)

@@ -1,9 +1,9 @@
 """The table: one row per figure, one column per subject, ratios against direct, verdicts.
 
 Values are medians over the rounds; a ratio is the median of the proxy's values over
-the median of direct's. Targets (issue 9) apply to tinyproxy-py; each verdict says by
-how much a target is met or missed. The table is Markdown, to paste into
-docs/performance.md as printed.
+the median of direct's, and after/before (with --before) tinyproxy-py's median over the
+before tree's. Targets (issue 9) apply to tinyproxy-py; each verdict says by how much a
+target is met or missed. The table is Markdown, to paste into docs/performance.md as printed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .scenarios import Record
 
 PY = "tinyproxy-py"
 PY2 = "tinyproxy-py --workers 2"
+PY_BEFORE = "tinyproxy-py (before)"  # --before: another source tree, e.g. main before a change
 C = "tinyproxy"
 DIRECT = "direct"
 
@@ -157,7 +158,7 @@ def render(record: Record, subjects: Sequence[str], aborts: int) -> str:
     proxies = [s for s in subjects if s not in (DIRECT, PY2)]
     head = ["figure", DIRECT]
     for name in proxies:
-        head += [name, "x"]
+        head += [name, "x"] + (["after/before"] if name == PY_BEFORE else [])
     head += ["target (tinyproxy-py)", "verdict"]
     lines = [_line(head), _line(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"])]
     for row in ROWS:
@@ -175,12 +176,15 @@ def _cells(record: Record, row: Row, proxies: Sequence[str], aborts: int) -> lis
     cells = [label, _number(direct, row.digits)]
     for name in proxies:
         if row.subject != PY and name != PY:
-            cells += ["", ""]  # a row about one variant of tinyproxy-py
+            cells += [""] * (3 if name == PY_BEFORE else 2)  # a row about one variant of tinyproxy-py
             continue
         subject = row.subject if name == PY else name
         value = record.median(subject, row.key)
         cells.append(_number(value, row.digits))
         cells.append(f"{value / direct:.3f}" if row.ratio and value is not None and direct else "")
+        if name == PY_BEFORE:
+            after = record.median(PY, row.key)
+            cells.append(f"{after / value:.3f}" if after is not None and value else "")
     if row.target is None:
         return [*cells, "", ""]
     _, verdict = row.target.judge(record, row.subject)

@@ -222,13 +222,19 @@ class Proxy:
         return self.child.pid
 
 
-def start_tinyproxy_py(workdir: Path, python: str, extra: Sequence[str] = (), name: str = "") -> Proxy:
-    """`python -m tinyproxy_py serve` from this checkout: CONNECT to any port, quiet log."""
+def start_tinyproxy_py(
+    workdir: Path, python: str, extra: Sequence[str] = (), name: str = "", source: Path = REPO
+) -> Proxy:
+    """`python -m tinyproxy_py serve` from `source` (this checkout): CONNECT to any port, quiet log.
+
+    The child runs in `source` with it on PYTHONPATH, so it imports that tree's tinyproxy_py
+    (ahead of the venv's editable install of this checkout).
+    """
     port = free_port()
     argv = [python, "-m", "tinyproxy_py", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--connect-port", "0", "--log-level", "warning", *extra]  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
-    child = Child(name or "tinyproxy-py", argv, workdir / "tinyproxy-py.log", cwd=REPO)
+    child = Child(name or "tinyproxy-py", argv, workdir / "tinyproxy-py.log", cwd=source)
     child.wait_listening(port)
     return Proxy(name or "tinyproxy-py", port, child)
 
