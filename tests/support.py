@@ -77,6 +77,18 @@ def recv_all(sock: socket.socket, timeout: float = MUST_NOT_EXPIRE) -> bytes:
     return b"".join(chunks)
 
 
+def recv_head(sock: socket.socket) -> bytes:
+    """Bytes up to the blank line that ends a head (and whatever came with them); raises
+    ConnectionError if the peer closes first. For scripted peers reading the proxy's side."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed before a full head: {buf!r}")
+        buf += data
+    return buf
+
+
 def raw_exchange(address: tuple[str, int], data: bytes, timeout: float = MUST_NOT_EXPIRE) -> bytes:
     """Send raw bytes to `address` and return all it answers until it closes."""
     with socket.create_connection(address, timeout=timeout) as sock:

@@ -114,11 +114,10 @@ def forward(
                 assert hub is not None
                 return _hand_off(head, exchange, client, hub, rewrite.pseudonym)
             outcome, clean = _relay(head, exchange, client, pool.config, rewrite.pseudonym)
-            clean = clean and not upgrade and not exchange.early
+            clean = clean and not upgrade and not exchange.early and not exchange.stream.buffered()
             return outcome
         finally:
-            if exchange.stream.sock is exchange.lease.conn.sock:  # not handed off
-                exchange.lease.release(clean)
+            exchange.lease.release(clean)  # does nothing after a hand-off
 
 
 def _upgrade_token(head: RequestHead) -> str:
@@ -138,11 +137,7 @@ def _check_upgrade(head: RequestHead, hub: TunnelHub | None) -> None:
 
 def _upstream_headers(head: RequestHead, rewrite: Rewrite, client_ip: str, upgrade: str) -> Headers:
     """The request's fields as the origin gets them (the request line and Host aside)."""
-    headers = [
-        (name, value)
-        for name, value in strip_hop_by_hop(head.headers, head.connection_tokens)
-        if name.lower() not in _NOT_FORWARDED
-    ]
+    headers = strip_hop_by_hop(head.headers, head.connection_tokens | _NOT_FORWARDED)
     if head.content_length is not None:
         headers.append(("Content-Length", str(head.content_length)))
     elif head.chunked:
@@ -263,7 +258,7 @@ def _read_head(
 
 def _recv_head_bytes(stream: Stream, deadline: float, started: bool, peer: str, config: Config) -> bytes:
     try:
-        data = stream.recv(HEAD_RECV_SIZE, deadline)
+        data = stream.recv(HEAD_RECV_SIZE, deadline, wait_first=not started)
     except TimeoutError as exc:
         limit = config.response_header_timeout
         raise ResponseTimeout(f"{peer} did not send its response head within {limit:g} s") from exc
@@ -282,9 +277,12 @@ def _origin_error(exc: OSError, peer: str, received: int) -> ProxyError:
     return UpstreamError(f"{peer} {what}", cause="no-response")
 
 
-def _client_head(response: ResponseHead, headers: Headers, pseudonym: str) -> bytes:
-    """A response head for the client: the origin's fields minus hop-by-hop ones, plus ours."""
-    fields = strip_hop_by_hop(response.headers, response.connection_tokens)
+def _client_head(
+    response: ResponseHead, headers: Headers, pseudonym: str, drop: frozenset[str] = frozenset()
+) -> bytes:
+    """A response head for the client: the origin's fields minus hop-by-hop ones (and
+    those in `drop`), then `headers`."""
+    fields = strip_hop_by_hop(response.headers, response.connection_tokens | drop)
     if response.status == 101:  # the switch itself needs them (RFC 9110 §7.8)
         fields += [(k, v) for k, v in response.headers if k.lower() in ("connection", "upgrade")]
     if pseudonym:
@@ -317,7 +315,6 @@ def _relay(
     )  # fmt: skip
     extra: Headers = []
     if not bodiless:
-        response.headers = [(k, v) for k, v in response.headers if k.lower() not in _FRAMING_FIELDS]
         if length is not None:
             extra.append(("Content-Length", str(length)))
         if chunked:
@@ -328,7 +325,7 @@ def _relay(
         extra.append(("Connection", "close"))
     elif not http11:
         extra.append(("Connection", "keep-alive"))
-    head_bytes = _client_head(response, extra, pseudonym)
+    head_bytes = _client_head(response, extra, pseudonym, frozenset() if bodiless else _FRAMING_FIELDS)
     # A small body of known length is sent with the head in one write (one syscall, one
     # packet). Otherwise the head goes first: a streaming origin may take a while to
     # send its first body byte, and the client should not wait for the head meanwhile.

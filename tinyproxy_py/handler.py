@@ -86,7 +86,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         """Apply the policy (policy.py gives the order) before anything goes upstream."""
         policy = self.proxy.policy
         policy.check_credentials(head.get("Proxy-Authorization"))
-        via = [value for name, value in head.headers if name.lower() == "via"]
+        via = head.fields.get("via", [])
         policy.check_loop(head.host, head.port, via, self.proxy.address)
         if head.method == "CONNECT":
             policy.check_connect_port(head.port)

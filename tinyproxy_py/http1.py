@@ -87,6 +87,10 @@ class RequestHead:
     keep_alive: bool = True
     expect_continue: bool = False
     connection_tokens: frozenset[str] = field(default_factory=frozenset)
+    fields: dict[str, list[str]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.fields = field_index(self.headers)
 
     @property
     def has_body(self) -> bool:
@@ -106,11 +110,17 @@ class RequestHead:
 
     def get(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        values = self.fields.get(name.lower())
+        return values[0] if values else None
+
+
+def field_index(headers: Headers) -> dict[str, list[str]]:
+    """Values by lower-case name, built once per head, so checks look fields up instead
+    of scanning (and lower-casing) the whole list each time."""
+    index: dict[str, list[str]] = {}
+    for name, value in headers:
+        index.setdefault(name.lower(), []).append(value)
+    return index
 
 
 def parse_request_head(buf: bytes | bytearray, limits: Config) -> tuple[RequestHead, int] | None:
@@ -263,7 +273,7 @@ def _valid_ip_literal(host: str) -> bool:
     return True
 
 
-def _values(headers: Headers, name: str) -> list[str]:
+def _values(fields: dict[str, list[str]], name: str) -> list[str]:
     """All comma-separated list members of header `name`, lower-cased and trimmed.
 
     Only OWS (SP, HTAB) is trimmed: str.strip() would also eat NBSP and NEL, and
@@ -271,8 +281,7 @@ def _values(headers: Headers, name: str) -> list[str]:
     """
     return [
         item.strip(" \t").lower()
-        for key, value in headers
-        if key.lower() == name
+        for value in fields.get(name, ())
         for item in value.split(",")
         if item.strip(" \t")
     ]
@@ -280,8 +289,8 @@ def _values(headers: Headers, name: str) -> list[str]:
 
 def _apply_framing(head: RequestHead) -> None:
     """RFC 9112 §6: decide how the body is delimited, refusing anything ambiguous."""
-    has_te = any(k.lower() == "transfer-encoding" for k, _ in head.headers)
-    lengths = [v for k, v in head.headers if k.lower() == "content-length"]
+    has_te = "transfer-encoding" in head.fields
+    lengths = head.fields.get("content-length", [])
     if has_te and lengths:
         # Two framings are how requests are smuggled (RFC 9112 §6.3): never pick one.
         raise BadRequest("both Content-Length and Transfer-Encoding")
@@ -297,7 +306,7 @@ def _apply_framing(head: RequestHead) -> None:
 def _apply_transfer_encoding(head: RequestHead) -> None:
     if head.version == "HTTP/1.0":
         raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-    codings = _values(head.headers, "transfer-encoding")
+    codings = _values(head.fields, "transfer-encoding")
     if not codings or codings[-1] != "chunked":
         raise NotImplementedByProxy("final transfer coding is not chunked")
     if len(codings) > 1:
@@ -319,21 +328,23 @@ def _check_host(head: RequestHead) -> None:
     The proxy replaces Host with the target's authority, but a request whose Host is
     invalid or doubled is refused so that no hop downstream can read it differently.
     """
-    hosts = [v for k, v in head.headers if k.lower() == "host"]
+    hosts = head.fields.get("host", [])
     if len(hosts) > 1 or (head.version == "HTTP/1.1" and not hosts):
         raise BadRequest("an HTTP/1.1 request needs exactly one Host header")
     if hosts and hosts[0]:
         parse_authority(hosts[0], default_port=DEFAULT_PORTS["http"])
 
 
+def persistence(fields: dict[str, list[str]], version: str) -> tuple[frozenset[str], bool]:
+    """(Connection tokens, whether the connection persists) for a request or response
+    (RFC 9112 §9.3: HTTP/1.1 unless "close", HTTP/1.0 only with "keep-alive")."""
+    tokens = frozenset(_values(fields, "connection"))
+    return tokens, "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
+
+
 def _apply_connection(head: RequestHead) -> None:
-    tokens = frozenset(_values(head.headers, "connection"))
-    head.connection_tokens = tokens
-    if head.version == "HTTP/1.1":
-        head.keep_alive = "close" not in tokens
-    else:
-        head.keep_alive = "keep-alive" in tokens
-    expect = _values(head.headers, "expect")
+    head.connection_tokens, head.keep_alive = persistence(head.fields, head.version)
+    expect = _values(head.fields, "expect")
     if expect:
         if expect != ["100-continue"]:
             raise ExpectationFailed("only 'Expect: 100-continue' is supported")
@@ -344,10 +355,6 @@ def strip_hop_by_hop(headers: Iterable[tuple[str, str]], connection_tokens: Iter
     """Drop hop-by-hop fields (RFC 9110 §7.6.1), including those Connection names."""
     drop = HOP_BY_HOP.union(connection_tokens)
     return [(k, v) for k, v in headers if k.lower() not in drop]
-
-
-def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
-    return frozenset(_values(list(headers), "connection"))
 
 
 def via_value(version: str, pseudonym: str) -> str:

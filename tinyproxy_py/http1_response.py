@@ -15,11 +15,11 @@ Imports: errors, config, http1.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Config
 from .errors import BadResponse
-from .http1 import _TOKEN, ChunkedDecoder, Headers, _values
+from .http1 import _TOKEN, ChunkedDecoder, Headers, _values, field_index, persistence
 
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # Anything but HTAB, CR and LF below SP, and DEL: never valid in a head (RFC 9110 §5.5).
@@ -47,6 +47,10 @@ class ResponseHead:
     keep_alive: bool = True
     codings: tuple[str, ...] = ()
     connection_tokens: frozenset[str] = frozenset()
+    fields: dict[str, list[str]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.fields = field_index(self.headers)
 
     @property
     def interim(self) -> bool:
@@ -70,7 +74,7 @@ def parse_response_head(
     version, status, reason = _status_line(lines[0])
     headers = _fields(lines[1:-2], limits)  # the last two: the empty line, and after it
     head = ResponseHead(status, reason, version, headers)
-    _apply_connection(head)
+    head.connection_tokens, head.keep_alive = persistence(head.fields, head.version)
     _apply_framing(head, method)
     return head, end
 
@@ -139,23 +143,14 @@ def _fields(lines: list[bytes], limits: Config) -> Headers:
     return headers
 
 
-def _apply_connection(head: ResponseHead) -> None:
-    tokens = frozenset(_values(head.headers, "connection"))
-    head.connection_tokens = tokens
-    if head.version == "HTTP/1.1":
-        head.keep_alive = "close" not in tokens
-    else:
-        head.keep_alive = "keep-alive" in tokens
-
-
 def _apply_framing(head: ResponseHead, method: str) -> None:
     """RFC 9112 §6.3, in its order."""
     if method == "HEAD" or head.status < 200 or head.status in (204, 304):
         head.framing = "none"
-    elif any(name.lower() == "transfer-encoding" for name, _ in head.headers):
+    elif "transfer-encoding" in head.fields:
         _apply_transfer_encoding(head)
     else:
-        lengths = [value for name, value in head.headers if name.lower() == "content-length"]
+        lengths = head.fields.get("content-length", [])
         if len(lengths) > 1:
             raise BadResponse("more than one Content-Length")
         if lengths:
@@ -167,7 +162,7 @@ def _apply_framing(head: ResponseHead, method: str) -> None:
 def _apply_transfer_encoding(head: ResponseHead) -> None:
     if head.version == "HTTP/1.0":
         raise BadResponse("Transfer-Encoding in an HTTP/1.0 response")  # §6.1: faulty framing
-    codings = _values(head.headers, "transfer-encoding")
+    codings = _values(head.fields, "transfer-encoding")
     if not codings or not all(_TOKEN_TEXT.fullmatch(coding) for coding in codings):
         raise BadResponse("malformed Transfer-Encoding")
     if codings.count("chunked") > 1:

@@ -214,7 +214,8 @@ class Lease:
 
     `target_form` is "origin" for a request-target of path only, "absolute" when the
     connection goes to an HTTP upstream proxy, which needs the whole URL and its
-    `proxy_authorization`. The holder must call exactly one of release() or detach().
+    `proxy_authorization`. The holder ends it with release() or detach(); a release
+    after either does nothing, so a `finally` can always release.
     """
 
     pool: Any
@@ -222,6 +223,7 @@ class Lease:
     reused: bool
     target_form: str = "origin"
     proxy_authorization: str | None = None
+    done: bool = False
 
     @property
     def sock(self) -> socket.socket:
@@ -229,6 +231,9 @@ class Lease:
 
     def release(self, clean: bool) -> None:
         """Back to the pool if `clean` (the exchange ended exactly at its framing), else closed."""
+        if self.done:
+            return
+        self.done = True
         if not clean:
             self.conn.close()
             self.pool._put_conn(None)  # keeps the pool's slot count, as urllib3 does
@@ -238,6 +243,7 @@ class Lease:
 
     def detach(self) -> socket.socket:
         """The socket, for a new owner (an upgraded stream); the connection is done."""
+        self.done = True
         sock = self.conn.detach()
         self.pool._put_conn(None)
         return sock  # type: ignore[no-any-return]
@@ -300,6 +306,8 @@ class UpstreamPool:
         self._reaper = threading.Thread(target=self._reap, name="tinyproxy-py-reaper", daemon=True)
         self._managers_lock = threading.Lock()
         self._managers: dict[Upstream | None, urllib3.PoolManager] = {}
+        # Every manager has the same settings, so a pool key serves them all.
+        self._pool_keys: dict[tuple[str, str, int], tuple[Any, dict[str, Any]]] = {}
 
     def _manager(self, via: Upstream | None) -> urllib3.PoolManager:
         with self._managers_lock:
@@ -339,9 +347,9 @@ class UpstreamPool:
         manager = self._manager(via)
         if to_proxy:
             assert via is not None
-            pool = manager.connection_from_host(via.host, via.port, "http")
+            pool = self._host_pool(manager, "http", via.host, via.port)
         else:
-            pool = manager.connection_from_host(host, port, scheme)
+            pool = self._host_pool(manager, scheme, host, port)
         conn: Any = pool._get_conn()  # takes one of the pool's slots, filled or empty
         if fresh and conn.sock is not None:
             conn.close()  # the object and its slot are kept; it dials anew below
@@ -360,6 +368,21 @@ class UpstreamPool:
             "absolute" if to_proxy else "origin",
             via.proxy_authorization() if to_proxy and via is not None else None,
         )
+
+    def _host_pool(self, manager: urllib3.PoolManager, scheme: str, host: str, port: int) -> Any:
+        """manager.connection_from_host, without building urllib3's 30-field pool key anew
+        on every request (a tenth of a keep-alive request's Python time): the keys are
+        remembered, at most a few per host pool the managers keep."""
+        key = self._pool_keys.get((scheme, host, port))
+        if key is None:
+            context = manager._merge_pool_kwargs(None)
+            context.update(scheme=scheme, host=host, port=port)
+            key = (manager.key_fn_by_scheme[scheme](context), context)
+            if len(self._pool_keys) >= 4 * self.config.pool_hosts:
+                self._pool_keys.clear()
+            self._pool_keys[(scheme, host, port)] = key
+        pool_key, context = key
+        return manager.connection_from_pool_key(pool_key, request_context=dict(context))
 
     def start(self) -> None:
         self._reaper.start()

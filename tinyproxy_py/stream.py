@@ -62,8 +62,14 @@ class Stream:
                 events = select.POLLOUT
             self._wait(events, time.monotonic() + timeout)
 
-    def recv(self, size: int, deadline: float) -> bytes:
-        """Up to `size` bytes, b"" when the origin closed; TimeoutError past `deadline`."""
+    def recv(self, size: int, deadline: float, *, wait_first: bool = False) -> bytes:
+        """Up to `size` bytes, b"" when the peer closed; TimeoutError past `deadline`.
+
+        `wait_first`: poll before the first try, for a peer that cannot have answered
+        yet (an origin just sent a request): saves a recv that would only say EAGAIN.
+        """
+        if wait_first and not self.buffered():
+            self._wait(select.POLLIN, deadline)
         while True:
             try:
                 data = self.sock.recv(size)
@@ -76,11 +82,13 @@ class Stream:
             self.received += len(data)
             return data
 
+    def buffered(self) -> bool:
+        """Whether TLS has decrypted bytes that no recv took yet (poll cannot see them)."""
+        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+
     def readable(self) -> bool:
         """Whether the peer has sent something (or closed) that nobody read yet."""
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-            return True
-        return bool(select.select([self.sock], [], [], 0)[0])
+        return self.buffered() or bool(select.select([self.sock], [], [], 0)[0])
 
     def _wait(self, events: int, deadline: float) -> None:
         if events != self._events:

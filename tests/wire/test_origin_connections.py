@@ -7,8 +7,12 @@ origin closes or writes to, and a pipelining client that must not pass for a han
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
+
+import trustme
 
 from tinyproxy_py import ProxyServer
 
@@ -19,21 +23,22 @@ from ..support import (
     get,
     read_response,
     recv_all,
+    recv_head,
     scripted_server,
     wait_until,
 )
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+BIG = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000
 
 
-def _read_head(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        data += piece
-    return data
+def _next_head(sock: socket.socket) -> bool:
+    """Whether another request head arrived before the proxy closed the connection."""
+    try:
+        recv_head(sock)
+    except ConnectionError:
+        return False
+    return True
 
 
 def test_client_hanging_up_while_the_origin_thinks_frees_both_at_once(make_proxy) -> None:
@@ -42,7 +47,7 @@ def test_client_hanging_up_while_the_origin_thinks_frees_both_at_once(make_proxy
     origin_saw_eof = threading.Event()
 
     def script(sock: socket.socket) -> None:
-        _read_head(sock)
+        recv_head(sock)
         sock.settimeout(MUST_NOT_EXPIRE)
         if sock.recv(1) == b"":
             origin_saw_eof.set()
@@ -64,7 +69,7 @@ def test_client_hanging_up_while_the_origin_thinks_frees_both_at_once(make_proxy
 def test_a_pipelined_request_while_waiting_is_not_a_hang_up(proxy: ProxyServer) -> None:
     def script(sock: socket.socket) -> None:
         for number in (1, 2):
-            _read_head(sock)
+            recv_head(sock)
             time.sleep(0.5 if number == 1 else 0)
             body = f"answer-{number}".encode()
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -84,7 +89,7 @@ def test_idle_connection_closed_by_its_origin_is_closed_within_a_second(make_pro
     closed_at: list[float] = []
 
     def script(sock: socket.socket) -> None:
-        _read_head(sock)
+        recv_head(sock)
         sock.sendall(OK)
         time.sleep(0.2)
         closed_at.append(time.monotonic())
@@ -104,12 +109,12 @@ def test_bytes_on_an_idle_connection_close_it_before_the_next_request(make_proxy
     say): the idle connection is closed, and the next client gets its own answer."""
 
     def script(sock: socket.socket) -> None:
-        _read_head(sock)
+        recv_head(sock)
         sock.sendall(OK)
         time.sleep(0.3)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
         sock.settimeout(MUST_NOT_EXPIRE)
-        while _read_head(sock):
+        while _next_head(sock):
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
 
     proxy = make_proxy(pool_idle_timeout=60.0)
@@ -123,13 +128,13 @@ def test_bytes_on_an_idle_connection_close_it_before_the_next_request(make_proxy
 
 def test_head_response_followed_by_body_bytes_is_not_reused(proxy: ProxyServer) -> None:
     def script(sock: socket.socket) -> None:
-        head = _read_head(sock)
+        head = recv_head(sock)
         if head.startswith(b"HEAD"):
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
         else:
             sock.sendall(OK)
         sock.settimeout(MUST_NOT_EXPIRE)
-        while _read_head(sock):
+        while _next_head(sock):
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
 
     with scripted_server(script) as server:
@@ -139,4 +144,29 @@ def test_head_response_followed_by_body_bytes_is_not_reused(proxy: ProxyServer) 
             response = Response(client, method="HEAD")
             assert (response.status, response.body) == (200, b"")
         assert get(proxy.address, url).body == b"ok"
+        assert server.connections == 2
+
+
+def test_tls_bytes_beyond_the_response_in_the_same_record_are_not_reused(
+    make_proxy, ca: trustme.CA, ca_file: Path
+) -> None:
+    """TLS decrypts a whole record: bytes after the body wait inside the TLS object,
+    where poll cannot see them. They must still make the connection unfit for reuse."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+
+    def script(raw: socket.socket) -> None:
+        with context.wrap_socket(raw, server_side=True) as sock:
+            recv_head(sock)  # type: ignore[arg-type]
+            # The body's last bytes and the extra response share the last TLS record.
+            sock.sendall(BIG + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+            sock.settimeout(MUST_NOT_EXPIRE)
+            while _next_head(sock):  # type: ignore[arg-type]
+                sock.sendall(BIG)
+
+    proxy = make_proxy(ca_bundle=str(ca_file), pool_idle_timeout=60.0)
+    with scripted_server(script) as server:
+        url = f"https://127.0.0.1:{server.port}/"
+        assert get(proxy.address, url).body == b"x" * 100_000
+        assert get(proxy.address, url).body == b"x" * 100_000
         assert server.connections == 2

@@ -21,7 +21,7 @@ import pytest
 
 from tinyproxy_py import ProxyServer
 
-from ..support import MUST_NOT_EXPIRE, read_response, scripted_server, wait_until
+from ..support import MUST_NOT_EXPIRE, read_response, recv_head, scripted_server, wait_until
 
 GAP = 0.3  # between two pieces at the sending end
 LAG = 0.25  # most a piece may take through the proxy
@@ -38,17 +38,6 @@ def event(i: int) -> bytes:
 
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def read_request_head(sock: socket.socket) -> bytes:
-    """An origin's read of the proxy's request head (requests here have no body)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"closed before a full request head: {buf!r}")
-        buf += data
-    return buf
 
 
 @dataclass
@@ -159,7 +148,7 @@ def test_response_pieces_are_relayed_as_they_come(proxy: ProxyServer, framing: s
 
     def trickle(sock: socket.socket) -> None:
         sock.settimeout(MUST_NOT_EXPIRE)
-        read_request_head(sock)
+        recv_head(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\n" + form.head + b"\r\n")
         for piece in EVENTS:
             time.sleep(GAP)
@@ -199,7 +188,7 @@ def test_long_poll_answered_after_a_second_reaches_the_client(
 
     def long_poll(sock: socket.socket) -> None:
         sock.settimeout(MUST_NOT_EXPIRE)
-        read_request_head(sock)
+        recv_head(sock)
         time.sleep(hold)
         sent.append(time.monotonic())
         sock.sendall(
@@ -276,7 +265,7 @@ def test_client_leaving_an_event_stream_releases_everything(proxy: ProxyServer, 
 
     def endless(sock: socket.socket) -> None:
         sock.settimeout(MUST_NOT_EXPIRE)
-        read_request_head(sock)
+        recv_head(sock)
         try:
             sock.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
