@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 # Two named waits: one for things that must expire soon, one generous bound for things
 # that must not (CI is slower than a quiet laptop).
@@ -188,7 +189,7 @@ def scripted_server(script: Callable[[socket.socket], None]) -> Iterator[Scripte
 class Response:
     """A response parsed by http.client from a raw socket: status, header list, body."""
 
-    def __init__(self, sock: socket.socket, method: str = "GET") -> None:
+    def __init__(self, sock: Any, method: str = "GET") -> None:
         import http.client
 
         raw = http.client.HTTPResponse(sock, method=method)
@@ -207,6 +208,38 @@ class Response:
 
     def all(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+class _KeptOpen:
+    """A file whose close() does nothing: http.client closes its file after each response."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def close(self) -> None:
+        pass
+
+
+class _OneReader:
+    def __init__(self, file: Any) -> None:
+        self.file = _KeptOpen(file)
+
+    def makefile(self, *args: Any, **kwargs: Any) -> Any:
+        return self.file
+
+
+@contextmanager
+def one_reader(sock: socket.socket) -> Iterator[Any]:
+    """A stand-in socket for Response that gives every response one buffered file.
+
+    Each http.client response reads ahead into a buffer of its own, so reading several
+    pipelined responses with a reader each loses whatever arrived together.
+    """
+    with sock.makefile("rb") as file:
+        yield _OneReader(file)
 
 
 def request_over(sock: socket.socket, raw: bytes, method: str = "GET") -> Response:

@@ -174,10 +174,14 @@ def _exchange(
     lease = pool.checkout(head.scheme, head.host, head.port, via)
     while True:
         stream = Stream(lease.sock, client.sock)
+        reader = _HeadReader(head, client, pool.config)
         try:
-            early = _send_request(head, _request_bytes(head, headers, lease), client, stream, pool.config)
-            response, leftover = _read_head(head, client, stream, pool.config, peer)
+            early = _send_request(head, _request_bytes(head, headers, lease), client, stream, reader)
+            response, leftover = _read_head(stream, reader, client, pool.config, peer)
             return _Exchange(lease, stream, response, leftover, early)
+        except BadResponse as exc:
+            lease.release(False)
+            raise BadResponse(f"{peer} sent a bad response: {exc.message}") from None
         except OSError as exc:
             lease.release(False)
             stale = lease.reused and stream.received == 0 and not isinstance(exc, TimeoutError)
@@ -193,70 +197,124 @@ def _exchange(
         lease = pool.checkout(head.scheme, head.host, head.port, via, fresh=True)
 
 
-def _send_request(
-    head: RequestHead, request: bytes, client: ClientConnection, stream: Stream, config: Config
-) -> bool:
-    """Write the request; True if the origin answered before taking the whole body.
+class _HeadReader:
+    """The origin's bytes up to its final response head.
 
-    A body is relayed as the client sends it (chunked bodies re-chunked). Before each
-    piece the origin is checked for an early answer (a 413, say): the rest of the body
-    is then not sent, and neither connection is reused.
+    Interim responses are relayed to HTTP/1.1 clients as each completes (dropped for
+    HTTP/1.0 clients, and a 100 Continue always: the proxy answered Expect itself), at
+    most MAX_INTERIM of them. `final` is set once the final head is complete; `buffer`
+    then holds the bytes that came after it.
     """
+
+    def __init__(self, head: RequestHead, client: ClientConnection, config: Config) -> None:
+        self.head, self.client, self.config = head, client, config
+        self.buffer = bytearray()
+        self.interim = 0
+        self.final: ResponseHead | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        # A head ends, or shows a fault, only at a line end or past the size limit:
+        # parsing after every other read would cost O(n^2) for an origin dribbling bytes.
+        if b"\n" not in data and len(self.buffer) < self.config.max_response_head_bytes:
+            return
+        while self.final is None and self.buffer:
+            parsed = parse_response_head(self.buffer, self.config, self.head.method)
+            if parsed is None:
+                return
+            response, used = parsed
+            del self.buffer[:used]
+            if response.interim and response.status != 101:
+                self._relay_interim(response)
+            elif response.status == 101 and not _upgrade_token(self.head):
+                raise BadResponse("101 Switching Protocols to a request that did not ask to upgrade")
+            else:
+                self.final = response
+
+    def _relay_interim(self, response: ResponseHead) -> None:
+        self.interim += 1
+        if self.interim > MAX_INTERIM:
+            raise BadResponse(f"more than {MAX_INTERIM} interim responses")
+        if self.head.version == "HTTP/1.1" and response.status != 100:
+            self.client.send(_client_head(response, [], ""))
+
+
+def _send_request(
+    head: RequestHead, request: bytes, client: ClientConnection, stream: Stream, reader: _HeadReader
+) -> bool:
+    """Write the request; True if the origin gave its final answer before taking the
+    whole body (a 413, say): the rest is then not sent, and neither connection is reused.
+
+    A body is relayed as the client sends it (chunked bodies re-chunked).
+    """
+    timeout = reader.config.read_timeout
     if not head.has_body:
-        stream.send(request, config.read_timeout)
+        stream.send(request, timeout)
         return False
     pending = request
     for piece in client.body(head):
-        if not pending and stream.readable():
+        if _send_until_answered(
+            stream, pending + (b"".join(chunk(piece)) if head.chunked else piece), reader
+        ):
             return True
-        data = b"".join(chunk(piece)) if head.chunked else piece
-        try:
-            stream.send(pending + data, config.read_timeout)
-        except OSError:
-            if stream.readable():  # it answered and closed: relay that answer
-                return True
-            raise
         pending = b""
-    stream.send(pending + LAST_CHUNK if head.chunked else pending, config.read_timeout)
+    return _send_until_answered(stream, pending + LAST_CHUNK if head.chunked else pending, reader)
+
+
+def _send_until_answered(stream: Stream, data: bytes, reader: _HeadReader) -> bool:
+    """Send `data`, reading whatever the origin says while it takes no more. True once
+    its final head (or its close) has come, with `data` perhaps not all sent. What it
+    says meanwhile is not an answer yet: TLS session tickets, interim responses."""
+    rest = memoryview(data)
+    try:
+        while rest:
+            rest = stream.send(rest, reader.config.read_timeout, until_readable=True)
+            if rest and _listen(stream, reader):
+                return True
+    except OSError:
+        _listen(stream, reader)  # an answer sent before it stopped reading is still queued
+        if stream.received:
+            return True
+        raise
     return False
 
 
+def _listen(stream: Stream, reader: _HeadReader) -> bool:
+    """Read what the origin has said so far; True once its final head or its close came."""
+    while True:
+        try:
+            said = stream.recv_nowait(HEAD_RECV_SIZE)
+        except OSError:
+            return True  # reset: what it said before is read; _read_head tells the rest
+        if said is None:
+            return reader.final is not None
+        if not said:
+            return True
+        reader.feed(said)
+        if reader.final is not None:
+            return True
+
+
 def _read_head(
-    head: RequestHead, client: ClientConnection, stream: Stream, config: Config, peer: str
+    stream: Stream, reader: _HeadReader, client: ClientConnection, config: Config, peer: str
 ) -> tuple[ResponseHead, bytes]:
-    """The final response head, and the bytes read after it; interim ones are relayed.
+    """The final response head, and the bytes read after it.
 
     One deadline for all of it, from now (the request has been sent): an origin that
     dribbles its head, or sends 1xx after 1xx, cannot extend it.
     """
     deadline = time.monotonic() + config.response_header_timeout
-    buffer = bytearray()
-    interim = 0
     stream.watch_client(not client.buffer)  # a pipelined request already read is not a hang-up
     try:
-        while True:
-            parsed = parse_response_head(buffer, config, head.method) if buffer else None
-            if parsed is None:
-                buffer += _recv_head_bytes(stream, deadline, bool(buffer), peer, config)
-                continue
-            response, used = parsed
-            del buffer[:used]
-            if not response.interim or response.status == 101:
-                if response.status == 101 and not _upgrade_token(head):
-                    raise BadResponse("101 Switching Protocols to a request that did not ask to upgrade")
-                return response, bytes(buffer)
-            interim += 1
-            if interim > MAX_INTERIM:
-                raise BadResponse(f"more than {MAX_INTERIM} interim responses")
-            if head.version == "HTTP/1.1" and response.status != 100:  # we answered Expect ourselves
-                client.send(_client_head(response, response.headers, ""))
-    except BadResponse as exc:
-        raise BadResponse(f"{peer} sent a bad response: {exc.message}") from None
+        while reader.final is None:
+            reader.feed(_recv_head_bytes(stream, deadline, peer, config))
     finally:
         stream.watch_client(False)
+    return reader.final, bytes(reader.buffer)
 
 
-def _recv_head_bytes(stream: Stream, deadline: float, started: bool, peer: str, config: Config) -> bytes:
+def _recv_head_bytes(stream: Stream, deadline: float, peer: str, config: Config) -> bytes:
+    started = stream.received > 0
     try:
         data = stream.recv(HEAD_RECV_SIZE, deadline, wait_first=not started)
     except TimeoutError as exc:
@@ -365,12 +423,22 @@ def _stream_body(
             if not data:
                 reader.end_of_stream()
                 break
-    except TimeoutError as exc:
-        raise Aborted(f"origin response stalled after {sent} bytes", cause="read-timeout") from exc
     except (OSError, BadResponse) as exc:
-        raise Aborted(f"origin response broke off after {sent} bytes: {exc}", cause="upstream-abort") from exc
+        raise _broken_body(exc, sent, head_sent=not pending) from exc
     client.send(pending + LAST_CHUNK if chunked else pending)
     return sent
+
+
+def _broken_body(exc: Exception, sent: int, head_sent: bool) -> ProxyError:
+    """The origin's body stalled or broke off. If the client has had nothing yet (a small
+    body's head waits to go with it), it can still be told; otherwise only cut off."""
+    stalled = isinstance(exc, TimeoutError)
+    cause = "read-timeout" if stalled else "upstream-abort"
+    what = "stalled" if stalled else f"broke off ({exc})"
+    if not head_sent:
+        error = UpstreamTimeout if stalled else UpstreamError
+        return error(f"the origin's response {what} before its body", cause=cause)
+    return Aborted(f"the origin's response {what} after {sent} body bytes", cause=cause)
 
 
 def _hand_off(

@@ -2,7 +2,7 @@
 
 urllib3 creates the connections (the dial, TLS with certifi's bundle, chaining through an
 upstream proxy), bounds them and keeps the idle ones; the proxy writes each request and
-reads each response on a checked-out connection itself (exchange.py, forward.py), and
+reads each response on a checked-out connection itself (forward.py, stream.py), and
 gives it back only when clean. Bounds: `pool_hosts` host pools (LRU), `pool_idle_per_host`
 idle connections per host (`block=False`: extra connections are made when needed and
 closed when returned to a full pool), the connect timeout on every dial. A reaper closes
@@ -140,11 +140,12 @@ class _TrackedPoolMixin:
     pool: queue.LifoQueue[Any] | None
 
     def _put_conn(self, conn: Any) -> None:
+        if self.pool is not None and self.pool.full():
+            if conn is not None:  # quietly: urllib3 would log a warning for every surplus one
+                conn.close()
+            return
         if conn is not None:
             conn.idle_since = time.monotonic()
-            if self.pool is not None and self.pool.full():
-                conn.close()  # quietly: urllib3 would log a warning for every surplus connection
-                return
         super()._put_conn(conn)  # type: ignore[misc]
 
     def close_idle(self, older_than: float = 0.0, *, stirring: bool = False) -> int:
@@ -238,7 +239,6 @@ class Lease:
             self.conn.close()
             self.pool._put_conn(None)  # keeps the pool's slot count, as urllib3 does
             return
-        self.conn.idle_since = time.monotonic()
         self.pool._put_conn(self.conn)
 
     def detach(self) -> socket.socket:
@@ -302,7 +302,7 @@ class UpstreamPool:
         self.config = config
         self.tracker = ConnectionTracker(stats)
         self.slots = HostSlots(config.max_conns_per_host, config.connect_timeout)
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # set by close(): no new connections from then on
         self._reaper = threading.Thread(target=self._reap, name="tinyproxy-py-reaper", daemon=True)
         self._managers_lock = threading.Lock()
         self._managers: dict[Upstream | None, urllib3.PoolManager] = {}
@@ -343,6 +343,8 @@ class UpstreamPool:
         else a new one; `fresh` always dials anew. Dial and TLS failures raise the
         ProxyError the client should see. The caller owns the lease.
         """
+        if self._stop.is_set():  # a retry during stop() would otherwise dial again
+            raise Overloaded("the proxy is shutting down", cause="shutdown")
         to_proxy = via is not None and via.scheme == "http" and scheme == "http"
         manager = self._manager(via)
         if to_proxy:

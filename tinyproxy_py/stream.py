@@ -49,18 +49,27 @@ class Stream:
             self._poller.unregister(self.client)
         self._watching = on
 
-    def send(self, data: bytes | bytearray | memoryview, timeout: float) -> None:
-        """All of `data`; each wait for room may take up to `timeout` (TimeoutError)."""
+    def send(
+        self, data: bytes | bytearray | memoryview, timeout: float, *, until_readable: bool = False
+    ) -> memoryview:
+        """All of `data`; each wait for room may take up to `timeout` (TimeoutError).
+
+        `until_readable`: stop when, while waiting for room, the peer has something to
+        say (or closed); returns what is left to send (empty when all was sent).
+        """
         view = memoryview(data)
         while view:
             try:
                 view = view[self.sock.send(view) :]
                 continue
             except ssl.SSLWantReadError:
-                events = select.POLLIN
+                events = select.POLLIN  # TLS needs to read before it can write
             except (BlockingIOError, ssl.SSLWantWriteError):
-                events = select.POLLOUT
-            self._wait(events, time.monotonic() + timeout)
+                events = select.POLLOUT | (select.POLLIN if until_readable else 0)
+            ready = self._wait(events, time.monotonic() + timeout)
+            if until_readable and events & select.POLLOUT and ready & (select.POLLIN | _GONE):
+                return view
+        return view
 
     def recv(self, size: int, deadline: float, *, wait_first: bool = False) -> bytes:
         """Up to `size` bytes, b"" when the peer closed; TimeoutError past `deadline`.
@@ -82,27 +91,36 @@ class Stream:
             self.received += len(data)
             return data
 
+    def recv_nowait(self, size: int) -> bytes | None:
+        """Up to `size` bytes if there are some now, b"" if the peer closed, else None."""
+        try:
+            data = self.sock.recv(size)
+        except _WAIT_ERRORS:
+            return None
+        self.received += len(data)
+        return data
+
     def buffered(self) -> bool:
         """Whether TLS has decrypted bytes that no recv took yet (poll cannot see them)."""
         return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
 
-    def readable(self) -> bool:
-        """Whether the peer has sent something (or closed) that nobody read yet."""
-        return self.buffered() or bool(select.select([self.sock], [], [], 0)[0])
-
-    def _wait(self, events: int, deadline: float) -> None:
+    def _wait(self, events: int, deadline: float) -> int:
+        """Wait until the socket is ready for `events`; returns what it is ready for."""
         if events != self._events:
             self._poller.modify(self.sock, events)
             self._events = events
+        client_fd = self.client_fd
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("deadline passed")
             ready = self._poller.poll(remaining * 1000 + 1)
-            if any(fd != self.client_fd for fd, _ in ready):
-                return
-            for _, event in ready:
-                self._check_client(event)
+            for fd, event in ready:
+                if fd == client_fd:
+                    self._check_client(event)
+            mine = [event for fd, event in ready if fd != client_fd]
+            if mine:
+                return mine[0]
 
     @property
     def client_fd(self) -> int:

@@ -23,6 +23,7 @@ from ..support import (
     Response,
     client_env,
     get,
+    one_reader,
     recv_all,
     request_over,
     scripted_server,
@@ -229,7 +230,8 @@ def test_pipelined_requests_answered_in_order(proxy: ProxyServer, origin: Origin
     )
     with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
         sock.sendall(raw)
-        assert [Response(sock).body for _ in range(3)] == [pattern_bytes(n) for n in (5, 70000, 9)]
+        with one_reader(sock) as reader:
+            assert [Response(reader).body for _ in range(3)] == [pattern_bytes(n) for n in (5, 70000, 9)]
 
 
 def test_expect_100_continue(proxy: ProxyServer, origin: OriginServer) -> None:

@@ -40,7 +40,7 @@ def test_reaper_closes_idle_upstream_connections_without_new_requests(
 ) -> None:
     proxy = make_proxy(pool_idle_timeout=0.4)
     assert get(proxy.address, origin.url("/bytes/10")).status == 200
-    assert proxy.resources()["upstream_idle"] == 1
+    assert wait_until(lambda: proxy.resources()["upstream_idle"] == 1)  # released after the answer
     assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0, timeout=5.0)
     assert proxy.resources()["upstream_idle"] == 0
 

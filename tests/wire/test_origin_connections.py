@@ -66,6 +66,26 @@ def test_client_hanging_up_while_the_origin_thinks_frees_both_at_once(make_proxy
     assert proxy.stats.counter("errors.client-abort") == 1
 
 
+def test_a_client_half_closing_after_its_request_counts_as_gone(make_proxy) -> None:
+    """A FIN after the request reads the same as a full close while the origin thinks:
+    like nginx (499) and Go's reverse proxy, the exchange is abandoned, not finished."""
+    origin_saw_eof = threading.Event()
+
+    def script(sock: socket.socket) -> None:
+        recv_head(sock)
+        sock.settimeout(MUST_NOT_EXPIRE)
+        if sock.recv(1) == b"":
+            origin_saw_eof.set()
+
+    proxy = make_proxy(response_header_timeout=30.0)
+    with scripted_server(script) as server, socket.create_connection(proxy.address) as client:
+        client.sendall(f"GET http://127.0.0.1:{server.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 1)
+        client.shutdown(socket.SHUT_WR)
+        assert origin_saw_eof.wait(EXPIRE_SOON)
+        assert recv_all(client) == b""
+
+
 def test_a_pipelined_request_while_waiting_is_not_a_hang_up(proxy: ProxyServer) -> None:
     def script(sock: socket.socket) -> None:
         for number in (1, 2):
