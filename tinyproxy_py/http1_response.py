@@ -81,11 +81,11 @@ def parse_response_head(
 
 def _head_end(buf: bytes | bytearray, limit: int) -> int:
     """The offset just past the empty line that ends the head, or -1 if none within `limit`."""
-    ends = [i for i in (buf.find(b"\n\r\n", 0, limit), buf.find(b"\n\n", 0, limit)) if i >= 0]
-    if not ends:
-        return -1
-    first = min(ends)
-    return first + (3 if buf[first + 1 : first + 2] == b"\r" else 2)
+    crlf = buf.find(b"\n\r\n", 0, limit)
+    lf = buf.find(b"\n\n", 0, crlf + 1 if crlf >= 0 else limit)  # only an earlier one matters
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
 
 
 def _check_incomplete(buf: bytes | bytearray, limits: Config) -> None:

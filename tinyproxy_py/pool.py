@@ -265,7 +265,7 @@ class HostSlots:
     def __init__(self, cap: int, wait: float) -> None:
         self._cap, self._wait = cap, wait
         self._in_use: dict[str, int] = {}
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())  # never re-entered: a plain lock
 
     @contextmanager
     def hold(self, origin: str) -> Iterator[None]:
@@ -286,7 +286,8 @@ class HostSlots:
                 self._in_use[origin] -= 1
                 if not self._in_use[origin]:
                     del self._in_use[origin]
-                self._changed.notify()
+                if self._cap:  # without a cap nobody waits
+                    self._changed.notify()
 
     def in_use(self) -> dict[str, int]:
         with self._changed:

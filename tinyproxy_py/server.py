@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from . import __version__
-from .accesslog import AccessRecord, emit
+from .accesslog import AccessRecord, access_log, emit
 from .clientconn import send_quietly
 from .config import Config, load_credentials
 from .errors import Overloaded, render
@@ -243,6 +243,10 @@ class ProxyServer:
         finally:
             with self._clients_lock:
                 self._clients.discard(sock)
+
+    def wants_access_records(self) -> bool:
+        """Whether anybody reads AccessRecords: the access log is on, or an embedder asked."""
+        return self.on_access is not None or access_log.isEnabledFor(logging.INFO)
 
     def record_access(self, record: AccessRecord) -> None:
         """One finished request or tunnel: to the access log and the embedding program."""
