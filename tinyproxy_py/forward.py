@@ -59,7 +59,6 @@ class Outcome:
     status: int = 0
     keep_alive: bool = False
     bytes_down: int = 0
-    handed_off: bool = False  # the client's socket went to the tunnel hub (an upgrade)
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,8 @@ def forward(
     pool: UpstreamPool,
     rewrite: Rewrite,
     client_ip: str,
-    via: Upstream | None = None,
-    hub: TunnelHub | None = None,
+    via: Upstream | None,
+    hub: TunnelHub,
 ) -> Outcome:
     """Forward `head` (and its body) to the origin, through `via` if given, and relay the response."""
     upgrade = _upgrade_token(head)
@@ -111,7 +110,6 @@ def forward(
             if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and via:
                 raise auth_refused(f"upstream {via}", exchange.lease.proxy_authorization is not None)
             if exchange.response.status == 101:
-                assert hub is not None
                 return _hand_off(head, exchange, client, hub, rewrite.pseudonym)
             outcome, clean = _relay(head, exchange, client, pool.config, rewrite.pseudonym)
             clean = clean and not upgrade and not exchange.early and not exchange.stream.buffered()
@@ -127,12 +125,11 @@ def _upgrade_token(head: RequestHead) -> str:
     return head.get("Upgrade") or ""
 
 
-def _check_upgrade(head: RequestHead, hub: TunnelHub | None) -> None:
+def _check_upgrade(head: RequestHead, hub: TunnelHub) -> None:
     if head.scheme == "https":
         raise NotImplementedByProxy("upgrading an https:// origin: use CONNECT (wss://) instead")
-    if hub is None or hub.full:
-        limit = hub.config.max_tunnels if hub is not None else 0
-        raise Overloaded(f"too many open tunnels (max {limit}) for an upgraded connection")
+    if hub.full:
+        raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels}) for an upgraded connection")
 
 
 def _upstream_headers(head: RequestHead, rewrite: Rewrite, client_ip: str, upgrade: str) -> Headers:
@@ -449,4 +446,4 @@ def _hand_off(
     origin_sock = exchange.lease.detach()
     label = f"{client.peer} -> {head.host}:{head.port}"
     client.hand_off(hub, origin_sock, label, greeting)
-    return Outcome(status=101, keep_alive=False, handed_off=True)
+    return Outcome(status=101, keep_alive=False)  # the hub has the client now
