@@ -100,13 +100,7 @@ def raw_exchange(address: tuple[str, int], data: bytes, timeout: float = MUST_NO
 def read_response(sock: socket.socket, timeout: float = MUST_NOT_EXPIRE) -> tuple[int, dict[str, str], bytes]:
     """Read one response with a Content-Length body (or none) from a raw socket."""
     sock.settimeout(timeout)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"closed before a full head: {buf!r}")
-        buf += data
-    head, _, rest = buf.partition(b"\r\n\r\n")
+    head, _, rest = recv_head(sock).partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}

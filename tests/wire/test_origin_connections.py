@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import trustme
 
 from tinyproxy_py import ProxyServer
@@ -41,34 +42,12 @@ def _next_head(sock: socket.socket) -> bool:
     return True
 
 
-def test_client_hanging_up_while_the_origin_thinks_frees_both_at_once(make_proxy) -> None:
+@pytest.mark.parametrize("how", ["close", "half-close"])
+def test_client_hanging_up_while_the_origin_thinks_frees_both_at_once(make_proxy, how: str) -> None:
     """Before, the client's socket sat in CLOSE_WAIT until the origin answered or the
-    read timeout passed; now the origin connection is closed as soon as the client goes."""
-    origin_saw_eof = threading.Event()
-
-    def script(sock: socket.socket) -> None:
-        recv_head(sock)
-        sock.settimeout(MUST_NOT_EXPIRE)
-        if sock.recv(1) == b"":
-            origin_saw_eof.set()
-
-    proxy = make_proxy(response_header_timeout=30.0)
-    with scripted_server(script) as server:
-        client = socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE)
-        client.sendall(f"GET http://127.0.0.1:{server.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 1)
-        started = time.monotonic()
-        client.close()
-        assert origin_saw_eof.wait(EXPIRE_SOON), "the origin connection outlived its client"
-        assert time.monotonic() - started < EXPIRE_SOON
-        assert wait_until(lambda: proxy.stats.gauge("requests_in_flight") == 0, EXPIRE_SOON)
-        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0, EXPIRE_SOON)
-    assert proxy.stats.counter("errors.client-abort") == 1
-
-
-def test_a_client_half_closing_after_its_request_counts_as_gone(make_proxy) -> None:
-    """A FIN after the request reads the same as a full close while the origin thinks:
-    like nginx (499) and Go's reverse proxy, the exchange is abandoned, not finished."""
+    read timeout passed; now the origin connection is closed as soon as the client goes.
+    A FIN after the request counts as going (nginx's 499, Go's reverse proxy): while the
+    origin thinks it cannot be told from a close."""
     origin_saw_eof = threading.Event()
 
     def script(sock: socket.socket) -> None:
@@ -81,9 +60,15 @@ def test_a_client_half_closing_after_its_request_counts_as_gone(make_proxy) -> N
     with scripted_server(script) as server, socket.create_connection(proxy.address) as client:
         client.sendall(f"GET http://127.0.0.1:{server.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 1)
-        client.shutdown(socket.SHUT_WR)
-        assert origin_saw_eof.wait(EXPIRE_SOON)
-        assert recv_all(client) == b""
+        started = time.monotonic()
+        client.shutdown(socket.SHUT_WR) if how == "half-close" else client.close()
+        assert origin_saw_eof.wait(EXPIRE_SOON), "the origin connection outlived its client"
+        assert time.monotonic() - started < EXPIRE_SOON
+        assert wait_until(lambda: proxy.stats.gauge("requests_in_flight") == 0, EXPIRE_SOON)
+        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0, EXPIRE_SOON)
+        if how == "half-close":
+            assert recv_all(client) == b""  # nothing answered: the exchange was abandoned
+    assert proxy.stats.counter("errors.client-abort") == 1
 
 
 def test_a_pipelined_request_while_waiting_is_not_a_hang_up(proxy: ProxyServer) -> None:
