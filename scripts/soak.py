@@ -6,7 +6,7 @@ targets that reset, stall or refuse), then runs --workers client threads through
 rotation of exchanges for --duration seconds: keep-alive requests and uploads, CONNECT
 tunnels carrying data, client aborts mid-download, mid-upload and mid-tunnel (half of
 them resets), a client that stops reading, upstream resets before and during a response
-and in a tunnel, upstream stalls past the read timeout,
+and in a tunnel, upstream stalls past the response header and read timeouts,
 connect failures, malformed and unfinished requests, idle keep-alive connections and idle
 tunnels. Every --interval seconds it prints one row: the proxy's open fds, threads and
 RSS, its gauges, and the request and error rates from its stats counters.
@@ -60,10 +60,12 @@ PATTERN = bytes(range(256)) * 256  # 64 KiB
 DEADLINE = 30.0  # any single wait of the script's own (start, stop, stats)
 
 # The limits of the proxy this script starts: short, so that every timeout path runs
-# often. STALL is how long the origin stalls: longer than the read timeout.
+# often. STALL is how long the origin stalls: longer than the read timeout and the
+# response header timeout.
 CHILD_LIMITS = {
     "--connect-timeout": "2",
     "--read-timeout": "1",
+    "--response-header-timeout": "1",
     "--header-timeout": "1",
     "--client-idle-timeout": "2",
     "--tunnel-idle-timeout": "3",
