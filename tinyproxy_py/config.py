@@ -8,6 +8,7 @@ http.Server for the timeouts). Imports: stdlib only.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,26 @@ CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
     "access_log_format": ("default", "common", "combined"),
 }
-_HEADER_LINE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\x20-\x7e]*")
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_HEADER_LINE = re.compile(_TOKEN + r": [\x20-\x7e]*")
+# A realm goes inside a quoted-string (RFC 9110 §5.6.4): printable ASCII without " or \.
+_REALM = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+_PSEUDONYM = re.compile(_TOKEN)  # Via's received-by pseudonym is a token (RFC 9110 §7.6.3)
+# Fields the proxy itself decides: adding one would break framing or connection handling.
+_NOT_ADDABLE = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
 
 
 def _opt(
@@ -140,6 +160,8 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.type == "float" and not isinstance(value, bool) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
             if f.type in ("int", "float") and (isinstance(value, bool) or value < 0):
                 raise ValueError(f"{f.name} must be a non-negative number, got {value!r}")
             if f.type == "float" and f.name != "port" and value == 0:
@@ -160,9 +182,23 @@ class Config:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        self._check_header_safe()
+
+    def _check_header_safe(self) -> None:
+        """Settings that end up in headers: refused here, so no request can fail on them."""
         for header in self.add_headers:
             if not _HEADER_LINE.fullmatch(header):
                 raise ValueError(f"add_headers entries must look like 'Name: value', got {header!r}")
+            if header.partition(":")[0].lower() in _NOT_ADDABLE:
+                raise ValueError(f"add_headers cannot set {header.partition(':')[0]}: the proxy decides it")
+        if not _REALM.fullmatch(self.auth_realm):
+            raise ValueError(
+                f"auth_realm must be printable ASCII without quotes or backslashes, got {self.auth_realm!r}"
+            )
+        if self.via_name and not _PSEUDONYM.fullmatch(self.via_name):
+            raise ValueError(
+                f"via_name must be a token (letters, digits, -._~ and the like), got {self.via_name!r}"
+            )
         if not self.connect_ports or not all(0 <= p <= 65535 for p in self.connect_ports):
             raise ValueError("connect_ports must be ports (0 allows every port)")
         if self.max_head_bytes < self.max_line_bytes:

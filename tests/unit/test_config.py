@@ -30,6 +30,18 @@ def test_defaults_match_the_design_table() -> None:
         ({"pool_idle_per_host": 0}, "pool_idle_per_host must be at least 1"),
         ({"max_head_bytes": 100}, "max_head_bytes must be at least max_line_bytes"),
         ({"max_tunnels": True}, "max_tunnels must be a non-negative number"),
+        # Settings that would otherwise break every request, refused when Config is built:
+        ({"header_timeout": float("nan")}, "header_timeout must be a finite number"),
+        ({"read_timeout": float("inf")}, "read_timeout must be a finite number"),
+        ({"auth_realm": "a\r\nb"}, "auth_realm must be printable ASCII"),
+        ({"auth_realm": "r\u00e9alm"}, "auth_realm must be printable ASCII"),
+        ({"auth_realm": 'say "hi"'}, "auth_realm must be printable ASCII"),
+        ({"via_name": "v\nX: 1"}, "via_name must be a token"),
+        ({"via_name": "v\u00efa"}, "via_name must be a token"),
+        ({"add_headers": ("Content-Length: 5",)}, "add_headers cannot set Content-Length"),
+        ({"add_headers": ("transfer-encoding: chunked",)}, "add_headers cannot set transfer-encoding"),
+        ({"add_headers": ("Host: other",)}, "add_headers cannot set Host"),
+        ({"add_headers": ("Connection: close",)}, "add_headers cannot set Connection"),
     ],
 )
 def test_invalid_values_are_refused_with_the_field_name(changes: dict[str, object], message: str) -> None:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from ..origin import OriginServer, pattern_bytes
 from ..support import MUST_NOT_EXPIRE, client_env, get, proxy_process, wait_until
 
@@ -79,6 +81,23 @@ def test_bad_value_exits_2_with_a_reason() -> None:
     )
     assert result.returncode == 2
     assert "max_clients must be at least 1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "setting"),
+    [
+        ("--auth-realm", "a\r\nb", "auth_realm"),
+        ("--header-timeout", "nan", "header_timeout"),
+        ("--via-name", "v\nX: 1", "via_name"),
+        ("--add-header", "Content-Length: 5", "add_headers"),
+    ],
+)
+def test_a_setting_that_would_break_every_request_is_refused_at_start(
+    option: str, value: str, setting: str
+) -> None:
+    result = subprocess.run([*SERVE, option, value], capture_output=True, text=True, timeout=MUST_NOT_EXPIRE)
+    assert result.returncode == 2, result.stderr
+    assert f"Error: {setting} " in result.stderr
 
 
 def test_port_in_use_is_a_clear_error() -> None:
