@@ -23,7 +23,8 @@ from .http1 import RequestHead, response_head, via_value
 from .upstream_connect import connect_through
 
 if TYPE_CHECKING:
-    from .server import ProxyServer
+    from .policy import Policy
+    from .server import ProxyServer, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,16 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
     proxy: ProxyServer  # set on the subclass the server builds
 
     def handle(self) -> None:
-        config = self.proxy.config
-        client = ClientConnection(self.request, config, self.proxy.draining)
+        runtime = self.proxy.runtime
+        client = ClientConnection(self.request, runtime.config, self.proxy.draining)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            self.proxy.policy.check_client(self.client_address[0])
+            runtime.policy.check_client(self.client_address[0])  # before reading a byte
         except ProxyError as error:
             self._fail(error, None, client, time.monotonic())
             return
-        idle_timeout = config.header_timeout
+        admitted_by = runtime.policy
+        idle_timeout = runtime.config.header_timeout
         while True:
             started = time.monotonic()
             head: RequestHead | None = None
@@ -52,7 +54,11 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
                 head = client.read_head(idle_timeout)
                 if head is None:
                     return
-                outcome = self._dispatch(head, client)
+                runtime = self.proxy.runtime  # once per request: a reload applies whole
+                if runtime.policy is not admitted_by:  # reloaded: revocations apply now
+                    runtime.policy.check_client(self.client_address[0])
+                    admitted_by = runtime.policy
+                outcome = self._dispatch(head, client, runtime)
             except ProxyError as error:
                 self._fail(error, head, client, started)
                 return
@@ -61,30 +67,26 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             self._log(head, outcome, client, started)  # an upgrade's 101 too, then the hub has it
             if not outcome.keep_alive:
                 return
-            idle_timeout = config.client_idle_timeout
+            idle_timeout = runtime.config.client_idle_timeout
 
-    def _dispatch(self, head: RequestHead, client: ClientConnection) -> Outcome | None:
-        policy = self.proxy.policy
-        if head.form == "origin" or self._is_stat_host(head.host):
+    def _dispatch(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> Outcome | None:
+        policy = runtime.policy
+        stat_host = runtime.config.stat_host
+        if head.form == "origin" or (stat_host and head.host.lower() == stat_host.lower()):
             policy.check_credentials(head.get("Proxy-Authorization"))
             return self._answer_stats(head, client)
-        self._admit(head)
+        self._admit(head, policy)
         if head.method == "CONNECT":
-            self._tunnel(head, client)
+            self._tunnel(head, client, runtime)
             return None
-        via = self.proxy.routes.choose(head.host, head.port, head.scheme)
+        via = runtime.routes.choose(head.host, head.port, head.scheme)
         with self.proxy.stats.live("requests_in_flight"):
             return forward(
-                head, client, self.proxy.pool, self.proxy.rewrite, self.client_address[0], via, self.proxy.hub
+                head, client, self.proxy.pool, runtime.rewrite, self.client_address[0], via, self.proxy.hub
             )
 
-    def _is_stat_host(self, host: str) -> bool:
-        stat_host = self.proxy.config.stat_host
-        return bool(stat_host) and host.lower() == stat_host.lower()
-
-    def _admit(self, head: RequestHead) -> None:
+    def _admit(self, head: RequestHead, policy: Policy) -> None:
         """Apply the policy (policy.py gives the order) before anything goes upstream."""
-        policy = self.proxy.policy
         policy.check_credentials(head.get("Proxy-Authorization"))
         via = head.fields.get("via", [])
         policy.check_loop(head.host, head.port, via, self.proxy.address)
@@ -110,20 +112,21 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         client.send(response_head(200, "OK", headers) + body)
         return Outcome(status=200, keep_alive=keep_alive, bytes_down=len(body))
 
-    def _tunnel(self, head: RequestHead, client: ClientConnection) -> None:
+    def _tunnel(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> None:
         """Dial the target (directly or through an upstream) and hand both sockets to the hub.
 
         The 200 goes to the client as the hub's greeting, so a refused adoption never
         told the client yes; bytes an upstream proxy sent after its own 200 follow it.
         """
-        hub, timeout = self.proxy.hub, self.proxy.config.connect_timeout
+        hub, timeout = self.proxy.hub, runtime.config.connect_timeout
         if hub.full:
             raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels})")
-        via = self.proxy.routes.choose(head.host, head.port, "https")
+        via = runtime.routes.choose(head.host, head.port, "https")
         if via is None:
             upstream, early = dial((head.host, head.port), timeout), b""
         else:
-            member = via_value(head.version, self.proxy.pseudonym) if self.proxy.pseudonym else ""
+            pseudonym = runtime.rewrite.pseudonym
+            member = via_value(head.version, pseudonym) if pseudonym else ""
             upstream, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)
         label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
         client.hand_off(hub, upstream, label, CONNECTION_ESTABLISHED + early)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -80,6 +81,17 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
         log.exception("unexpected error serving %s", client_address)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What a reload replaces, as one reference: each request takes it once, so it is
+    admitted, rewritten and routed by the same configuration."""
+
+    config: Config
+    rewrite: Rewrite
+    policy: Policy
+    routes: UpstreamRules
+
+
 class ProxyServer:
     """A running proxy. Use as a context manager, or call start() and stop().
 
@@ -95,14 +107,13 @@ class ProxyServer:
         `on_access`, if given, is called with each request's and tunnel's AccessRecord
         (from the thread that served it: keep it quick and thread-safe).
         """
-        self.config = config or Config()
         self.on_access = on_access
         # Set by `serve --workers`: the other workers' local snapshots, to add up.
         self.siblings: Callable[[], list[dict[str, Any]]] | None = None
         # A token unique to this instance, carried in our Via member: seeing it come
         # back in a request means the request looped through us.
         self._token = secrets.token_hex(4)
-        self.rewrite, self.policy, self.routes = self._compile(self.config)
+        self.runtime = self._compile(config or Config())
         self.stats = Stats()
         self._slots = threading.BoundedSemaphore(self.config.max_clients)
         self._clients_lock = threading.Lock()
@@ -111,13 +122,30 @@ class ProxyServer:
         self.draining = threading.Event()  # set once stop() begins: no more keep-alive
         self._thread: threading.Thread | None = None
 
-    def _compile(self, config: Config) -> tuple[Rewrite, Policy, UpstreamRules]:
+    def _compile(self, config: Config) -> Runtime:
         """Header rewriting, policy and upstream routes for `config`; ValueError or OSError if invalid."""
         users = load_credentials(config.auth_file) if config.auth_file else ()
         check_exposure(config, has_users=bool(users))
         pseudonym = f"{config.via_name} ({self._token})" if config.via_name else ""
         policy = Policy(config, users=users, via_token=pseudonym)
-        return Rewrite.from_config(config, pseudonym), policy, _routes(config)
+        return Runtime(config, Rewrite.from_config(config, pseudonym), policy, _routes(config))
+
+    # The running settings, read through the one reference a reload replaces.
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def rewrite(self) -> Rewrite:
+        return self.runtime.rewrite
+
+    @property
+    def policy(self) -> Policy:
+        return self.runtime.policy
+
+    @property
+    def routes(self) -> UpstreamRules:
+        return self.runtime.routes
 
     @property
     def pseudonym(self) -> str:
@@ -148,8 +176,9 @@ class ProxyServer:
         """
         kept = [name for name in self.RESTART_FIELDS if getattr(config, name) != getattr(self.config, name)]
         config = config.replace(**{name: getattr(self.config, name) for name in kept})
-        self.rewrite, self.policy, self.routes = self._compile(config)
-        self.config = self.hub.config = self.pool.config = config
+        runtime = self._compile(config)
+        self.hub.config = self.pool.config = config
+        self.runtime = runtime  # one assignment: a request sees all of it or none
         log.info(
             "configuration reloaded%s", f"; a restart is needed to change {', '.join(kept)}" if kept else ""
         )

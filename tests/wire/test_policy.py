@@ -12,7 +12,16 @@ from collections.abc import Callable
 from tinyproxy_py import ProxyServer
 
 from ..origin import OriginServer, pattern_bytes
-from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, Response, client_env, get, proxy_process, recv_all
+from ..support import (
+    EXPIRE_SOON,
+    MUST_NOT_EXPIRE,
+    Response,
+    client_env,
+    get,
+    proxy_process,
+    recv_all,
+    request_over,
+)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -179,3 +188,23 @@ def test_denied_client_connection_is_closed_after_403(make_proxy: Callable[..., 
     with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
         data = recv_all(sock)
     assert data.startswith(b"HTTP/1.1 403")
+
+
+def test_a_reload_that_revokes_a_client_applies_to_its_open_connection(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    """The allow list is checked on every request against the running policy: a client
+    dropped by a reload gets 403 on its open keep-alive connection, not only on new ones."""
+    proxy = make_proxy(allow=("127.0.0.1", "127.0.0.2"), client_idle_timeout=10.0)
+    request = f"GET {origin.url('/bytes/4')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with socket.socket() as sock:
+        sock.settimeout(MUST_NOT_EXPIRE)
+        sock.bind(("127.0.0.2", 0))
+        sock.connect(proxy.address)
+        assert request_over(sock, request).body == pattern_bytes(4)
+        proxy.reload(proxy.config.replace(allow=("127.0.0.1",)))
+        response = request_over(sock, request)
+        assert (response.status, response.header("X-Tinyproxy-Py-Cause")) == (403, "acl")
+        assert recv_all(sock) == b""  # and the connection is closed
+    assert len(origin.requests) == 1
+    assert get(proxy.address, origin.url("/bytes/4")).body == pattern_bytes(4)  # 127.0.0.1 still may

@@ -65,6 +65,7 @@ def test_curl_gets_metrics_through_the_proxy(proxy: ProxyServer) -> None:
 
 def test_json_has_the_same_data(proxy: ProxyServer, origin: OriginServer) -> None:
     get(proxy.address, origin.url("/bytes/10"))
+    assert wait_until(lambda: proxy.stats.gauge("clients") == 0)  # that handler sees the close
     data = json.loads(get(proxy.address, f"{STATS}/json").body)
     assert data["counters"]["responses.2xx"] == 1
     assert data["upstream"][f"http://127.0.0.1:{origin.port}"] == {"in_use": 0, "idle": 1}
