@@ -327,13 +327,17 @@ def _prepare_process(config: Config) -> None:
 def check_config(config_file: str) -> None:
     """Validate a config file and print the effective configuration (file < environment)."""
     config, warnings = _load(config_file, {})
-    _make_proxy(config)  # the policy checks (ACL rules, filters, exposure) run here
+    proxy = _make_proxy(config)  # the policy checks (ACL rules, filters, exposure) run here
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     for f in dataclasses.fields(Config):
         value = getattr(config, f.name)
         if f.name == "basic_auth":
             value = tuple(credential.partition(":")[0] + ":***" for credential in value)
+        if f.name == "allow" and not value:
+            networks = ", ".join(map(str, proxy.policy.allow))
+            click.echo(f"allow = (none given) -> {networks}")
+            continue
         click.echo(f"{f.name} = {_show(value)}")
 
 

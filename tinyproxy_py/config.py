@@ -103,8 +103,9 @@ class Config:
         10.0, "On stop, how long in-flight requests may take to finish.", unit="seconds"
     )
     allow: tuple[str, ...] = _opt(
-        ("127.0.0.0/8", "::1"),
-        "Client address or CIDR block that may use the proxy (repeatable; replaces the default).",
+        (),
+        "Client address or CIDR block that may use the proxy (repeatable). None given: loopback "
+        "only, or any address when credentials are configured (they guard it).",
     )
     deny: tuple[str, ...] = _opt(
         (), "Client address or CIDR block refused, checked before allow (repeatable)."

@@ -6,7 +6,8 @@ client should get (403, 407, 508).
 
 Precedence, in the order the handler applies the checks:
 1. client address: a matching deny rule refuses; otherwise a matching allow rule admits;
-   no match refuses. The default allow list is loopback only.
+   no match refuses. With no allow list: loopback only, or any address when users are
+   configured (their credentials guard the proxy).
 2. credentials (when users are configured), for CONNECT as for plain requests.
 3. loop: our own Via token in the request, or a target that is our own listening address.
 4. CONNECT port: must be in the allowed list (0 in the list allows every port).
@@ -90,7 +91,7 @@ class Policy:
 
     def __init__(self, config: Config, *, users: Iterable[tuple[str, str]] = (), via_token: str = "") -> None:
         self.config = config
-        self.allow = parse_networks(config.allow)
+        self.allow = parse_networks(effective_allow(config, has_users=bool(users)))
         self.deny = parse_networks(config.deny)
         self.filters = parse_host_patterns(config.filter_hosts)
         inline = tuple(parse_credential(text) for text in config.basic_auth)
@@ -188,6 +189,18 @@ def _is_self(host: str, listening_host: str) -> bool:
     return ip == bound or (ip.is_loopback and bound.is_loopback)
 
 
+LOOPBACK = ("127.0.0.0/8", "::1")
+ANYWHERE = ("0.0.0.0/0", "::/0")
+
+
+def effective_allow(config: Config, *, has_users: bool = False) -> tuple[str, ...]:
+    """The allow list in force: the configured one, else loopback only, or any address
+    when credentials are configured (they guard the proxy, as the docs promise)."""
+    if config.allow:
+        return config.allow
+    return ANYWHERE if config.basic_auth or has_users else LOOPBACK
+
+
 def check_exposure(config: Config, *, has_users: bool = False) -> None:
     """Refuse a listener beyond loopback that only loopback clients could use and nobody guards.
 
@@ -200,7 +213,7 @@ def check_exposure(config: Config, *, has_users: bool = False) -> None:
         return  # a host name: it was resolved by the OS when binding; nothing to judge here
     if bound.is_loopback:
         return
-    wider = any(not network.is_loopback for network in parse_networks(config.allow))
+    wider = any(not network.is_loopback for network in parse_networks(effective_allow(config)))
     if not wider and not (config.basic_auth or has_users):
         raise ValueError(
             f"refusing to listen on {config.host}: only loopback clients are allowed and no "

@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from tinyproxy_py import Config
-from tinyproxy_py.errors import Forbidden, LoopDetected, ProxyAuthRequired
+from tinyproxy_py.errors import Forbidden, LoopDetected, ProxyAuthRequired, ProxyError
 from tinyproxy_py.policy import Policy, check_exposure, parse_host_patterns, parse_networks
 
 
@@ -184,3 +184,16 @@ def test_open_listener_without_allow_rule_or_auth_is_refused(host: str) -> None:
 )
 def test_loopback_or_deliberately_opened_listener_is_accepted(config: Config) -> None:
     check_exposure(config)
+
+
+def test_credentials_without_an_allow_list_let_any_address_try() -> None:
+    """As the README says: credentials alone open the proxy; they still have to be right."""
+    guarded = Policy(Config(host="0.0.0.0", basic_auth=("u:p",)))
+    guarded.check_client("192.0.2.7")
+    with pytest.raises(ProxyError) as refused:
+        guarded.check_credentials(None)
+    assert refused.value.status == 407
+    with pytest.raises(ProxyError, match="not in the allow list"):
+        Policy(Config()).check_client("192.0.2.7")  # no credentials: loopback only
+    with pytest.raises(ProxyError, match="not in the allow list"):  # an explicit list still rules
+        Policy(Config(allow=("10.0.0.0/8",), basic_auth=("u:p",))).check_client("192.0.2.7")

@@ -77,6 +77,8 @@ def test_check_config_prints_the_effective_settings_and_masks_passwords(tmp_path
     } <= lines
     assert "read_timeout = 7.0" in lines  # the environment wins over the file's Timeout
     assert "basic_auth = alice:***" in lines and "s3cret" not in result.stdout
+    # The file has Allow lines; without them credentials would let any address try:
+    assert "allow = 127.0.0.1, ::1" in lines
     assert f"warning: {conf}:1: User: not supported" in result.stderr
 
 
