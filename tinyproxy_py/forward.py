@@ -11,7 +11,8 @@ a 101 to a request that asked to upgrade.
 The one retry: an idempotent request without a body that failed on a reused pooled
 connection before any response byte arrived (the origin closed an idle connection as
 we sent on it). Nothing reached the origin's application, so sending again is safe.
-Imports: http1, http1_response, stream, clientconn, pool, errors, upstream, tunnel.
+Imports: http1, http1_response, stream, clientconn, pool, config, errors, upstream,
+upstream_connect, tunnel (its hub, for an upgrade).
 """
 
 from __future__ import annotations

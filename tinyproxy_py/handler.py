@@ -2,7 +2,8 @@
 
 Rule: any ProxyError ends the connection; the reply it carries is sent if nothing of a
 response has been sent yet. A CONNECT ends the loop too: the sockets go to the hub.
-Imports: clientconn, forward, tunnel, http1, errors, stats.
+Imports: clientconn, forward, http1, errors, dialer, upstream_connect, accesslog, statspage
+(server and policy for types only).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A ThreadingTCPServer runs one thread per client connection, at most `max_clients
 beyond that a client gets a canned 503 on the accepting thread and is closed at once
 instead of waiting in a queue. `stop()` stops accepting, lets in-flight requests finish
 within the grace period, then closes client sockets, tunnels and the pool.
-Imports: handler, tunnel, pool, config, stats, errors.
+Imports: handler, forward, clientconn, tunnel, pool, policy, upstream, accesslog, config,
+stats, errors.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 arrived after its response head: they are the target's and belong to the tunnel.
 `connect_through` dials the upstream and runs the handshake its scheme needs, all under
 one deadline. Rule: it owns the socket until it returns it, and closes it on any raise.
-Imports: errors, socks5, upstream; socket, time.
+Imports: errors, dialer, socks5, upstream; socket, time.
 """
 
 from __future__ import annotations

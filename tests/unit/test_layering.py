@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,42 @@ def test_only_pool_knows_urllib3() -> None:
     """urllib3 owns the connections; the proxy's own code speaks HTTP on them."""
     users = {m for m in MODULES if "urllib3" in imports(m)[0]}
     assert users == {"pool"}
+
+
+def runtime_relative_imports(module: str) -> set[str]:
+    """Package modules `module` imports when it runs (imports under TYPE_CHECKING left out)."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level and id(node) not in typing_only:
+            # `from .x import y` names x; `from . import x` names x itself
+            found.update([node.module.split(".")[0]] if node.module else (a.name for a in node.names))
+    return {name for name in found if not name.startswith("__")}  # __version__ is the package's
+
+
+# The header's last sentence, up to the docstring's end (it may wrap).
+DECLARED = {
+    m: re.search(r'^Imports: (.*?)\n"""', (PACKAGE / f"{m}.py").read_text(), re.M | re.S) for m in MODULES
+}
+
+
+@pytest.mark.parametrize("module", sorted(m for m, found in DECLARED.items() if found))
+def test_the_imports_line_of_a_module_header_is_true(module: str) -> None:
+    """STYLE.md: a module's header says what it may import; this keeps the sentence true."""
+    line = DECLARED[module].group(1).replace("\n", " ")  # type: ignore[union-attr]
+    package_part, _, outside = re.sub(r"\(.*?\)", "", line).rstrip(".").partition(";")
+    declared = set() if "stdlib only" in package_part else {name.strip() for name in package_part.split(",")}
+    assert runtime_relative_imports(module) == declared
+    third_party = imports(module)[0] & {"urllib3", "certifi", "click", "pytest"}
+    assert third_party <= {name.strip() for name in outside.split(",")}
+
+
+def test_handler_does_not_import_server_at_run_time() -> None:
+    """The server builds handlers; a handler knows its server only as a type (no cycle)."""
+    assert "server" not in runtime_relative_imports("handler")
