@@ -30,6 +30,7 @@ from ..support import (
     client_env,
     closed_port,
     open_fds,
+    recv_head,
     scripted_server,
     stalled_listener,
     thread_count,
@@ -50,13 +51,7 @@ def connect_head(target: str) -> bytes:
 
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     """The proxy's answer head, and any tunnel bytes that came in the same reads."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"closed before a full head: {buf!r}")
-        buf += data
-    head, _, rest = buf.partition(b"\r\n\r\n")
+    head, _, rest = recv_head(sock).partition(b"\r\n\r\n")
     return head, rest
 
 
