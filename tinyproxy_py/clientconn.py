@@ -161,12 +161,13 @@ class ClientConnection:
 
     @property
     def peer(self) -> str:
-        """host:port of the client, for log lines."""
+        """host:port of the client, spelled as the handler's CONNECT labels spell it (the
+        close record of a tunnel takes the address back off with rsplit(":"))."""
         try:
             host, port = self.sock.getpeername()[:2]
         except OSError:
             return "?"
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{host}:{port}"
 
     def hand_off(self, hub: TunnelHub, upstream: socket.socket, label: str, greeting: bytes) -> None:
         """Give this connection and `upstream` to the hub as a tunnel; this object is done.

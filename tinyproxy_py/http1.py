@@ -365,9 +365,10 @@ def via_value(version: str, pseudonym: str) -> str:
 def response_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> bytes:
     """Serialise a response head for the client, refusing what would corrupt its framing.
 
-    The fields come from the origin through http.client, which keeps obs-fold line breaks
-    and lets a bare CR through: relayed as they are, they would let an origin split the
-    response. Raises UpstreamError (502) for a field that cannot be made safe.
+    Used for the proxy's own answers (the stats pages). An origin's response head is
+    serialised by forward.py from fields http1_response.py has already checked, so it
+    does not pay for these checks twice. Raises UpstreamError (502) for a field that
+    cannot be made safe.
     """
     if not 100 <= status <= 999:
         raise UpstreamError(f"invalid status code {status}", cause="upstream-protocol")

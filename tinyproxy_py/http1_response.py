@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .errors import BadResponse
-from .http1 import _TOKEN, ChunkedDecoder, Headers, _values, field_index, persistence
+from .http1 import _TOKEN, _TOKEN_TEXT, ChunkedDecoder, Headers, _values, field_index, persistence
 
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # Anything but HTAB, CR and LF below SP, and DEL: never valid in a head (RFC 9110 §5.5).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
-_TOKEN_TEXT = re.compile(_TOKEN.pattern.decode())
 MAX_INTERIM = 16  # interim (1xx) responses before the final one; more is a flood
 
 
