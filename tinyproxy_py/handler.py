@@ -2,17 +2,18 @@
 
 Rule: any ProxyError ends the connection; the reply it carries is sent if nothing of a
 response has been sent yet. A CONNECT ends the loop too: the sockets go to the hub.
+The handler knows its server only as `Services`, the few things it uses of it.
 Imports: clientconn, forward, http1, errors, dialer, upstream_connect, accesslog, statspage
-(server and policy for types only).
+(policy, pool, runtime, stats, tunnel for types only).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import socketserver
+import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import statspage
 from .accesslog import AccessRecord
@@ -25,21 +26,49 @@ from .upstream_connect import connect_through
 
 if TYPE_CHECKING:
     from .policy import Policy
-    from .server import ProxyServer, Runtime
+    from .pool import UpstreamPool
+    from .runtime import Runtime
+    from .stats import Stats
+    from .tunnel import TunnelHub
 
 log = logging.getLogger(__name__)
 
 CONNECTION_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
-class ProxyRequestHandler(socketserver.BaseRequestHandler):
-    """socketserver closes `self.request` after `handle()`, unless the hub took it."""
+class Services(Protocol):
+    """What a handler uses of the proxy that runs it (server.ProxyServer)."""
 
-    proxy: ProxyServer  # set on the subclass the server builds
+    runtime: Runtime  # replaced whole by a reload: read it once per request
+    stats: Stats
+    pool: UpstreamPool
+    hub: TunnelHub
+    draining: threading.Event  # set once stop() begins: no more keep-alive
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def wants_access_records(self) -> bool: ...
+
+    def record_access(self, record: AccessRecord) -> None: ...
+
+
+class ClientHandler:
+    """Serves one client connection on the listener's thread for it.
+
+    The listener closes `request` after `handle()` returns, unless the hub took it.
+    """
+
+    def __init__(self, request: socket.socket, client_address: tuple[str, int], server: Services) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
 
     def handle(self) -> None:
-        runtime = self.proxy.runtime
-        client = ClientConnection(self.request, runtime.config, self.proxy.draining)
+        runtime = self.server.runtime
+        client = ClientConnection(self.request, runtime.config, self.server.draining)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             runtime.policy.check_client(self.client_address[0])  # before reading a byte
@@ -55,7 +84,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
                 head = client.read_head(idle_timeout)
                 if head is None:
                     return
-                runtime = self.proxy.runtime  # once per request: a reload applies whole
+                runtime = self.server.runtime  # once per request: a reload applies whole
                 if runtime.policy is not admitted_by:  # reloaded: revocations apply now
                     runtime.policy.check_client(self.client_address[0])
                     admitted_by = runtime.policy
@@ -81,16 +110,16 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             self._tunnel(head, client, runtime)
             return None
         via = runtime.routes.choose(head.host, head.port, head.scheme)
-        with self.proxy.stats.live("requests_in_flight"):
+        with self.server.stats.live("requests_in_flight"):
             return forward(
-                head, client, self.proxy.pool, runtime.rewrite, self.client_address[0], via, self.proxy.hub
+                head, client, self.server.pool, runtime.rewrite, self.client_address[0], via, self.server.hub
             )
 
     def _admit(self, head: RequestHead, policy: Policy) -> None:
         """Apply the policy (policy.py gives the order) before anything goes upstream."""
         policy.check_credentials(head.get("Proxy-Authorization"))
         via = head.fields.get("via", [])
-        policy.check_loop(head.host, head.port, via, self.proxy.address)
+        policy.check_loop(head.host, head.port, via, self.server.address)
         if head.method == "CONNECT":
             policy.check_connect_port(head.port)
         policy.check_host(head.host)
@@ -99,7 +128,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         """The proxy's own pages: /, /metrics, /json (origin-form, or via the stat host)."""
         if head.has_body or head.method not in ("GET", "HEAD"):
             raise BadRequest("the stats pages take GET or HEAD without a body")
-        page = statspage.render(head.path, self.proxy.snapshot)
+        page = statspage.render(head.path, self.server.snapshot)
         if page is None and head.form == "origin":
             raise BadRequest("this is a proxy: send absolute-form requests (http://host/path)")
         if page is None:
@@ -119,7 +148,7 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         The 200 goes to the client as the hub's greeting, so a refused adoption never
         told the client yes; bytes an upstream proxy sent after its own 200 follow it.
         """
-        hub, timeout = self.proxy.hub, runtime.config.connect_timeout
+        hub, timeout = self.server.hub, runtime.config.connect_timeout
         if hub.full:
             raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels})")
         via = runtime.routes.choose(head.host, head.port, "https")
@@ -131,12 +160,12 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             upstream, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)
         label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
         client.hand_off(hub, upstream, label, CONNECTION_ESTABLISHED + early)
-        self.proxy.stats.count("responses.2xx")  # the hub logs the tunnel when it closes
+        self.server.stats.count("responses.2xx")  # the hub logs the tunnel when it closes
 
     def _fail(
         self, error: ProxyError, head: RequestHead | None, client: ClientConnection, started: float
     ) -> None:
-        self.proxy.stats.count(f"errors.{error.cause}")
+        self.server.stats.count(f"errors.{error.cause}")
         status = 0
         if not isinstance(error, Aborted):
             status = error.status.value
@@ -153,8 +182,8 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
         cause: str = "",
     ) -> None:
         status = outcome.status
-        self.proxy.stats.count(f"responses.{status // 100}xx" if status else "responses.none")
-        if not self.proxy.wants_access_records():
+        self.server.stats.count(f"responses.{status // 100}xx" if status else "responses.none")
+        if not self.server.wants_access_records():
             return  # a record per request costs a tenth of a small request's time
         record = AccessRecord(
             client=self.client_address[0],
@@ -168,4 +197,4 @@ class ProxyRequestHandler(socketserver.BaseRequestHandler):
             record.method, record.target, record.version = head.method, head.target, head.version
             record.referer = head.get("Referer") or "-"
             record.user_agent = head.get("User-Agent") or "-"
-        self.proxy.record_access(record)
+        self.server.record_access(record)

@@ -4,8 +4,8 @@ A ThreadingTCPServer runs one thread per client connection, at most `max_clients
 beyond that a client gets a canned 503 on the accepting thread and is closed at once
 instead of waiting in a queue. `stop()` stops accepting, lets in-flight requests finish
 within the grace period, then closes client sockets, tunnels and the pool.
-Imports: handler, forward, clientconn, tunnel, pool, policy, upstream, accesslog, config,
-stats, errors.
+Imports: handler, runtime, clientconn, tunnel, pool, accesslog, config, stats, errors
+(forward, policy, upstream for types only).
 """
 
 from __future__ import annotations
@@ -19,78 +19,105 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .accesslog import AccessRecord, access_log, emit
 from .clientconn import send_quietly
-from .config import Config, load_credentials
+from .config import Config
 from .errors import Overloaded, render
-from .forward import Rewrite
-from .handler import ProxyRequestHandler
-from .policy import Policy, check_exposure
+from .handler import ClientHandler
 from .pool import UpstreamPool
+from .runtime import Runtime
 from .stats import Stats
 from .tunnel import ClosedTunnel, TunnelHub
-from .upstream import UpstreamRules, parse_rules, rules_from_env, rules_from_options
+
+if TYPE_CHECKING:
+    from .forward import Rewrite
+    from .policy import Policy
+    from .upstream import UpstreamRules
 
 log = logging.getLogger(__name__)
 
 _OVERLOADED = render(Overloaded("too many client connections"))
 
 
-class _ThreadingServer(socketserver.ThreadingTCPServer):
-    # Threads are tracked by ProxyServer (it joins them with a deadline on stop), so
+class _Listener(socketserver.ThreadingTCPServer):
+    """Accepts clients and serves each on its own thread, at most `max_clients` at once.
+
+    Handlers get `services` (the ProxyServer, see handler.Services) as their `server`.
+    The listener owns the thread slots and the registry of open client sockets, which
+    stop() uses to cut the connections that outlive the grace period.
+    """
+
+    # Threads are tracked here (stop() waits for the clients gauge with a deadline), so
     # socketserver need not keep a list of its own nor block forever in server_close.
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128  # the kernel's accept backlog, not a queue of ours
 
-    def __init__(self, proxy: ProxyServer, family: socket.AddressFamily) -> None:
+    def __init__(self, services: ProxyServer, family: socket.AddressFamily) -> None:
+        config = services.config
         self.address_family = family
-        self.allow_reuse_port = proxy.config.workers > 1  # sibling workers share the port
-        self.proxy = proxy
-        handler = type("Handler", (ProxyRequestHandler,), {"proxy": proxy})
-        super().__init__((proxy.config.host, proxy.config.port), handler)
+        self.allow_reuse_port = config.workers > 1  # sibling workers share the port
+        self.services = services
+        self.stats = services.stats
+        self._max_clients = config.max_clients
+        self._slots = threading.BoundedSemaphore(config.max_clients)
+        self._clients_lock = threading.Lock()
+        self._clients: set[socket.socket] = set()
+        # finish_request builds the handler, with the services instead of this server
+        super().__init__((config.host, config.port), socketserver.BaseRequestHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.proxy._slots.acquire(blocking=False):
-            self.proxy.stats.count("errors.overloaded")
-            log.warning(
-                "rejecting %s: max_clients (%d) reached", client_address[0], self.proxy.config.max_clients
-            )
+        if not self._slots.acquire(blocking=False):
+            self.stats.count("errors.overloaded")
+            log.warning("rejecting %s: max_clients (%d) reached", client_address[0], self._max_clients)
             send_quietly(request, _OVERLOADED)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.proxy._slots.release()
+            self._slots.release()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            with self.proxy.stats.live("handler_threads"), self.proxy._registered(request):
+            with self.stats.live("handler_threads"), self._registered(request):
                 super().process_request_thread(request, client_address)
         finally:
-            self.proxy._slots.release()
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        ClientHandler(request, client_address, self.services).handle()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
 
+    @contextmanager
+    def _registered(self, sock: socket.socket) -> Iterator[None]:
+        """Count a client connection and let abort_clients() reach its socket while open."""
+        with self._clients_lock:
+            self._clients.add(sock)
+        try:
+            with self.stats.live("clients"):
+                yield
+        finally:
+            with self._clients_lock:
+                self._clients.discard(sock)
 
-@dataclass(frozen=True)
-class Runtime:
-    """What a reload replaces, as one reference: each request takes it once, so it is
-    admitted, rewritten and routed by the same configuration."""
-
-    config: Config
-    rewrite: Rewrite
-    policy: Policy
-    routes: UpstreamRules
+    def abort_clients(self) -> None:
+        """Shut every open client connection down: its thread sees EOF and ends."""
+        with self._clients_lock:
+            clients = list(self._clients)
+        for sock in clients:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class ProxyServer:
@@ -114,22 +141,11 @@ class ProxyServer:
         # A token unique to this instance, carried in our Via member: seeing it come
         # back in a request means the request looped through us.
         self._token = secrets.token_hex(4)
-        self.runtime = self._compile(config or Config())
+        self.runtime = Runtime.compile(config or Config(), self._token)
         self.stats = Stats()
-        self._slots = threading.BoundedSemaphore(self.config.max_clients)
-        self._clients_lock = threading.Lock()
-        self._clients: set[socket.socket] = set()
-        self._server: _ThreadingServer | None = None
+        self._server: _Listener | None = None
         self.draining = threading.Event()  # set once stop() begins: no more keep-alive
         self._thread: threading.Thread | None = None
-
-    def _compile(self, config: Config) -> Runtime:
-        """Header rewriting, policy and upstream routes for `config`; ValueError or OSError if invalid."""
-        users = load_credentials(config.auth_file) if config.auth_file else ()
-        check_exposure(config, has_users=bool(users))
-        pseudonym = f"{config.via_name} ({self._token})" if config.via_name else ""
-        policy = Policy(config, users=users, via_token=pseudonym)
-        return Runtime(config, Rewrite.from_config(config, pseudonym), policy, _routes(config))
 
     # The running settings, read through the one reference a reload replaces.
     @property
@@ -177,7 +193,7 @@ class ProxyServer:
         """
         kept = [name for name in self.RESTART_FIELDS if getattr(config, name) != getattr(self.config, name)]
         config = config.replace(**{name: getattr(self.config, name) for name in kept})
-        runtime = self._compile(config)
+        runtime = Runtime.compile(config, self._token)
         self.hub.config = self.pool.config = config
         self.runtime = runtime  # one assignment: a request sees all of it or none
         log.info(
@@ -212,7 +228,7 @@ class ProxyServer:
         self.pool = UpstreamPool(self.config, self.stats)
         self.hub = TunnelHub(self.config, self.stats, on_close=self._tunnel_closed)
         try:
-            self._server = _ThreadingServer(self, family)
+            self._server = _Listener(self, family)
         except BaseException:
             self.hub.close()
             raise
@@ -241,7 +257,7 @@ class ProxyServer:
             log.warning(
                 "grace period over: aborting %d requests in flight", self.stats.gauge("requests_in_flight")
             )
-        self._abort_clients()
+        server.abort_clients()
         self.pool.close()
         self.hub.close()
         self._wait_until_zero("clients", 5.0)
@@ -252,27 +268,6 @@ class ProxyServer:
         while self.stats.gauge(gauge) and time.monotonic() < deadline:
             time.sleep(0.02)
         return not self.stats.gauge(gauge)
-
-    def _abort_clients(self) -> None:
-        with self._clients_lock:
-            clients = list(self._clients)
-        for sock in clients:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    @contextmanager
-    def _registered(self, sock: socket.socket) -> Iterator[None]:
-        """Count a client connection and let stop() reach its socket while it is open."""
-        with self._clients_lock:
-            self._clients.add(sock)
-        try:
-            with self.stats.live("clients"):
-                yield
-        finally:
-            with self._clients_lock:
-                self._clients.discard(sock)
 
     def wants_access_records(self) -> bool:
         """Whether anybody reads AccessRecords: the access log is on, or an embedder asked."""
@@ -349,17 +344,6 @@ def _open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return -1  # no /proc: not Linux
-
-
-def _routes(config: Config) -> UpstreamRules:
-    """Upstream rules: the environment's (if asked for), then the file's, then the command
-    line's; later rules win ties and later defaults replace earlier ones (docs/upstream.md)."""
-    rules = rules_from_env(os.environ) if config.upstream_from_env else UpstreamRules()
-    rules = rules.then(parse_rules(config.upstream_rules))
-    rules = rules.then(rules_from_options(config.upstream, config.no_upstream))
-    for entry in rules.ignored:
-        log.warning("NO_PROXY entry %r is not understood; ignored", entry)
-    return rules
 
 
 def _add_up(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
