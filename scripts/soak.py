@@ -767,14 +767,14 @@ def row(s: Sample, previous: Sample | None, label: str = "") -> str:
     g = s.gauges
     return (
         f"{s.elapsed:7.0f}s {s.fds:5d} {s.threads:4d} {rss} {g.get('clients', 0):7d} "
-        f"{g.get('tunnels', 0):7d} {g.get('upstream_open', 0):7d} {g.get('requests_in_flight', 0):9d} "
+        f"{g.get('tunnels', 0):7d} {g.get('pool_open', 0):7d} {g.get('requests_in_flight', 0):9d} "
         f"{rate:7.1f} {err_rate:6.1f} {errors(s):7d} {s.exchanges:9d}{label}"
     )
 
 
 def is_idle(s: Sample) -> bool:
     """Nothing live but our own stats request (which the gauges here do not count)."""
-    busy = ("clients", "tunnels", "requests_in_flight", "upstream_open")
+    busy = ("clients", "tunnels", "requests_in_flight", "pool_open")
     return all(s.gauges.get(name, 0) == 0 for name in busy)
 
 

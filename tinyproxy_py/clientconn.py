@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .config import Config
-from .errors import Aborted, ProxyError, RequestTimeout, render
+from .errors import Aborted, Cause, ProxyError, RequestTimeout, render
 from .http1 import ChunkedDecoder, RequestHead, parse_request_head
 from .stream import Stream
 
@@ -138,7 +138,7 @@ class ClientConnection:
         try:
             data = self.stream.recv(RECV_SIZE, time.monotonic() + self.config.read_timeout)
         except OSError as exc:
-            cause = "client-timeout" if isinstance(exc, TimeoutError) else "client-abort"
+            cause = Cause.CLIENT_TIMEOUT if isinstance(exc, TimeoutError) else Cause.CLIENT_ABORT
             raise Aborted(f"reading the request body failed: {exc}", cause=cause) from exc
         if not data:
             raise Aborted("client closed before the request body ended")
@@ -169,25 +169,25 @@ class ClientConnection:
             return "?"
         return f"{host}:{port}"
 
-    def hand_off(self, hub: TunnelHub, upstream: socket.socket, label: str, greeting: bytes) -> None:
-        """Give this connection and `upstream` to the hub as a tunnel; this object is done.
+    def hand_off(self, hub: TunnelHub, target: socket.socket, label: str, greeting: bytes) -> None:
+        """Give this connection and `target` to the hub as a tunnel; this object is done.
 
         `greeting` goes to the client first (the 200 to a CONNECT, an origin's 101). If
         the hub refuses (full, stopping), the client gets the error's reply, both sockets
         are closed and the ProxyError is raised. Either way the caller must not touch
-        `upstream` again.
+        `target` again.
         """
         client_sock: socket.socket | None = None
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
             client_sock = socket.socket(fileno=self.sock.detach())
             try:
-                hub.adopt(client_sock, upstream, pending, label, greeting=greeting)
+                hub.adopt(client_sock, target, pending, label, greeting=greeting)
             except ProxyError as error:  # the sockets are still ours
                 send_quietly(client_sock, render(error))
                 raise
         except BaseException:
-            for sock in (upstream, client_sock):
+            for sock in (target, client_sock):
                 if sock is not None:
                     sock.close()
             raise

@@ -10,7 +10,7 @@ Every Config field has a keyword: its name in CamelCase (max_clients → MaxClie
 read_timeout → ReadTimeout), plus tinyproxy's own names listed in ALIASES. tinyproxy's
 single `Timeout` (idle seconds for any connection) sets our read, response-header,
 client-idle and tunnel-idle timeouts, unless the file also names one of those explicitly.
-Imports: config, upstream.
+Imports: config, routes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import FIELD_TYPES, Config, coerce, parse_bool
-from .upstream import rule_from_words
+from .routes import rule_from_words
 
 ENV_PREFIX = "TINYPROXY_PY_"
 

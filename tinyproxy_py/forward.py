@@ -11,8 +11,8 @@ a 101 to a request that asked to upgrade.
 The one retry: an idempotent request without a body that failed on a reused pooled
 connection before any response byte arrived (the origin closed an idle connection as
 we sent on it). Nothing reached the origin's application, so sending again is safe.
-Imports: http1, http1_response, stream, clientconn, pool, config, errors, upstream,
-upstream_connect, tunnel (its hub, for an upgrade).
+Imports: http1, http1_response, stream, clientconn, pool, config, errors, routes, chain,
+tunnel (its hub, for an upgrade).
 """
 
 from __future__ import annotations
@@ -21,25 +21,26 @@ import logging
 import time
 from dataclasses import dataclass
 
+from .chain import auth_refused, label
 from .clientconn import ClientConnection
 from .config import Config
 from .errors import (
     Aborted,
+    BadGateway,
     BadResponse,
+    Cause,
+    GatewayTimeout,
     NotImplementedByProxy,
     Overloaded,
     ProxyError,
     ResponseTimeout,
-    UpstreamError,
-    UpstreamTimeout,
 )
 from .http1 import LAST_CHUNK, Headers, RequestHead, chunk, strip_hop_by_hop, via_value
 from .http1_response import MAX_INTERIM, BodyReader, ResponseHead, parse_response_head
-from .pool import Lease, UpstreamPool, origin_key
+from .pool import Lease, OriginPool, origin_key
+from .routes import Parent
 from .stream import Stream
 from .tunnel import TunnelHub
-from .upstream import Upstream
-from .upstream_connect import auth_refused
 
 log = logging.getLogger(__name__)
 
@@ -93,23 +94,23 @@ class _Exchange:
 def forward(
     head: RequestHead,
     client: ClientConnection,
-    pool: UpstreamPool,
+    pool: OriginPool,
     rewrite: Rewrite,
     client_ip: str,
-    via: Upstream | None,
+    via: Parent | None,
     hub: TunnelHub,
 ) -> Outcome:
     """Forward `head` (and its body) to the origin, through `via` if given, and relay the response."""
     upgrade = _upgrade_token(head)
     if upgrade:
         _check_upgrade(head, hub)
-    headers = _upstream_headers(head, rewrite, client_ip, upgrade)
+    headers = _origin_headers(head, rewrite, client_ip, upgrade)
     with pool.slots.hold(origin_key(head.scheme, head.host, head.port)):
         exchange = _exchange(head, headers, client, pool, via)
         clean = False
         try:
             if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and via:
-                raise auth_refused(f"upstream {via}", exchange.lease.proxy_authorization is not None)
+                raise auth_refused(label(via), exchange.lease.proxy_authorization is not None)
             if exchange.response.status == 101:
                 return _hand_off(head, exchange, client, hub, rewrite.pseudonym)
             outcome, clean = _relay(head, exchange, client, pool.config, rewrite.pseudonym)
@@ -133,7 +134,7 @@ def _check_upgrade(head: RequestHead, hub: TunnelHub) -> None:
         raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels}) for an upgraded connection")
 
 
-def _upstream_headers(head: RequestHead, rewrite: Rewrite, client_ip: str, upgrade: str) -> Headers:
+def _origin_headers(head: RequestHead, rewrite: Rewrite, client_ip: str, upgrade: str) -> Headers:
     """The request's fields as the origin gets them (the request line and Host aside)."""
     headers = strip_hop_by_hop(head.headers, head.connection_tokens | _NOT_FORWARDED)
     if head.content_length is not None:
@@ -164,11 +165,11 @@ def _request_bytes(head: RequestHead, headers: Headers, lease: Lease) -> bytes:
 
 
 def _exchange(
-    head: RequestHead, headers: Headers, client: ClientConnection, pool: UpstreamPool, via: Upstream | None
+    head: RequestHead, headers: Headers, client: ClientConnection, pool: OriginPool, via: Parent | None
 ) -> _Exchange:
     """Send the request and read up to its final response head, retrying once if allowed."""
     retry = head.method in IDEMPOTENT and not head.has_body
-    peer = f"{head.host}:{head.port}" + (f" (via upstream {via})" if via is not None else "")
+    peer = f"{head.host}:{head.port}" + (f" (via {label(via)})" if via is not None else "")
     lease = pool.checkout(head.scheme, head.host, head.port, via)
     while True:
         stream = Stream(lease.sock, client.sock)
@@ -328,9 +329,9 @@ def _recv_head_bytes(stream: Stream, deadline: float, peer: str, config: Config)
 def _origin_error(exc: OSError, peer: str, received: int) -> ProxyError:
     """A socket failure before the response head, as the client should hear it."""
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"sending the request to {peer} timed out", cause="read-timeout")
+        return GatewayTimeout(f"sending the request to {peer} timed out", cause=Cause.READ_TIMEOUT)
     what = "broke off its response" if received else "closed the connection without answering"
-    return UpstreamError(f"{peer} {what}", cause="no-response")
+    return BadGateway(f"{peer} {what}", cause=Cause.NO_RESPONSE)
 
 
 def _client_head(
@@ -431,10 +432,10 @@ def _broken_body(exc: Exception, sent: int, head_sent: bool) -> ProxyError:
     """The origin's body stalled or broke off. If the client has had nothing yet (a small
     body's head waits to go with it), it can still be told; otherwise only cut off."""
     stalled = isinstance(exc, TimeoutError)
-    cause = "read-timeout" if stalled else "upstream-abort"
+    cause = Cause.READ_TIMEOUT if stalled else Cause.ORIGIN_ABORT
     what = "stalled" if stalled else f"broke off ({exc})"
     if not head_sent:
-        error = UpstreamTimeout if stalled else UpstreamError
+        error = GatewayTimeout if stalled else BadGateway
         return error(f"the origin's response {what} before its body", cause=cause)
     return Aborted(f"the origin's response {what} after {sent} body bytes", cause=cause)
 

@@ -3,7 +3,7 @@
 Rule: any ProxyError ends the connection; the reply it carries is sent if nothing of a
 response has been sent yet. A CONNECT ends the loop too: the sockets go to the hub.
 The handler knows its server only as `Services`, the few things it uses of it.
-Imports: clientconn, forward, http1, errors, dialer, upstream_connect, accesslog, statspage
+Imports: clientconn, forward, http1, errors, dialer, chain, accesslog, statspage
 (policy, pool, runtime, stats, tunnel for types only).
 """
 
@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import statspage
 from .accesslog import AccessRecord
+from .chain import connect_through
 from .clientconn import ClientConnection
 from .dialer import dial
 from .errors import Aborted, BadRequest, NotFound, Overloaded, ProxyError, render
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
-from .upstream_connect import connect_through
 
 if TYPE_CHECKING:
     from .policy import Policy
-    from .pool import UpstreamPool
+    from .pool import OriginPool
     from .runtime import Runtime
     from .stats import Stats
     from .tunnel import TunnelHub
@@ -41,7 +41,7 @@ class Services(Protocol):
 
     runtime: Runtime  # replaced whole by a reload: read it once per request
     stats: Stats
-    pool: UpstreamPool
+    pool: OriginPool
     hub: TunnelHub
     draining: threading.Event  # set once stop() begins: no more keep-alive
 
@@ -116,7 +116,7 @@ class ClientHandler:
             )
 
     def _admit(self, head: RequestHead, policy: Policy) -> None:
-        """Apply the policy (policy.py gives the order) before anything goes upstream."""
+        """Apply the policy (policy.py gives the order) before anything is sent on."""
         policy.check_credentials(head.get("Proxy-Authorization"))
         via = head.fields.get("via", [])
         policy.check_loop(head.host, head.port, via, self.server.address)
@@ -143,23 +143,23 @@ class ClientHandler:
         return Outcome(status=200, keep_alive=keep_alive, bytes_down=len(body))
 
     def _tunnel(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> None:
-        """Dial the target (directly or through an upstream) and hand both sockets to the hub.
+        """Dial the target (directly or through a parent proxy) and hand both sockets to the hub.
 
         The 200 goes to the client as the hub's greeting, so a refused adoption never
-        told the client yes; bytes an upstream proxy sent after its own 200 follow it.
+        told the client yes; bytes a parent proxy sent after its own 200 follow it.
         """
         hub, timeout = self.server.hub, runtime.config.connect_timeout
         if hub.full:
             raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels})")
         via = runtime.routes.choose(head.host, head.port, "https")
         if via is None:
-            upstream, early = dial((head.host, head.port), timeout), b""
+            target, early = dial((head.host, head.port), timeout), b""
         else:
             pseudonym = runtime.rewrite.pseudonym
             member = via_value(head.version, pseudonym) if pseudonym else ""
-            upstream, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)
+            target, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)
         label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
-        client.hand_off(hub, upstream, label, CONNECTION_ESTABLISHED + early)
+        client.hand_off(hub, target, label, CONNECTION_ESTABLISHED + early)
         self.server.stats.count("responses.2xx")  # the hub logs the tunnel when it closes
 
     def _fail(

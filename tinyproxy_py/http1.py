@@ -25,7 +25,6 @@ from .errors import (
     HeadTooLarge,
     NotImplementedByProxy,
     ProxyError,
-    UpstreamError,
     URITooLong,
     VersionNotSupported,
 )
@@ -367,11 +366,11 @@ def response_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) 
 
     Used for the proxy's own answers (the stats pages). An origin's response head is
     serialised by forward.py from fields http1_response.py has already checked, so it
-    does not pay for these checks twice. Raises UpstreamError (502) for a field that
-    cannot be made safe.
+    does not pay for these checks twice. Raises ValueError for a field that cannot be
+    made safe (a bug in the caller).
     """
     if not 100 <= status <= 999:
-        raise UpstreamError(f"invalid status code {status}", cause="upstream-protocol")
+        raise ValueError(f"invalid status code {status}")
     if not _FIELD_TEXT.fullmatch(reason):
         reason = ""  # the reason phrase is optional and clients ignore it (RFC 9112 §4)
     lines = [f"HTTP/1.1 {status} {reason}"]
@@ -381,11 +380,11 @@ def response_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) 
 
 def _response_value(name: str, value: str) -> str:
     if not _TOKEN_TEXT.fullmatch(name):
-        raise UpstreamError(f"response header name {name!r} is not a token", cause="upstream-protocol")
+        raise ValueError(f"response header name {name!r} is not a token")
     # RFC 9112 §5.2: a proxy replaces each obs-fold with SP before forwarding.
     value = _OBS_FOLD_TEXT.sub(" ", value).strip(" \t")
     if not _FIELD_TEXT.fullmatch(value):
-        raise UpstreamError(f"control character in response header {name}", cause="upstream-protocol")
+        raise ValueError(f"control character in response header {name}")
     return value
 
 

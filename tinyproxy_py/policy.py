@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import Config, parse_credential
-from .errors import Forbidden, LoopDetected, ProxyAuthRequired
+from .errors import Cause, Forbidden, LoopDetected, ProxyAuthRequired
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CLIENT_VERDICTS = 4096  # remembered client addresses; the table is emptied when full
@@ -113,7 +113,7 @@ class Policy:
                 self._verdicts.clear()
             self._verdicts[address] = verdict
         if verdict:
-            raise Forbidden(verdict, cause="acl")
+            raise Forbidden(verdict, cause=Cause.ACL)
 
     def _judge_client(self, address: str) -> str:
         """Why `address` is refused, or "" if it is admitted."""
@@ -149,7 +149,7 @@ class Policy:
         if 0 not in self.config.connect_ports and port not in self.config.connect_ports:
             allowed = ", ".join(map(str, self.config.connect_ports))
             raise Forbidden(
-                f"CONNECT to port {port} is not allowed (allowed: {allowed})", cause="connect-port"
+                f"CONNECT to port {port} is not allowed (allowed: {allowed})", cause=Cause.CONNECT_PORT
             )
 
     def check_host(self, host: str) -> None:
@@ -157,9 +157,9 @@ class Policy:
             return
         matched = next((p for p in self.filters if p.matches(host)), None)
         if self.config.filter_mode == "deny" and matched is not None:
-            raise Forbidden(f"host {host} is blocked by filter {matched.text!r}", cause="filtered")
+            raise Forbidden(f"host {host} is blocked by filter {matched.text!r}", cause=Cause.FILTERED)
         if self.config.filter_mode == "allow" and matched is None:
-            raise Forbidden(f"host {host} is not in the allowed host filters", cause="filtered")
+            raise Forbidden(f"host {host} is not in the allowed host filters", cause=Cause.FILTERED)
 
 
 def _decode_basic(header: str | None) -> tuple[str, str] | None:

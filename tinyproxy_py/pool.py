@@ -1,7 +1,7 @@
 """The bounded urllib3 PoolManager that owns the connections plain HTTP travels on.
 
-urllib3 creates the connections (the dial, TLS with certifi's bundle, chaining through an
-upstream proxy), bounds them and keeps the idle ones; the proxy writes each request and
+urllib3 creates the connections (the dial, TLS with certifi's bundle, chaining through a
+parent proxy), bounds them and keeps the idle ones; the proxy writes each request and
 reads each response on a checked-out connection itself (forward.py, stream.py), and
 gives it back only when clean. Bounds: `pool_hosts` host pools (LRU), `pool_idle_per_host`
 idle connections per host (`block=False`: extra connections are made when needed and
@@ -10,7 +10,7 @@ idle connections past the idle timeout, and within a second any idle connection 
 origin closed or wrote to (Go's transport reads every idle connection for the same
 reason): an idle connection has nothing to say, and what it says would otherwise reach
 the next request.
-Imports: config, stats, dialer, upstream, upstream_connect, errors; urllib3, certifi.
+Imports: config, stats, dialer, chain, routes, errors; urllib3, certifi.
 """
 
 from __future__ import annotations
@@ -31,18 +31,18 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from .chain import connect_through, dial_parent, label
 from .config import Config
-from .dialer import UPSTREAM_CAUSES, dial
-from .errors import Overloaded, ProxyError, UpstreamError, UpstreamTimeout
+from .dialer import dial
+from .errors import BadGateway, Cause, GatewayTimeout, Overloaded, ProxyError
+from .routes import Parent, join_host_port
 from .stats import Stats
-from .upstream import Upstream, join_host_port
-from .upstream_connect import connect_through
 
 IDLE_WATCH_INTERVAL = 1.0  # how soon an idle connection that its origin closed is closed
 
 
 class ConnectionTracker:
-    """Knows every open upstream connection of one pool manager."""
+    """Knows every open connection of one pool manager."""
 
     def __init__(self, stats: Stats) -> None:
         self._lock = threading.Lock()
@@ -53,16 +53,16 @@ class ConnectionTracker:
         with self._lock:
             if conn not in self._open:
                 self._open.add(conn)
-                self._stats.adjust("upstream_open", 1)
+                self._stats.adjust("pool_open", 1)
 
     def closed(self, conn: HTTPConnection) -> None:
         with self._lock:
             if conn in self._open:
                 self._open.discard(conn)
-                self._stats.adjust("upstream_open", -1)
+                self._stats.adjust("pool_open", -1)
 
     def abort_all(self) -> None:
-        """Shut down every open upstream socket, waking threads blocked reading them."""
+        """Shut down every open socket of the pool, waking threads blocked reading them."""
         with self._lock:
             conns = list(self._open)
         for conn in conns:
@@ -77,16 +77,16 @@ class ConnectionTracker:
 
 
 class _DialingConnectionMixin:
-    """Connections dial with dialer.py (or through an upstream proxy) and report to a tracker.
+    """Connections dial with dialer.py (or through a parent proxy, chain.py) and report to a tracker.
 
     `via` and `to_proxy` are bound per pool class: `via` set and `to_proxy` False tunnels
-    through that upstream (CONNECT or SOCKS5) to the origin; `to_proxy` True is a plain
-    connection to the upstream HTTP proxy itself, for absolute-form requests. Dial
+    through that parent (CONNECT or SOCKS5) to the origin; `to_proxy` True is a plain
+    connection to the HTTP parent itself, for absolute-form requests. Dial
     failures are ProxyErrors naming the right peer; urllib3 lets them through.
     """
 
     tracker: ConnectionTracker | None = None
-    via: Upstream | None = None
+    via: Parent | None = None
     to_proxy = False
     host: str
     port: int
@@ -97,11 +97,11 @@ class _DialingConnectionMixin:
         if self.via is None:
             return dial((self.host, self.port), self.timeout)
         if self.to_proxy:
-            return dial(self.via.address, self.timeout, name=f"upstream {self.via}", causes=UPSTREAM_CAUSES)
+            return dial_parent(self.via, self.timeout)
         sock, early = connect_through(self.via, self.host, self.port, timeout=self.timeout)
         if early:  # the origin speaks after we do: bytes now are not the origin's
             sock.close()
-            raise UpstreamError(f"upstream {self.via} sent bytes after its 200", cause="upstream-protocol")
+            raise BadGateway(f"{label(self.via)} sent bytes after its 200", cause=Cause.PARENT_PROTOCOL)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
@@ -183,13 +183,13 @@ class _HTTPSPool(_TrackedPoolMixin, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
-def _pool_classes(via: Upstream | None, tracker: ConnectionTracker) -> dict[str, type]:
+def _pool_classes(via: Parent | None, tracker: ConnectionTracker) -> dict[str, type]:
     """Pool classes whose connections report to `tracker` and dial as `via` needs.
 
-    Without `via`, and with a SOCKS5 upstream, both schemes go to the origin (through
-    the upstream for SOCKS5). With an HTTP upstream, https:// origins are reached through
-    a CONNECT tunnel and http:// requests go to the upstream itself in absolute form, so
-    its "http" pool is a pool of plain connections to the upstream.
+    Without `via`, and with a SOCKS5 parent, both schemes go to the origin (through
+    the parent for SOCKS5). With an HTTP parent, https:// origins are reached through
+    a CONNECT tunnel and http:// requests go to the parent itself in absolute form, so
+    its "http" pool is a pool of plain connections to the parent.
     """
     attrs = {"tracker": tracker, "via": via}
     to_proxy = via is not None and via.scheme == "http"
@@ -214,7 +214,7 @@ class Lease:
     """One pooled connection checked out for one exchange.
 
     `target_form` is "origin" for a request-target of path only, "absolute" when the
-    connection goes to an HTTP upstream proxy, which needs the whole URL and its
+    connection goes to an HTTP parent proxy, which needs the whole URL and its
     `proxy_authorization`. The holder ends it with release() or detach(); a release
     after either does nothing, so a `finally` can always release.
     """
@@ -275,7 +275,7 @@ class HostSlots:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Overloaded(
-                        f"{origin} already has {self._cap} connections in use", cause="host-busy"
+                        f"{origin} already has {self._cap} connections in use", cause=Cause.HOST_BUSY
                     )
                 self._changed.wait(remaining)
             self._in_use[origin] = self._in_use.get(origin, 0) + 1
@@ -294,10 +294,10 @@ class HostSlots:
             return dict(self._in_use)
 
 
-class UpstreamPool:
-    """The bounded pool managers (direct, and one per upstream proxy), the tracker of their
+class OriginPool:
+    """The bounded pool managers (direct, and one per parent proxy), the tracker of their
     open connections, and the idle reaper. The number of managers is bounded by the
-    upstreams configured."""
+    parents configured."""
 
     def __init__(self, config: Config, stats: Stats) -> None:
         self.config = config
@@ -306,18 +306,18 @@ class UpstreamPool:
         self._stop = threading.Event()  # set by close(): no new connections from then on
         self._reaper = threading.Thread(target=self._reap, name="tinyproxy-py-reaper", daemon=True)
         self._managers_lock = threading.Lock()
-        self._managers: dict[Upstream | None, urllib3.PoolManager] = {}
+        self._managers: dict[Parent | None, urllib3.PoolManager] = {}
         # Every manager has the same settings, so a pool key serves them all.
         self._pool_keys: dict[tuple[str, str, int], tuple[Any, dict[str, Any]]] = {}
 
-    def _manager(self, via: Upstream | None) -> urllib3.PoolManager:
+    def _manager(self, via: Parent | None) -> urllib3.PoolManager:
         with self._managers_lock:
             manager = self._managers.get(via)
             if manager is None:
                 manager = self._managers[via] = self._new_manager(via)
             return manager
 
-    def _new_manager(self, via: Upstream | None) -> urllib3.PoolManager:
+    def _new_manager(self, via: Parent | None) -> urllib3.PoolManager:
         config = self.config
         manager = urllib3.PoolManager(
             num_pools=config.pool_hosts,
@@ -336,7 +336,7 @@ class UpstreamPool:
         return manager
 
     def checkout(
-        self, scheme: str, host: str, port: int, via: Upstream | None, *, fresh: bool = False
+        self, scheme: str, host: str, port: int, via: Parent | None, *, fresh: bool = False
     ) -> Lease:
         """A connected connection to origin (scheme, host, port), through `via` if given.
 
@@ -345,7 +345,7 @@ class UpstreamPool:
         ProxyError the client should see. The caller owns the lease.
         """
         if self._stop.is_set():  # a retry during stop() would otherwise dial again
-            raise Overloaded("the proxy is shutting down", cause="shutdown")
+            raise Overloaded("the proxy is shutting down", cause=Cause.SHUTDOWN)
         to_proxy = via is not None and via.scheme == "http" and scheme == "http"
         manager = self._manager(via)
         if to_proxy:
@@ -409,8 +409,8 @@ class UpstreamPool:
     def usage(self) -> dict[str, dict[str, int]]:
         """Connections per origin, {"http://host:port": {"in_use": n, "idle": n}}, for the stats.
 
-        Through an HTTP upstream, plain requests share pooled connections to the upstream:
-        those are listed under the upstream's address.
+        Through an HTTP parent, plain requests share pooled connections to the parent:
+        those are listed under the parent's address.
         """
         usage: dict[str, dict[str, int]] = {}
         for pool in self._pools():
@@ -437,18 +437,18 @@ def _close_all_idle(pool: Any) -> None:
 
 
 def _connect_error(
-    exc: BaseException, scheme: str, host: str, port: int, via: Upstream | None
+    exc: BaseException, scheme: str, host: str, port: int, via: Parent | None
 ) -> BaseException:
     """What a client is told when a new connection could not be set up.
 
-    The dial itself already raises ProxyErrors (dialer.py, upstream_connect.py); what is
+    The dial itself already raises ProxyErrors (dialer.py, chain.py); what is
     left is TLS with the origin, and errors of our own making, which pass unchanged.
     """
     if isinstance(exc, ProxyError) or not isinstance(exc, OSError | CertificateError):
         return exc
     origin = join_host_port(host, port)
     if via is not None:
-        origin += f" (via upstream {via})"
+        origin += f" (via {label(via)})"
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"TLS with {origin} timed out", cause="connect-timeout")
-    return UpstreamError(f"TLS with {origin} failed", cause="tls")
+        return GatewayTimeout(f"TLS with {origin} timed out", cause=Cause.CONNECT_TIMEOUT)
+    return BadGateway(f"TLS with {origin} failed", cause=Cause.TLS)

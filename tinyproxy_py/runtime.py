@@ -2,7 +2,7 @@
 
 A reload builds a new `Runtime` and swaps one reference; a handler takes it once per
 request, so no request is admitted by one configuration and routed by another.
-Imports: config, forward, policy, upstream.
+Imports: config, forward, policy, routes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .config import Config, load_credentials
 from .forward import Rewrite
 from .policy import Policy, check_exposure
-from .upstream import UpstreamRules, parse_rules, rules_from_env, rules_from_options
+from .routes import Routes, parse_rules, rules_from_env, rules_from_options
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class Runtime:
     config: Config
     rewrite: Rewrite
     policy: Policy
-    routes: UpstreamRules
+    routes: Routes
 
     @classmethod
     def compile(cls, config: Config, token: str) -> Runtime:
@@ -40,10 +40,10 @@ class Runtime:
         return cls(config, Rewrite.from_config(config, pseudonym), policy, _routes(config))
 
 
-def _routes(config: Config) -> UpstreamRules:
-    """Upstream rules: the environment's (if asked for), then the file's, then the command
+def _routes(config: Config) -> Routes:
+    """Parent-proxy rules: the environment's (if asked for), then the file's, then the command
     line's; later rules win ties and later defaults replace earlier ones (docs/upstream.md)."""
-    rules = rules_from_env(os.environ) if config.upstream_from_env else UpstreamRules()
+    rules = rules_from_env(os.environ) if config.upstream_from_env else Routes()
     rules = rules.then(parse_rules(config.upstream_rules))
     rules = rules.then(rules_from_options(config.upstream, config.no_upstream))
     for entry in rules.ignored:

@@ -5,7 +5,7 @@ beyond that a client gets a canned 503 on the accepting thread and is closed at 
 instead of waiting in a queue. `stop()` stops accepting, lets in-flight requests finish
 within the grace period, then closes client sockets, tunnels and the pool.
 Imports: handler, runtime, clientconn, tunnel, pool, accesslog, config, stats, errors
-(forward, policy, upstream for types only).
+(forward, policy, routes for types only).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .clientconn import send_quietly
 from .config import Config
 from .errors import Overloaded, render
 from .handler import ClientHandler
-from .pool import UpstreamPool
+from .pool import OriginPool
 from .runtime import Runtime
 from .stats import Stats
 from .tunnel import ClosedTunnel, TunnelHub
@@ -36,7 +36,7 @@ from .tunnel import ClosedTunnel, TunnelHub
 if TYPE_CHECKING:
     from .forward import Rewrite
     from .policy import Policy
-    from .upstream import UpstreamRules
+    from .routes import Routes
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class ProxyServer:
         return self.runtime.policy
 
     @property
-    def routes(self) -> UpstreamRules:
+    def routes(self) -> Routes:
         return self.runtime.routes
 
     @property
@@ -225,7 +225,7 @@ class ProxyServer:
     def start(self) -> None:
         """Bind, then serve from a background thread. Returns once connections are accepted."""
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        self.pool = UpstreamPool(self.config, self.stats)
+        self.pool = OriginPool(self.config, self.stats)
         self.hub = TunnelHub(self.config, self.stats, on_close=self._tunnel_closed)
         try:
             self._server = _Listener(self, family)
@@ -307,7 +307,7 @@ class ProxyServer:
             "counters": stats["counters"],
             "gauges": stats["gauges"],
             "resources": self.resources(),
-            "upstream": self.pool.usage(),
+            "pool": self.pool.usage(),
             "tunnels": self.hub.open_tunnels(),
             "closed_tunnels": self.hub.closed_tunnels(),
             "process": {"open_fds": _open_fds(), "threads": threading.active_count()},
@@ -324,18 +324,18 @@ class ProxyServer:
         """
         gauges = self.stats.snapshot()["gauges"]
         assert isinstance(gauges, dict)
-        upstream_idle = sum(usage["idle"] for usage in self.pool.usage().values())
-        upstream_open = gauges.get("upstream_open", 0)
+        pool_idle = sum(usage["idle"] for usage in self.pool.usage().values())
+        pool_open = gauges.get("pool_open", 0)
         counts = {
             "clients": gauges.get("clients", 0),
             "handler_threads": gauges.get("handler_threads", 0),
             "requests_in_flight": gauges.get("requests_in_flight", 0),
             "tunnels": self.hub.count,
-            "upstream_open": upstream_open,
-            "upstream_idle": upstream_idle,
-            "upstream_in_use": upstream_open - upstream_idle,
+            "pool_open": pool_open,
+            "pool_idle": pool_idle,
+            "pool_in_use": pool_open - pool_idle,
         }
-        counts["fds_accounted"] = self._FIXED_FDS + counts["clients"] + 2 * counts["tunnels"] + upstream_open
+        counts["fds_accounted"] = self._FIXED_FDS + counts["clients"] + 2 * counts["tunnels"] + pool_open
         return counts
 
 
@@ -351,11 +351,11 @@ def _add_up(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     total = dict(snapshots[0])
     for key in ("counters", "gauges", "resources", "process"):
         total[key] = _sum_maps(s[key] for s in snapshots)
-    upstream: dict[str, dict[str, int]] = {}
+    pool: dict[str, dict[str, int]] = {}
     for snapshot in snapshots:
-        for origin, usage in snapshot["upstream"].items():
-            upstream[origin] = _sum_maps([upstream.get(origin, {}), usage])
-    total["upstream"] = upstream
+        for origin, usage in snapshot["pool"].items():
+            pool[origin] = _sum_maps([pool.get(origin, {}), usage])
+    total["pool"] = pool
     total["workers"] = [pid for s in snapshots for pid in s["workers"]]
     total["tunnels"] = [t for s in snapshots for t in s["tunnels"]]
     total["closed_tunnels"] = [t for s in snapshots for t in s["closed_tunnels"]][:50]

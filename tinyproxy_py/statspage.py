@@ -52,18 +52,18 @@ def render_metrics(snapshot: Snapshot) -> str:
     metric(
         "tunnels_closed_total",
         "counter",
-        "CONNECT tunnels closed, by reason.",
+        "Tunnels (CONNECT and upgrades) closed, by reason.",
         [({"reason": k}, v) for k, v in _prefixed(counters, "tunnels_closed.").items()],
     )
     for name, help_text in GAUGES.items():
         metric(name, "gauge", help_text, [({}, gauges.get(name, 0))])
     metric(
-        "upstream_connections",
+        "pool_connections",
         "gauge",
-        "Upstream connections per origin, in use or idle in the pool.",
+        "Pooled connections per origin (or parent proxy), in use or idle.",
         [
             ({"origin": origin, "state": state}, count)
-            for origin, usage in sorted(snapshot["upstream"].items())
+            for origin, usage in sorted(snapshot["pool"].items())
             for state, count in sorted(usage.items())
         ],
     )
@@ -84,7 +84,7 @@ GAUGES = {
     "handler_threads": "Threads serving client connections.",
     "requests_in_flight": "Plain HTTP requests being forwarded.",
     "tunnels": "Open CONNECT tunnels.",
-    "upstream_open": "Open upstream connections (in use and idle).",
+    "pool_open": "Open pooled connections to origins and parent proxies (in use and idle).",
 }
 
 
@@ -129,9 +129,9 @@ def render_html(snapshot: Snapshot) -> str:
         _table("Responses by status class", ["class", "count"], _prefixed(counters, "responses.").items()),
         _table("Errors by cause", ["cause", "count"], _prefixed(counters, "errors.").items()),
         _table(
-            "Upstream pool",
+            "Connection pool",
             ["origin", "in use", "idle"],
-            [[o, u.get("in_use", 0), u.get("idle", 0)] for o, u in sorted(snapshot["upstream"].items())],
+            [[o, u.get("in_use", 0), u.get("idle", 0)] for o, u in sorted(snapshot["pool"].items())],
         ),
         _table(
             "Open tunnels",
@@ -166,7 +166,7 @@ def _now(snapshot: Snapshot, gauges: dict[str, int]) -> list[tuple[str, int]]:
         ("client connections", gauges.get("clients", 0)),
         ("requests in flight", gauges.get("requests_in_flight", 0)),
         ("open tunnels", gauges.get("tunnels", 0)),
-        ("upstream connections", gauges.get("upstream_open", 0)),
+        ("pooled connections", gauges.get("pool_open", 0)),
         ("threads", process["threads"]),
         ("open file descriptors", process["open_fds"]),
     ]

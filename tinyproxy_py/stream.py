@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 
-from .errors import Aborted
+from .errors import Aborted, Cause
 
 _WAIT_ERRORS = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -143,4 +143,4 @@ class Stream:
 
 
 def _client_gone() -> Aborted:
-    return Aborted("client went away while waiting for the origin", cause="client-abort")
+    return Aborted("client went away while waiting for the origin", cause=Cause.CLIENT_ABORT)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .errors import Overloaded
+from .errors import Cause, Overloaded
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Flow:
 
 @dataclass(eq=False)
 class TunnelState:
-    """Both directions and the clock of one tunnel; `up` is client to upstream."""
+    """Both directions and the clock of one tunnel; `up` is client to target."""
 
     opened: float
     up: Flow = field(default_factory=Flow)
@@ -90,7 +90,7 @@ class TunnelState:
         self.last_active = self.opened
 
     def interest(self) -> tuple[int, int]:
-        """Selector events for (client, upstream): read a side while its flow has room,
+        """Selector events for (client, target): read a side while its flow has room,
         write it while the opposite flow holds bytes for it."""
         return _mask(self.up, self.down), _mask(self.down, self.up)
 
@@ -123,17 +123,17 @@ class Tunnel:
     """The hub's record of one tunnel: its sockets, its state, what is registered."""
 
     client: socket.socket
-    upstream: socket.socket
+    target: socket.socket  # the CONNECT target, or the origin of an upgraded connection
     client_name: str
-    target: str
+    target_name: str
     state: TunnelState
-    masks: list[int] = field(default_factory=lambda: [0, 0])  # registered: client, upstream
+    masks: list[int] = field(default_factory=lambda: [0, 0])  # registered: client, target
     closed: bool = False
 
     def sides(self, sock: socket.socket) -> tuple[Flow, Flow, socket.socket]:
         """(the flow `sock` feeds, the flow that feeds `sock`, the other socket)."""
         if sock is self.client:
-            return self.state.up, self.state.down, self.upstream
+            return self.state.up, self.state.down, self.target
         return self.state.down, self.state.up, self.client
 
 
@@ -146,7 +146,7 @@ class ClosedTunnel:
     duration: float
     bytes_up: int
     bytes_down: int
-    reason: str  # eof, reset, idle, shutdown or error (a bug: logged with its traceback)
+    reason: Cause  # eof, reset, idle, shutdown or error (a bug: logged with its traceback)
     detail: str = ""
 
 
@@ -208,7 +208,7 @@ class TunnelHub:
         return [
             {
                 "client": t.client_name,
-                "target": t.target,
+                "target": t.target_name,
                 "age": now - t.state.opened,
                 "idle": max(0.0, now - t.state.last_active),
                 "bytes_up": t.state.up.bytes,
@@ -229,7 +229,7 @@ class TunnelHub:
     def adopt(
         self,
         client: socket.socket,
-        upstream: socket.socket,
+        target: socket.socket,
         pending: bytes,
         label: str = "",
         *,
@@ -238,7 +238,7 @@ class TunnelHub:
         """Take ownership of both sockets; `pending` are client bytes already read.
 
         `label` reads "CLIENT -> TARGET" (default: both peers' addresses). `greeting` is
-        sent to the client before any upstream byte: passing the CONNECT answer here,
+        sent to the client before any target byte: passing the CONNECT answer here,
         rather than sending it first, means a refused adoption has not told the client
         yes. All or nothing: if this raises (too many tunnels, hub stopping) the caller
         still owns both sockets, untouched. After it returns, the caller must not touch
@@ -250,11 +250,11 @@ class TunnelHub:
             state.up.bytes = len(pending)  # the client's, read early by the caller
         if greeting:
             state.down.tail = memoryview(greeting)
-        client_name, _, target = (label or _label(client, upstream)).partition(" -> ")
-        tunnel = Tunnel(client, upstream, client_name, target or "?", state)
+        client_name, _, target_name = (label or _label(client, target)).partition(" -> ")
+        tunnel = Tunnel(client, target, client_name, target_name or "?", state)
         with self._lock:
             if self._stopping:
-                raise Overloaded("proxy is shutting down", cause="shutdown")
+                raise Overloaded("proxy is shutting down", cause=Cause.SHUTDOWN)
             if self._count >= self.config.max_tunnels:
                 raise Overloaded(f"too many open tunnels (max {self.config.max_tunnels})")
             self._count += 1
@@ -321,8 +321,8 @@ class TunnelHub:
         try:
             step(tunnel, *args)
         except Exception as exc:
-            log.exception("tunnel %s -> %s: unexpected error", tunnel.client_name, tunnel.target)
-            self._close(tunnel, "error", repr(exc))
+            log.exception("tunnel %s -> %s: unexpected error", tunnel.client_name, tunnel.target_name)
+            self._close(tunnel, Cause.ERROR, repr(exc))
 
     def _take_incoming(self) -> None:
         try:
@@ -339,7 +339,7 @@ class TunnelHub:
 
     def _begin(self, tunnel: Tunnel) -> None:
         tunnel.client.setblocking(False)
-        tunnel.upstream.setblocking(False)
+        tunnel.target.setblocking(False)
         self._update_interest(tunnel)
 
     def _service(self, tunnel: Tunnel, sock: socket.socket, mask: int) -> None:
@@ -355,13 +355,13 @@ class TunnelHub:
             if mask & READ and inbound.wants_read:
                 self._pump(inbound, sock, other)
         except OSError as exc:
-            self._close(tunnel, "reset", f"{exc.__class__.__name__}: {exc.strerror or exc}")
+            self._close(tunnel, Cause.RESET, f"{exc.__class__.__name__}: {exc.strerror or exc}")
             return
         finally:
             self._buffered += state.held - held  # relative, so right before or after a close
         state.last_active = time.monotonic()
         if state.finished:
-            self._close(tunnel, "eof")
+            self._close(tunnel, Cause.EOF)
         else:
             self._update_interest(tunnel)
 
@@ -402,7 +402,7 @@ class TunnelHub:
             flow.shut = True
 
     def _update_interest(self, tunnel: Tunnel) -> None:
-        socks = (tunnel.client, tunnel.upstream)
+        socks = (tunnel.client, tunnel.target)
         for i, mask in enumerate(tunnel.state.interest()):
             old = tunnel.masks[i]
             if mask == old:
@@ -419,9 +419,9 @@ class TunnelHub:
         idle, linger = self.config.tunnel_idle_timeout, self.config.tunnel_linger
         for tunnel in [t for t in self._tunnels if t.state.expired(now, idle, linger)]:
             detail = f"half-closed, linger {linger:g} s" if tunnel.state.half_closed else f"{idle:g} s"
-            self._close(tunnel, "idle", detail)
+            self._close(tunnel, Cause.IDLE, detail)
 
-    def _close(self, tunnel: Tunnel, reason: str, detail: str = "") -> None:
+    def _close(self, tunnel: Tunnel, reason: Cause, detail: str = "") -> None:
         """Close both sockets, once; count, log and report the reason once."""
         if tunnel.closed:
             return
@@ -430,12 +430,12 @@ class TunnelHub:
         self._buffered -= state.held
         # A reset is passed on as a reset, and a side that is owed bytes it will never get
         # is reset too: a truncated stream must not look like a clean EOF.
-        aborted = reason in ("reset", "error")
+        aborted = reason in (Cause.RESET, Cause.ERROR)
         self._release(tunnel.client, tunnel.masks[0], aborted or state.down.wants_write)
-        self._release(tunnel.upstream, tunnel.masks[1], aborted or state.up.wants_write)
+        self._release(tunnel.target, tunnel.masks[1], aborted or state.up.wants_write)
         record = ClosedTunnel(
             tunnel.client_name,
-            tunnel.target,
+            tunnel.target_name,
             time.monotonic() - state.opened,
             state.up.bytes,
             state.down.bytes,
@@ -492,14 +492,14 @@ class TunnelHub:
         for tunnel in pending:
             self._buffered += tunnel.state.held
         for tunnel in tunnels:
-            self._close(tunnel, "shutdown")
+            self._close(tunnel, Cause.SHUTDOWN)
         self._selector.close()
         self._wake_r.close()
 
 
-def _label(client: socket.socket, upstream: socket.socket) -> str:
+def _label(client: socket.socket, target: socket.socket) -> str:
     try:
-        return f"{_address(client.getpeername())} -> {_address(upstream.getpeername())}"
+        return f"{_address(client.getpeername())} -> {_address(target.getpeername())}"
     except OSError:
         return "?"
 

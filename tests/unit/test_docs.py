@@ -13,6 +13,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from gen_docs import regenerate  # noqa: E402
 
+from tinyproxy_py.errors import Cause  # noqa: E402
+
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -28,3 +30,16 @@ def test_relative_links_resolve(doc: Path) -> None:
         if target.startswith(("http://", "https://", "mailto:", "#")):
             continue
         assert (doc.parent / target.split("#", 1)[0]).exists(), f"{doc.name} links to missing {target}"
+
+
+def test_the_causes_table_lists_exactly_the_causes_in_the_code() -> None:
+    """Causes are public (log, header, metrics labels): one enumeration, one table."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    table = text.split("### Causes", 1)[1].split("\n\n| cause |", 1)[1].split("\n\n", 1)[0]
+    documented = re.findall(r"^\| `([a-z-]+)` \|", "| cause |" + table, re.M)
+    assert len(documented) == len(set(documented)), "a cause is listed twice"
+    assert set(documented) == {cause.value for cause in Cause}
+
+
+def test_a_cause_formats_as_its_token() -> None:
+    assert f"{Cause.ORIGIN_ABORT}" == str(Cause.ORIGIN_ABORT) == "origin-abort"

@@ -16,9 +16,9 @@ from tinyproxy_py import errors
         (errors.URITooLong, 414),
         (errors.HeadTooLarge, 431),
         (errors.NotImplementedByProxy, 501),
-        (errors.UpstreamError, 502),
+        (errors.BadGateway, 502),
         (errors.Overloaded, 503),
-        (errors.UpstreamTimeout, 504),
+        (errors.GatewayTimeout, 504),
         (errors.VersionNotSupported, 505),
     ],
 )
@@ -27,7 +27,7 @@ def test_status_of_each_error(error: type[errors.ProxyError], status: int) -> No
 
 
 def test_render_is_a_complete_response_naming_the_cause() -> None:
-    raw = errors.render(errors.UpstreamTimeout("origin slow", cause="read-timeout"))
+    raw = errors.render(errors.GatewayTimeout("origin slow", cause=errors.Cause.READ_TIMEOUT))
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
     assert b"Connection: close" in head

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinyproxy_py.config import Config
-from tinyproxy_py.errors import BadResponse, UpstreamError
+from tinyproxy_py.errors import BadGateway, BadResponse
 from tinyproxy_py.http1_response import BodyReader, ResponseHead, parse_response_head
 
 from .test_http1 import CHUNK_FRAGMENTS, TCHARS, VCHARS, chunked_bodies, grammar
@@ -46,7 +46,7 @@ def head_of(raw: bytes, method: str = "GET") -> ResponseHead:
 
 def test_bad_response_is_a_502_named_bad_response() -> None:
     error = BadResponse("x")
-    assert isinstance(error, UpstreamError)
+    assert isinstance(error, BadGateway)
     assert error.status == 502 and error.cause == "bad-response"
 
 

@@ -16,7 +16,7 @@ PURE = {
     "errors",
     "stats",
     "policy",
-    "upstream",
+    "routes",
     "accesslog",
     "statspage",
 }

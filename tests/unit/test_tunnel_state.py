@@ -16,13 +16,13 @@ def tail(data: bytes) -> memoryview:
 
 
 @pytest.mark.parametrize(
-    ("up", "down", "client", "upstream"),
+    ("up", "down", "client", "target"),
     [
-        # (client -> upstream flow, upstream -> client flow, client events, upstream events)
+        # (client -> target flow, target -> client flow, client events, target events)
         (Flow(), Flow(), READ, READ),
-        # Bytes held for upstream: stop reading the client, wait until upstream can take them.
+        # Bytes held for the target: stop reading the client, wait until the target can take them.
         (Flow(tail=tail(b"x")), Flow(), 0, READ | WRITE),
-        # Bytes held for the client (a slow reader): stop reading upstream.
+        # Bytes held for the client (a slow reader): stop reading the target.
         (Flow(), Flow(tail=tail(b"x")), READ | WRITE, 0),
         (Flow(tail=tail(b"x")), Flow(tail=tail(b"y")), WRITE, WRITE),
         # The client sent EOF and it was passed on: only the other direction is left.
@@ -33,8 +33,8 @@ def tail(data: bytes) -> memoryview:
         (Flow(eof=True, shut=True), Flow(eof=True, shut=True), 0, 0),
     ],
 )
-def test_interest_follows_room_and_what_is_held(up: Flow, down: Flow, client: int, upstream: int) -> None:
-    assert state_with(up, down).interest() == (client, upstream)
+def test_interest_follows_room_and_what_is_held(up: Flow, down: Flow, client: int, target: int) -> None:
+    assert state_with(up, down).interest() == (client, target)
 
 
 def test_partial_sends_shrink_the_tail_then_reading_resumes() -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from tinyproxy_py import ProxyServer
 from tinyproxy_py.accesslog import AccessRecord
-from tinyproxy_py.upstream import join_host_port
+from tinyproxy_py.routes import join_host_port
 
 from ..origin import OriginServer, pattern_bytes
 from ..socks_server import SocksServer, socks_server
@@ -421,7 +421,7 @@ def test_absolute_form_https_get_through_a_and_b(
     assert [path for _, path, _, _ in tls_origin.requests] == ["/bytes/5000"]
 
 
-def test_ipv6_upstream(hop: Callable[..., Hop], origin: OriginServer, origin6: OriginServer) -> None:
+def test_ipv6_parent(hop: Callable[..., Hop], origin: OriginServer, origin6: OriginServer) -> None:
     b = hop(host="::1")
     a = hop(upstream=(f"http://[::1]:{b.address[1]}",))
     assert routes(a, b, {"127.0.0.1": origin, "::1": origin6}) == {
@@ -434,7 +434,7 @@ def test_ipv6_upstream(hop: Callable[..., Hop], origin: OriginServer, origin6: O
 # --- credentials -------------------------------------------------------------------------------
 
 
-def test_credentials_reach_the_upstream_and_the_origin_sees_none(
+def test_credentials_reach_the_parent_and_the_origin_sees_none(
     hop: Callable[..., Hop], origin: OriginServer, tls_origin: OriginServer, ca_file: Path
 ) -> None:
     b = hop(basic_auth=("u:p",))
@@ -452,7 +452,7 @@ def test_credentials_reach_the_upstream_and_the_origin_sees_none(
 
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
-def test_exact_credentials_sent_to_the_upstream_never_the_clients(hop: Callable[..., Hop], kind: str) -> None:
+def test_exact_credentials_sent_to_the_parent_never_the_clients(hop: Callable[..., Hop], kind: str) -> None:
     """A scripted upstream records what A sends it: A's configured credentials
     (percent-decoded from the URL), once, and never the client's own to A."""
     with head_recorder() as upstream:
@@ -484,19 +484,19 @@ def test_the_clients_credentials_to_a_are_not_passed_on_to_b(
     b = hop(basic_auth=("client:client-secret",))
     a = hop(upstream=(b.url,), basic_auth=("client:client-secret",))
     client_auth = f"Proxy-Authorization: {basic('client:client-secret')}\r\n"
-    refused(a, kind, f"127.0.0.1:{origin.port}", 502, "upstream-auth", b.authority, headers=client_auth)
+    refused(a, kind, f"127.0.0.1:{origin.port}", 502, "parent-auth", b.authority, headers=client_auth)
     assert origin.requests == []
 
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
 @pytest.mark.parametrize("userinfo", ["u:wrong-secret@", ""], ids=["wrong", "none"])
-def test_upstream_answering_407_is_502_upstream_auth(
+def test_parent_answering_407_is_502_parent_auth(
     hop: Callable[..., Hop], origin: OriginServer, kind: str, userinfo: str
 ) -> None:
     b = hop(basic_auth=("u:p",))
     a = hop(upstream=(f"http://{userinfo}{b.authority}",))
     answer = refused(
-        a, kind, f"127.0.0.1:{origin.port}", 502, "upstream-auth", b.authority, secret="wrong-secret"
+        a, kind, f"127.0.0.1:{origin.port}", 502, "parent-auth", b.authority, secret="wrong-secret"
     )
     if userinfo:
         assert f"http://u:***@{b.authority}" in answer.body.decode()
@@ -505,14 +505,14 @@ def test_upstream_answering_407_is_502_upstream_auth(
     assert origin.requests == []
 
 
-def test_upstream_answering_407_to_an_absolute_form_https_get(
+def test_parent_answering_407_to_an_absolute_form_https_get(
     hop: Callable[..., Hop], tls_origin: OriginServer, ca_file: Path
 ) -> None:
     b = hop(basic_auth=("u:p",))
     a = hop(upstream=(f"http://u:wrong-secret@{b.authority}",), ca_bundle=str(ca_file))
     url = tls_origin.url("/bytes/10", host="localhost")
     answer = parse_answer(raw_exchange(a.address, f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
-    assert (answer.status, answer.fields.get("x-tinyproxy-py-cause")) == (502, "upstream-auth"), answer.raw
+    assert (answer.status, answer.fields.get("x-tinyproxy-py-cause")) == (502, "parent-auth"), answer.raw
     assert f"http://u:***@{b.authority}" in answer.body.decode()
     assert b"wrong-secret" not in answer.raw
     assert tls_origin.requests == []
@@ -523,7 +523,7 @@ def test_upstream_answering_407_to_an_absolute_form_https_get(
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
 @pytest.mark.parametrize("scheme", ["http", "socks5"])
-def test_upstream_down_is_502_naming_it_without_its_password(
+def test_parent_down_is_502_naming_it_without_its_password(
     hop: Callable[..., Hop], origin: OriginServer, kind: str, scheme: str
 ) -> None:
     port = closed_port()
@@ -533,7 +533,7 @@ def test_upstream_down_is_502_naming_it_without_its_password(
         kind,
         f"127.0.0.1:{origin.port}",
         502,
-        "upstream-connect",
+        "parent-connect",
         f"{scheme}://u:***@127.0.0.1:{port}",
         secret="down-secret",
     )
@@ -542,14 +542,14 @@ def test_upstream_down_is_502_naming_it_without_its_password(
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
 @pytest.mark.parametrize("scheme", ["http", "socks5"])
-def test_upstream_that_never_accepts_is_504(
+def test_parent_that_never_accepts_is_504(
     hop: Callable[..., Hop], origin: OriginServer, kind: str, scheme: str
 ) -> None:
     with ExitStack() as stack:
         port = stalled_listener(stack, accept_queue_full=True)
         a = hop(upstream=(f"{scheme}://127.0.0.1:{port}",), connect_timeout=0.5)
         started = time.monotonic()
-        refused(a, kind, f"127.0.0.1:{origin.port}", 504, "upstream-timeout", f"127.0.0.1:{port}")
+        refused(a, kind, f"127.0.0.1:{origin.port}", 504, "parent-timeout", f"127.0.0.1:{port}")
         assert time.monotonic() - started < 0.5 + EXPIRE_SOON
     assert origin.requests == []
 
@@ -557,13 +557,13 @@ def test_upstream_that_never_accepts_is_504(
 @pytest.mark.parametrize(
     "kind, scheme, cause",
     [
-        ("connect", "http", "upstream-timeout"),
-        ("connect", "socks5", "upstream-timeout"),
-        ("plain", "socks5", "upstream-timeout"),
+        ("connect", "http", "parent-timeout"),
+        ("connect", "socks5", "parent-timeout"),
+        ("plain", "socks5", "parent-timeout"),
         ("plain", "http", "response-timeout"),  # the request was sent: its answer is late
     ],
 )
-def test_upstream_that_accepts_but_never_answers_is_504(
+def test_parent_that_accepts_but_never_answers_is_504(
     hop: Callable[..., Hop], origin: OriginServer, kind: str, scheme: str, cause: str
 ) -> None:
     with ExitStack() as stack:
@@ -581,7 +581,7 @@ def test_upstream_that_accepts_but_never_answers_is_504(
 
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
-def test_upstream_pointing_at_the_proxy_itself_is_508_promptly(
+def test_parent_pointing_at_the_proxy_itself_is_508_promptly(
     hop: Callable[..., Hop], origin: OriginServer, kind: str
 ) -> None:
     port = closed_port()
@@ -601,7 +601,7 @@ def test_upstream_pointing_at_the_proxy_itself_is_508_promptly(
     assert origin.requests == []
 
 
-# --- SOCKS5 upstream -------------------------------------------------------------------------------
+# --- SOCKS5 parent ---------------------------------------------------------------------------------
 
 
 def socks_route(a: Hop, socks: SocksServer, origin: OriginServer, tls_origin: OriginServer, ca: Path) -> None:
@@ -619,7 +619,7 @@ def socks_route(a: Hop, socks: SocksServer, origin: OriginServer, tls_origin: Or
 
 
 @pytest.mark.parametrize("users", [None, {"alice": "s3cret"}], ids=["no-auth", "user-pass"])
-def test_socks5_upstream_for_plain_http_and_connect(
+def test_socks5_parent_for_plain_http_and_connect(
     hop: Callable[..., Hop],
     origin: OriginServer,
     tls_origin: OriginServer,
@@ -639,24 +639,24 @@ def test_socks5_upstream_for_plain_http_and_connect(
 
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
-def test_socks5_upstream_refusing_the_password_is_502_upstream_auth(
+def test_socks5_parent_refusing_the_password_is_502_parent_auth(
     hop: Callable[..., Hop], origin: OriginServer, kind: str
 ) -> None:
     with socks_server(users={"alice": "s3cret"}) as socks:
         a = hop(upstream=(f"socks5://alice:wrong-secret@127.0.0.1:{socks.port}",))
         names = f"socks5://alice:***@127.0.0.1:{socks.port}"
-        refused(a, kind, f"127.0.0.1:{origin.port}", 502, "upstream-auth", names, secret="wrong-secret")
+        refused(a, kind, f"127.0.0.1:{origin.port}", 502, "parent-auth", names, secret="wrong-secret")
     assert origin.requests == []
 
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
-def test_socks5_upstream_refused_by_the_target_is_502_upstream_refused(
+def test_socks5_parent_refused_by_the_target_is_502_parent_refused(
     hop: Callable[..., Hop], kind: str
 ) -> None:
     with socks_server() as socks:
         a = hop(upstream=(f"socks5h://127.0.0.1:{socks.port}",))
         port = closed_port()
-        refused(a, kind, f"127.0.0.1:{port}", 502, "upstream-refused", f"127.0.0.1:{socks.port}")
+        refused(a, kind, f"127.0.0.1:{port}", 502, "parent-refused", f"127.0.0.1:{socks.port}")
     assert [(r.host, r.port, r.reply) for r in socks.requests] == [("127.0.0.1", port, 5)]
 
 
@@ -808,7 +808,7 @@ def test_a_broken_lower_case_variable_wins_over_a_working_upper_case_one(
         env.setenv(f"{scheme}_proxy", f"http://127.0.0.1:{port}")
         env.setenv(f"{scheme.upper()}_PROXY", b.url)
     a = hop(upstream_from_env=True)
-    refused(a, kind, f"127.0.0.1:{origin.port}", 502, "upstream-connect", f"127.0.0.1:{port}")
+    refused(a, kind, f"127.0.0.1:{origin.port}", 502, "parent-connect", f"127.0.0.1:{port}")
     assert b.records == []
 
 

@@ -202,7 +202,7 @@ def test_curl_https_through_the_proxy(
 # --- the hand-off ---
 
 
-def test_adopt_is_all_or_nothing_and_greets_before_upstream_bytes(no_leaks: None) -> None:
+def test_adopt_is_all_or_nothing_and_greets_before_target_bytes(no_leaks: None) -> None:
     stats = Stats()
     hub = TunnelHub(Config(port=0, max_tunnels=1), stats)
     hub.start()
@@ -420,7 +420,7 @@ def test_server_closes_first(proxy: ProxyServer) -> None:
     assert closed(proxy, "eof") == 1
 
 
-def test_upstream_reset_resets_the_client(proxy: ProxyServer) -> None:
+def test_target_reset_resets_the_client(proxy: ProxyServer) -> None:
     def reset_after_ack(sock: socket.socket) -> None:
         sock.settimeout(MUST_NOT_EXPIRE)
         sock.sendall(b"partial")

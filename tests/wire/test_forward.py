@@ -262,10 +262,10 @@ def test_https_origin_with_unknown_ca_is_refused(proxy: ProxyServer, tls_origin:
 def test_one_pooled_connection_serves_sequential_requests(proxy: ProxyServer, origin: OriginServer) -> None:
     for _ in range(5):
         assert get(proxy.address, origin.url("/bytes/100")).status == 200
-    assert proxy.stats.gauge("upstream_open") == 1
+    assert proxy.stats.gauge("pool_open") == 1
 
 
-def test_client_abort_mid_download_discards_upstream_connection(
+def test_client_abort_mid_download_discards_the_origin_connection(
     proxy: ProxyServer, origin: OriginServer
 ) -> None:
     with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
@@ -273,7 +273,7 @@ def test_client_abort_mid_download_discards_upstream_connection(
         assert sock.recv(65536)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     # Half-read, the upstream connection must be closed, never returned to the pool.
-    assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0)
+    assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0)
     assert wait_until(lambda: proxy.stats.gauge("clients") == 0)
 
 
@@ -283,7 +283,7 @@ def test_truncated_origin_body_closes_the_client_connection(proxy: ProxyServer, 
         data = recv_all(sock)
     assert data.startswith(b"HTTP/1.1 200")
     assert data.endswith(b"0123456789")  # what arrived, then a close: the client sees it short
-    assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0)
+    assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0)
 
 
 def test_stale_pooled_connection_is_retried_once_for_get(proxy: ProxyServer) -> None:
@@ -344,7 +344,7 @@ def test_stall_mid_body_closes_client_after_read_timeout(make_proxy, origin: Ori
         sock.sendall(f"GET {origin.url('/stall-body')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         data = recv_all(sock)
     assert data.endswith(b"12345")
-    assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0)
+    assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0)
 
 
 def test_connect_timeout_is_504(make_proxy) -> None:
@@ -363,7 +363,7 @@ def test_client_abort_mid_upload_leaves_nothing_behind(proxy: ProxyServer, origi
         )
         sock.sendall(b"x" * 1000)
     assert wait_until(lambda: proxy.stats.gauge("clients") == 0)
-    assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0)
+    assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0)
 
 
 def test_many_concurrent_clients(proxy: ProxyServer, origin: OriginServer) -> None:
@@ -383,4 +383,4 @@ def test_many_concurrent_clients(proxy: ProxyServer, origin: OriginServer) -> No
         thread.join(MUST_NOT_EXPIRE)
     assert not errors
     assert wait_until(lambda: proxy.stats.counter("responses.2xx") == 100)
-    assert proxy.stats.gauge("upstream_open") <= proxy.config.pool_idle_per_host
+    assert proxy.stats.gauge("pool_open") <= proxy.config.pool_idle_per_host

@@ -200,7 +200,7 @@ def test_hostile_heads_are_refused_and_never_dialled(
             assert_still_serving(proxy, origin)
 
 
-def test_broken_bodies_fail_and_upstream_never_sees_a_complete_request(
+def test_broken_bodies_fail_and_the_origin_never_sees_a_complete_request(
     make_proxy: MakeProxy,
     origin: OriginServer,
     upstream: tuple[Recorder, ScriptedServer],

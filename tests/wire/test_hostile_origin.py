@@ -465,20 +465,20 @@ def test_hostile_origin(make_proxy: MakeProxy, case: Case) -> None:
                 "the dirty origin connection is still open"
             )
         if case.reuse is True:
-            assert wait_until(lambda: proxy.resources()["upstream_idle"] == 1, SETTLED), (
+            assert wait_until(lambda: proxy.resources()["pool_idle"] == 1, SETTLED), (
                 "the clean origin connection was not pooled"
             )
 
         second_request = f"GET http://127.0.0.1:{server.port}/second HTTP/1.1\r\nHost: x\r\n\r\n".encode()
         second, _ = exchange(proxy.address, second_request, "GET")
         assert_clean_second(case, second, origin)
-        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 1, SETTLED), (
-            f"upstream_open is {proxy.stats.gauge('upstream_open')}: only the clean connection may be open"
+        assert wait_until(lambda: proxy.stats.gauge("pool_open") == 1, SETTLED), (
+            f"pool_open is {proxy.stats.gauge('pool_open')}: only the clean connection may be open"
         )
     # (The idle watcher would close the pooled connection within about a second; stopping
     # the proxy is quicker, and must leave nothing counted.)
     proxy.stop()
-    assert proxy.stats.gauge("upstream_open") == 0
+    assert proxy.stats.gauge("pool_open") == 0
 
 
 def test_corpus_is_large_enough() -> None:

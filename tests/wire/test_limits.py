@@ -35,14 +35,14 @@ def test_one_client_over_max_clients_gets_503_at_once(
     assert proxy.stats.counter("errors.overloaded") == 1
 
 
-def test_reaper_closes_idle_upstream_connections_without_new_requests(
+def test_reaper_closes_idle_pooled_connections_without_new_requests(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer
 ) -> None:
     proxy = make_proxy(pool_idle_timeout=0.4)
     assert get(proxy.address, origin.url("/bytes/10")).status == 200
-    assert wait_until(lambda: proxy.resources()["upstream_idle"] == 1)  # released after the answer
-    assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0, timeout=5.0)
-    assert proxy.resources()["upstream_idle"] == 0
+    assert wait_until(lambda: proxy.resources()["pool_idle"] == 1)  # released after the answer
+    assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0, timeout=5.0)
+    assert proxy.resources()["pool_idle"] == 0
 
 
 def test_evicted_host_pool_never_closes_a_connection_in_use(
@@ -60,7 +60,7 @@ def test_evicted_host_pool_never_closes_a_connection_in_use(
         slow.join(MUST_NOT_EXPIRE)
         assert result and result[0].status == 200 and result[0].body == b"slow\n"
         # The connection released into the evicted pool is closed once that pool is gone.
-        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 1)
+        assert wait_until(lambda: proxy.stats.gauge("pool_open") == 1)
 
 
 def test_per_host_cap_answers_503_when_the_wait_expires(
@@ -106,8 +106,8 @@ def test_resources_account_for_every_open_descriptor(
         assert get(proxy.address, origin.url(f"/bytes/{size}")).status == 200
     assert wait_until(lambda: proxy.stats.gauge("clients") == 0)
     resources = proxy.resources()
-    assert resources["upstream_open"] == resources["upstream_idle"] == 1
-    assert resources["upstream_in_use"] == 0
+    assert resources["pool_open"] == resources["pool_idle"] == 1
+    assert resources["pool_in_use"] == 0
     # The proxy's own descriptors, plus the origin's end of each pooled connection
     # (the origin lives in this process too).
-    assert wait_until(lambda: open_fds() - before == resources["fds_accounted"] + resources["upstream_open"])
+    assert wait_until(lambda: open_fds() - before == resources["fds_accounted"] + resources["pool_open"])

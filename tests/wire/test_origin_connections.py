@@ -59,13 +59,13 @@ def test_client_hanging_up_while_the_origin_thinks_frees_both_at_once(make_proxy
     proxy = make_proxy(response_header_timeout=30.0)
     with scripted_server(script) as server, socket.create_connection(proxy.address) as client:
         client.sendall(f"GET http://127.0.0.1:{server.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 1)
+        assert wait_until(lambda: proxy.stats.gauge("pool_open") == 1)
         started = time.monotonic()
         client.shutdown(socket.SHUT_WR) if how == "half-close" else client.close()
         assert origin_saw_eof.wait(EXPIRE_SOON), "the origin connection outlived its client"
         assert time.monotonic() - started < EXPIRE_SOON
         assert wait_until(lambda: proxy.stats.gauge("requests_in_flight") == 0, EXPIRE_SOON)
-        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0, EXPIRE_SOON)
+        assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0, EXPIRE_SOON)
         if how == "half-close":
             assert recv_all(client) == b""  # nothing answered: the exchange was abandoned
     assert proxy.stats.counter("errors.client-abort") == 1
@@ -105,7 +105,7 @@ def test_idle_connection_closed_by_its_origin_is_closed_within_a_second(make_pro
     proxy = make_proxy(pool_idle_timeout=60.0)
     with scripted_server(script) as server:
         assert get(proxy.address, f"http://127.0.0.1:{server.port}/").body == b"ok"
-        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0, 3 * EXPIRE_SOON)
+        assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0, 3 * EXPIRE_SOON)
         assert time.monotonic() - closed_at[0] < 2.5
 
 
@@ -126,7 +126,7 @@ def test_bytes_on_an_idle_connection_close_it_before_the_next_request(make_proxy
     with scripted_server(script) as server:
         url = f"http://127.0.0.1:{server.port}/"
         assert get(proxy.address, url).body == b"ok"
-        assert wait_until(lambda: proxy.stats.gauge("upstream_open") == 0, 3 * EXPIRE_SOON)
+        assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0, 3 * EXPIRE_SOON)
         assert get(proxy.address, url).body == b"ok"  # a new connection
         assert server.connections == 2
 

@@ -67,7 +67,7 @@ def test_stop_aborts_requests_still_running_after_the_grace_period(
         assert time.monotonic() - started < 0.3 + EXPIRE_SOON
         assert recv_all(sock).startswith((b"", b"HTTP/1.1 502"))
     assert proxy.stats.gauge("clients") == 0
-    assert proxy.stats.gauge("upstream_open") == 0
+    assert proxy.stats.gauge("pool_open") == 0
 
 
 def test_stopped_proxy_refuses_new_connections(

@@ -384,7 +384,7 @@ def run_mix(mix: Mix) -> tuple[Counter[str], list[str]]:
 def quiet(proxy: ProxyServer) -> bool:
     """No live object left: gauges at zero and the pooled connections reaped."""
     resources = proxy.resources()
-    live = ("clients", "handler_threads", "requests_in_flight", "tunnels", "upstream_open")
+    live = ("clients", "handler_threads", "requests_in_flight", "tunnels", "pool_open")
     # resources()["tunnels"] is the hub's own count; the gauge is kept separately.
     return all(resources[name] == 0 for name in live) and proxy.stats.gauge("tunnels") == 0
 
@@ -437,7 +437,7 @@ def test_mixed_traffic_and_faults_return_to_baseline(
             "errors.response-timeout",
             "errors.refused",
             "errors.no-response",
-            "errors.upstream-abort",
+            "errors.origin-abort",
             "errors.header-timeout",
             "errors.bad-request",
             "errors.line-too-long",
@@ -452,7 +452,7 @@ def test_mixed_traffic_and_faults_return_to_baseline(
         settle = time.monotonic()
         assert wait_until(lambda: quiet(proxy), MUST_NOT_EXPIRE), proxy.resources()
         resources = proxy.resources()
-        assert resources["upstream_in_use"] == 0 and resources["upstream_idle"] == 0, resources
+        assert resources["pool_in_use"] == 0 and resources["pool_idle"] == 0, resources
         assert proxy.hub.buffered == 0
         assert wait_until(lambda: open_fds() <= fds, MUST_NOT_EXPIRE), f"fds {open_fds()} > baseline {fds}"
         assert wait_until(lambda: thread_count() <= threads, MUST_NOT_EXPIRE), (

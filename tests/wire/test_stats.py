@@ -41,7 +41,7 @@ def test_metrics_parse_as_prometheus_text_and_count_traffic(proxy: ProxyServer, 
     assert found["tinyproxy_py_responses_total"][(("class", "5xx"),)] == 1
     assert found["tinyproxy_py_errors_total"][(("cause", "refused"),)] == 1
     assert (
-        found["tinyproxy_py_upstream_connections"][
+        found["tinyproxy_py_pool_connections"][
             (("origin", f"http://127.0.0.1:{origin.port}"), ("state", "idle"))
         ]
         == 1
@@ -68,7 +68,7 @@ def test_json_has_the_same_data(proxy: ProxyServer, origin: OriginServer) -> Non
     assert wait_until(lambda: proxy.stats.gauge("clients") == 0)  # that handler sees the close
     data = json.loads(get(proxy.address, f"{STATS}/json").body)
     assert data["counters"]["responses.2xx"] == 1
-    assert data["upstream"][f"http://127.0.0.1:{origin.port}"] == {"in_use": 0, "idle": 1}
+    assert data["pool"][f"http://127.0.0.1:{origin.port}"] == {"in_use": 0, "idle": 1}
     assert data["tunnels"] == [] and data["gauges"]["clients"] == 1
 
 

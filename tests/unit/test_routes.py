@@ -6,16 +6,16 @@ import base64
 
 import pytest
 
-from tinyproxy_py.upstream import (
+from tinyproxy_py.routes import (
+    Parent,
+    Routes,
     Rule,
-    Upstream,
-    UpstreamRules,
     no_upstream_option,
     parse_no_proxy,
+    parse_parent_url,
     parse_rule,
     parse_rules,
     parse_site_spec,
-    parse_upstream_url,
     redact,
     rule_from_words,
     rules_from_env,
@@ -23,35 +23,35 @@ from tinyproxy_py.upstream import (
     upstream_option,
 )
 
-PROXY = Upstream("http", "proxy.example", 3128)
-SOCKS = Upstream("socks5", "socks.example", 1080)
+PROXY = Parent("http", "proxy.example", 3128)
+SOCKS = Parent("socks5", "socks.example", 1080)
 
 
 # --- Upstream ------------------------------------------------------------------------------
 
 
 def test_str_repr_and_url_never_show_the_password() -> None:
-    up = Upstream("http", "proxy.example", 3128, "alice", "s3cret")
+    up = Parent("http", "proxy.example", 3128, "alice", "s3cret")
     assert str(up) == "http://alice:***@proxy.example:3128"
     assert up.url == "http://alice@proxy.example:3128"
     assert "s3cret" not in repr(up) and "s3cret" not in str(Rule(up))
-    assert "s3cret" not in str(UpstreamRules((Rule(up),)))
+    assert "s3cret" not in str(Routes((Rule(up),)))
 
 
-def test_ipv6_upstream_is_bracketed_and_user_name_is_quoted() -> None:
-    up = Upstream("socks5", "::1", 1080, "a b@c", "x")
+def test_ipv6_parent_is_bracketed_and_user_name_is_quoted() -> None:
+    up = Parent("socks5", "::1", 1080, "a b@c", "x")
     assert str(up) == "socks5://a%20b%40c:***@[::1]:1080"
     assert up.authority == "[::1]:1080"
     assert up.address == ("::1", 1080)
 
 
 def test_proxy_authorization_is_basic_for_http_only() -> None:
-    up = Upstream("http", "p", 1, "alice", "pä:ss")
+    up = Parent("http", "p", 1, "alice", "pä:ss")
     scheme, token = up.proxy_authorization().split(" ")  # type: ignore[union-attr]
     assert scheme == "Basic"
     assert base64.b64decode(token).decode() == "alice:pä:ss"
-    assert Upstream("http", "p", 1).proxy_authorization() is None
-    assert Upstream("socks5", "p", 1, "alice", "x").proxy_authorization() is None
+    assert Parent("http", "p", 1).proxy_authorization() is None
+    assert Parent("socks5", "p", 1, "alice", "x").proxy_authorization() is None
 
 
 @pytest.mark.parametrize(
@@ -70,9 +70,9 @@ def test_proxy_authorization_is_basic_for_http_only() -> None:
         (("socks5", "p", 1, "a", "é" * 128), "at most 255 bytes"),
     ],
 )
-def test_bad_upstreams_are_refused(fields: tuple[object, ...], message: str) -> None:
+def test_bad_parents_are_refused(fields: tuple[object, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Upstream(*fields)  # type: ignore[arg-type]
+        Parent(*fields)  # type: ignore[arg-type]
 
 
 # --- URLs ------------------------------------------------------------------------------------
@@ -85,18 +85,18 @@ def test_bad_upstreams_are_refused(fields: tuple[object, ...], message: str) -> 
         ("proxy.example:3128", PROXY),
         ("http://proxy.example:3128/", PROXY),
         ("HTTP://Proxy.Example:3128", PROXY),
-        ("http://proxy.example", Upstream("http", "proxy.example", 80)),
+        ("http://proxy.example", Parent("http", "proxy.example", 80)),
         ("socks5://socks.example", SOCKS),
         ("socks5h://socks.example:1080", SOCKS),
-        ("http://[::1]:8080", Upstream("http", "::1", 8080)),
-        ("http://al%40ice:p%3As%40s@p:1", Upstream("http", "p", 1, "al@ice", "p:s@s")),
-        ("http://alice:p@ss@p:1", Upstream("http", "p", 1, "alice", "p@ss")),
-        ("http://alice@p:1", Upstream("http", "p", 1, "alice", None)),
+        ("http://[::1]:8080", Parent("http", "::1", 8080)),
+        ("http://al%40ice:p%3As%40s@p:1", Parent("http", "p", 1, "al@ice", "p:s@s")),
+        ("http://alice:p@ss@p:1", Parent("http", "p", 1, "alice", "p@ss")),
+        ("http://alice@p:1", Parent("http", "p", 1, "alice", None)),
     ],
 )
-def test_upstream_urls(text: str, expected: Upstream) -> None:
-    assert parse_upstream_url(text) == expected
-    assert parse_upstream_url(text).password == expected.password
+def test_parent_urls(text: str, expected: Parent) -> None:
+    assert parse_parent_url(text) == expected
+    assert parse_parent_url(text).password == expected.password
 
 
 @pytest.mark.parametrize(
@@ -114,7 +114,7 @@ def test_upstream_urls(text: str, expected: Upstream) -> None:
 )
 def test_bad_urls_are_refused_without_echoing_the_password(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as caught:
-        parse_upstream_url(text)
+        parse_parent_url(text)
     assert "hunter2" not in str(caught.value)
 
 
@@ -139,25 +139,25 @@ def test_redact(text: str, expected: str) -> None:
     ("line", "upstream", "site"),
     [
         ('Upstream http user:pass@proxy.example:3128 ".example.com"',
-         Upstream("http", "proxy.example", 3128, "user", "pass"), ".example.com"),
+         Parent("http", "proxy.example", 3128, "user", "pass"), ".example.com"),
         ("Upstream socks5 socks.example:1080", SOCKS, None),
         ("Upstream http proxy.example:3128", PROXY, None),
         ("  upstream HTTP proxy.example:3128   example.com ", PROXY, "example.com"),
         ('Upstream http u:p:q@x@[::1]:3128 "10.0.0.0/8"',
-         Upstream("http", "::1", 3128, "u", "p:q@x"), "10.0.0.0/8"),
+         Parent("http", "::1", 3128, "u", "p:q@x"), "10.0.0.0/8"),
         ('Upstream none ".intranet"', None, ".intranet"),
         ('No Upstream ".intranet"', None, ".intranet"),
         ('no   upstream "."', None, "."),
         (r"Upstream socks5 u:p\q#r@s.example:1080",
-         Upstream("socks5", "s.example", 1080, "u", r"p\q#r"), None),
+         Parent("socks5", "s.example", 1080, "u", r"p\q#r"), None),
     ],
 )  # fmt: skip
-def test_rule_lines(line: str, upstream: Upstream | None, site: str | None) -> None:
+def test_rule_lines(line: str, upstream: Parent | None, site: str | None) -> None:
     rule = parse_rule(line)
-    assert rule.upstream == upstream
+    assert rule.parent == upstream
     assert (rule.site.text if rule.site else None) == site
-    if upstream is not None and rule.upstream is not None:
-        assert rule.upstream.password == upstream.password
+    if upstream is not None and rule.parent is not None:
+        assert rule.parent.password == upstream.password
 
 
 @pytest.mark.parametrize(
@@ -232,8 +232,8 @@ def test_site_spec_matching(spec: str, host: str, matches: bool) -> None:
 
 # --- precedence -------------------------------------------------------------------------------
 
-A = Upstream("http", "a.proxy", 1)
-B = Upstream("http", "b.proxy", 2)
+A = Parent("http", "a.proxy", 1)
+B = Parent("http", "b.proxy", 2)
 
 
 def test_last_matching_site_rule_wins_and_the_default_only_when_none_matches() -> None:
@@ -259,14 +259,14 @@ def test_order_decides_between_no_upstream_and_upstream() -> None:
 
 
 def test_no_rules_means_direct_and_a_second_default_is_refused() -> None:
-    assert UpstreamRules().choose("example.com", 80, "http") is None
+    assert Routes().choose("example.com", 80, "http") is None
     with pytest.raises(ValueError, match="more than one default upstream"):
         parse_rules(["Upstream http a.proxy:1", "Upstream socks5 b.proxy:2"])
 
 
 def test_choose_accepts_only_request_schemes() -> None:
     with pytest.raises(ValueError, match="scheme"):
-        UpstreamRules().choose("example.com", 80, "ftp")
+        Routes().choose("example.com", 80, "ftp")
 
 
 def test_command_line_no_upstream_wins_whatever_the_order() -> None:
@@ -277,7 +277,7 @@ def test_command_line_no_upstream_wins_whatever_the_order() -> None:
 
 
 def test_command_line_forms() -> None:
-    assert upstream_option("socks5://u:p@s:1080") == Rule(Upstream("socks5", "s", 1080, "u", "p"))
+    assert upstream_option("socks5://u:p@s:1080") == Rule(Parent("socks5", "s", 1080, "u", "p"))
     assert upstream_option("http://b.proxy:2 .example.com").site == parse_site_spec(".example.com")
     assert no_upstream_option('".lan"') == Rule(None, parse_site_spec(".lan"))
     for bad in ("", "http://a.proxy:1 x y"):
@@ -304,8 +304,8 @@ def test_then_lets_later_rules_win_and_replace_defaults() -> None:
 
 # --- the environment ----------------------------------------------------------------------------
 
-HTTP = Upstream("http", "h.proxy", 3128)
-HTTPS = Upstream("http", "s.proxy", 3129)
+HTTP = Parent("http", "h.proxy", 3128)
+HTTPS = Parent("http", "s.proxy", 3129)
 
 
 def test_http_and_https_proxies_apply_to_their_scheme_only() -> None:
@@ -328,7 +328,7 @@ def test_http_and_https_proxies_apply_to_their_scheme_only() -> None:
         ({}, None),
     ],
 )
-def test_env_variable_case_and_cgi(environ: dict[str, str], expected: Upstream | None) -> None:
+def test_env_variable_case_and_cgi(environ: dict[str, str], expected: Parent | None) -> None:
     assert rules_from_env(environ).choose("example.com", 80, "http") == expected
 
 

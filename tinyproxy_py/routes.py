@@ -1,4 +1,4 @@
-"""Which upstream proxy, if any, a request goes through.
+"""Routes: which parent proxy (an upstream proxy, `--upstream`), if any, a request goes through.
 
 Rules come from tinyproxy.conf(5)-style lines, from the command line, or from
 HTTP_PROXY / HTTPS_PROXY / NO_PROXY; docs/upstream.md gives the syntax and the reasons.
@@ -35,8 +35,8 @@ _MAX_SOCKS_CREDENTIAL = 255  # RFC 1929: one length octet
 
 
 @dataclass(frozen=True)
-class Upstream:
-    """An upstream proxy: where to connect, and the credentials it wants.
+class Parent:
+    """A parent proxy: where to connect, and the credentials it wants.
 
     str() and repr() show "***" in place of the password; `url` leaves it out.
     """
@@ -48,17 +48,17 @@ class Upstream:
     password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        _check_upstream(self)
+        _check_parent(self)
 
     def __str__(self) -> str:
         return self._render("***")
 
     def __repr__(self) -> str:
-        return f"Upstream({self})"
+        return f"Parent({self})"
 
     @property
     def url(self) -> str:
-        """The upstream as a URL, with the user name but never the password."""
+        """The parent as a URL, with the user name but never the password."""
         return self._render(None)
 
     @property
@@ -70,7 +70,7 @@ class Upstream:
         return self.host, self.port
 
     def proxy_authorization(self) -> str | None:
-        """The Proxy-Authorization value for an http upstream with credentials, else None."""
+        """The Proxy-Authorization value for an http parent with credentials, else None."""
         if self.scheme != "http" or self.username is None:
             return None
         pair = f"{self.username}:{self.password or ''}".encode()
@@ -86,27 +86,27 @@ class Upstream:
         return f"{self.scheme}://{userinfo}{self.authority}"
 
 
-def _check_upstream(up: Upstream) -> None:
-    if up.scheme not in DEFAULT_PORTS:
-        raise ValueError(f"unsupported upstream scheme {up.scheme!r} (use http or socks5)")
-    if not up.host or re.search(r"[\s/@\[\]]", up.host) or not up.host.isascii():
-        raise ValueError(f"bad upstream host {up.host!r}")
-    if isinstance(up.port, bool) or not 0 < up.port <= 65535:
-        raise ValueError(f"upstream port must be within 1..65535, got {up.port!r}")
-    if up.password is not None and up.username is None:
+def _check_parent(parent: Parent) -> None:
+    if parent.scheme not in DEFAULT_PORTS:
+        raise ValueError(f"unsupported upstream scheme {parent.scheme!r} (use http or socks5)")
+    if not parent.host or re.search(r"[\s/@\[\]]", parent.host) or not parent.host.isascii():
+        raise ValueError(f"bad upstream host {parent.host!r}")
+    if isinstance(parent.port, bool) or not 0 < parent.port <= 65535:
+        raise ValueError(f"upstream port must be within 1..65535, got {parent.port!r}")
+    if parent.password is not None and parent.username is None:
         raise ValueError("an upstream password needs a user name")
-    if up.username is not None:
-        _check_username(up)
+    if parent.username is not None:
+        _check_username(parent)
 
 
-def _check_username(up: Upstream) -> None:
-    assert up.username is not None
-    if not up.username:
+def _check_username(parent: Parent) -> None:
+    assert parent.username is not None
+    if not parent.username:
         raise ValueError("an upstream user name must not be empty")
-    if up.scheme == "http" and ":" in up.username:
+    if parent.scheme == "http" and ":" in parent.username:
         raise ValueError("an http upstream's user name cannot contain ':' (RFC 7617)")
-    if up.scheme == "socks5":
-        for what, value in (("user name", up.username), ("password", up.password or "")):
+    if parent.scheme == "socks5":
+        for what, value in (("user name", parent.username), ("password", parent.password or "")):
             if len(value.encode()) > _MAX_SOCKS_CREDENTIAL:
                 raise ValueError(f"a SOCKS5 {what} is at most 255 bytes (RFC 1929)")
 
@@ -258,23 +258,23 @@ def _entry_port(text: str) -> int:
 
 @dataclass(frozen=True)
 class Rule:
-    """Use `upstream` (None: go direct) for requests to `site` (None: the default rule)
+    """Use `parent` (None: go direct) for requests to `site` (None: the default rule)
     whose scheme is in `schemes`."""
 
-    upstream: Upstream | None
+    parent: Parent | None
     site: Site | None = None
     schemes: frozenset[str] = REQUEST_SCHEMES
 
     def __str__(self) -> str:
-        target = "No Upstream" if self.upstream is None else f"Upstream {self.upstream}"
+        target = "No Upstream" if self.parent is None else f"Upstream {self.parent}"
         site = f' "{self.site.text}"' if self.site is not None else ""
         schemes = "" if self.schemes == REQUEST_SCHEMES else f" (for {', '.join(sorted(self.schemes))})"
         return target + site + schemes
 
 
 @dataclass(frozen=True)
-class UpstreamRules:
-    """An ordered rule list; `choose` answers which upstream a request uses.
+class Routes:
+    """An ordered rule list; `choose` answers which parent a request goes through.
 
     `ignored` lists NO_PROXY entries that were dropped as malformed, for a warning.
     """
@@ -288,8 +288,8 @@ class UpstreamRules:
     def __str__(self) -> str:
         return "; ".join(map(str, self.rules)) or "direct"
 
-    def choose(self, host: str, port: int, scheme: str) -> Upstream | None:
-        """The upstream for a request to host:port (None: connect directly).
+    def choose(self, host: str, port: int, scheme: str) -> Parent | None:
+        """The parent for a request to host:port (None: connect directly).
 
         `scheme` is "http" for a plain request, "https" for CONNECT; `port` is the port
         actually used (the URL's, or 80 / 443 by default).
@@ -298,19 +298,19 @@ class UpstreamRules:
             raise ValueError(f"scheme must be 'http' or 'https', got {scheme!r}")
         for rule in reversed(self.rules):
             if rule.site is not None and scheme in rule.schemes and rule.site.matches(host, port):
-                return rule.upstream
+                return rule.parent
         default = _defaults(self.rules).get(scheme)
-        return default.upstream if default is not None else None
+        return default.parent if default is not None else None
 
-    def then(self, later: UpstreamRules) -> UpstreamRules:
+    def then(self, later: Routes) -> Routes:
         """These rules followed by `later`'s: its site rules win ties, its defaults replace ours."""
         replaced = frozenset(_defaults(later.rules))
         kept = []
         for rule in self.rules:
             schemes = rule.schemes - replaced if rule.site is None else rule.schemes
             if schemes:
-                kept.append(Rule(rule.upstream, rule.site, schemes))
-        return UpstreamRules((*kept, *later.rules), self.ignored + later.ignored)
+                kept.append(Rule(rule.parent, rule.site, schemes))
+        return Routes((*kept, *later.rules), self.ignored + later.ignored)
 
 
 def _defaults(rules: Iterable[Rule]) -> dict[str, Rule]:
@@ -351,12 +351,12 @@ def rule_from_words(words: Sequence[str]) -> Rule:
     if keywords in (["no", "upstream"], ["upstream", "none"]) and len(words) == 3:
         return Rule(None, parse_site_spec(words[2]))
     if keywords[:1] == ["upstream"] and len(words) in (3, 4) and keywords[1] != "none":
-        upstream = _conf_upstream(keywords[1], words[2])
-        return Rule(upstream, parse_site_spec(words[3]) if len(words) == 4 else None)
+        parent = _conf_parent(keywords[1], words[2])
+        return Rule(parent, parse_site_spec(words[3]) if len(words) == 4 else None)
     raise ValueError(f"not an upstream rule: {redact(' '.join(words))!r}")
 
 
-def _conf_upstream(kind: str, target: str) -> Upstream:
+def _conf_parent(kind: str, target: str) -> Parent:
     if kind == "socks4":
         raise ValueError("socks4 upstreams are not supported; use socks5")
     if kind not in DEFAULT_PORTS:
@@ -368,7 +368,7 @@ def _conf_upstream(kind: str, target: str) -> Upstream:
         if not colon:
             raise ValueError("upstream credentials must look like user:password@host:port")
     host, port = split_host_port(hostport)
-    return Upstream(kind, host, port, username, password)
+    return Parent(kind, host, port, username, password)
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -385,7 +385,7 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host.lower(), int(port)
 
 
-def parse_rules(lines: Iterable[str]) -> UpstreamRules:
+def parse_rules(lines: Iterable[str]) -> Routes:
     """Rule lines in file order (blank lines and # comments skipped)."""
     rules = []
     for number, line in enumerate(lines, 1):
@@ -394,10 +394,10 @@ def parse_rules(lines: Iterable[str]) -> UpstreamRules:
                 rules.append(parse_rule(line))
             except ValueError as exc:
                 raise ValueError(f"line {number}: {exc}") from None
-    return UpstreamRules(tuple(rules))
+    return Routes(tuple(rules))
 
 
-def parse_upstream_url(text: str) -> Upstream:
+def parse_parent_url(text: str) -> Parent:
     """'http://user:pass@host:port', 'socks5://host' (socks5h too), or bare 'host:port' (http).
 
     User name and password are percent-decoded, as curl, Go and Python do.
@@ -419,7 +419,7 @@ def parse_upstream_url(text: str) -> Upstream:
         raise ValueError(f"no host in upstream URL {redact(raw)!r}")
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
-    return Upstream(scheme, parts.hostname, port, username, password)
+    return Parent(scheme, parts.hostname, port, username, password)
 
 
 def redact(text: str) -> str:
@@ -442,8 +442,8 @@ def upstream_option(value: str) -> Rule:
     words = value.split()
     if not 1 <= len(words) <= 2:
         raise ValueError(f"--upstream takes a URL and at most one site spec, got {redact(value)!r}")
-    upstream = parse_upstream_url(words[0])
-    return Rule(upstream, parse_site_spec(words[1].strip('"')) if len(words) == 2 else None)
+    parent = parse_parent_url(words[0])
+    return Rule(parent, parse_site_spec(words[1].strip('"')) if len(words) == 2 else None)
 
 
 def no_upstream_option(value: str) -> Rule:
@@ -451,18 +451,18 @@ def no_upstream_option(value: str) -> Rule:
     return Rule(None, parse_site_spec(value.strip().strip('"')))
 
 
-def rules_from_options(upstreams: Iterable[str], no_upstreams: Iterable[str]) -> UpstreamRules:
+def rules_from_options(upstreams: Iterable[str], no_upstreams: Iterable[str]) -> Routes:
     """Command-line rules. Options of one kind keep their order; every --no-upstream comes
     after every --upstream, so it wins for the sites it names whatever the order typed."""
     rules = [upstream_option(value) for value in upstreams]
     rules += [no_upstream_option(value) for value in no_upstreams]
-    return UpstreamRules(tuple(rules))
+    return Routes(tuple(rules))
 
 
 # --- the environment -----------------------------------------------------------------------
 
 
-def rules_from_env(environ: Mapping[str, str]) -> UpstreamRules:
+def rules_from_env(environ: Mapping[str, str]) -> Routes:
     """Rules from http_proxy / https_proxy / no_proxy, in lower or upper case.
 
     Plain http:// requests use HTTP_PROXY, CONNECT uses HTTPS_PROXY (no fallback between
@@ -476,14 +476,14 @@ def rules_from_env(environ: Mapping[str, str]) -> UpstreamRules:
         if found is not None:
             name, value = found
             try:
-                upstream = parse_upstream_url(value)
+                parent = parse_parent_url(value)
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
-            rules.append(Rule(upstream, None, frozenset({scheme})))
+            rules.append(Rule(parent, None, frozenset({scheme})))
     no_proxy = _env(environ, "no_proxy")
     sites, ignored = parse_no_proxy(no_proxy[1]) if no_proxy else ((), ())
     rules += [Rule(None, site) for site in sites]
-    return UpstreamRules(tuple(rules), ignored)
+    return Routes(tuple(rules), ignored)
 
 
 def _env(environ: Mapping[str, str], lower: str) -> tuple[str, str] | None:
