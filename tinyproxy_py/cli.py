@@ -26,8 +26,8 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from .conffile import ConfigFileError, from_environment, load_file
-from .config import CHOICES, Config
+from .conffile import ConfigFileError, env_variable, from_environment, load_file
+from .config import CHOICES, Config, SettingError, check_setting, flag
 from .server import ProxyServer
 from .workers import SharedStats, supervise
 
@@ -44,7 +44,7 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
         scalar = _SCALARS[kind[6:-6] if repeatable else kind]
         unit = f.metadata["unit"]
         command = click.option(
-            "--" + (f.metadata["flag"] or f.name.replace("_", "-")),
+            flag(f.name),
             f.name,
             type=click.Choice(CHOICES[f.name]) if f.name in CHOICES else scalar,
             multiple=repeatable,
@@ -64,8 +64,20 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def build_config(config_file: str | None, explicit: dict[str, Any]) -> tuple[Config, list[str]]:
     """Merge defaults < file < environment < command line. Raises ValueError or OSError."""
     file = load_file(config_file) if config_file else None
-    merged = {**(file.values if file else {}), **from_environment(os.environ), **explicit}
-    return Config(**merged), (file.warnings if file else [])
+    environment = from_environment(os.environ)
+    try:
+        for name, value in explicit.items():
+            check_setting(name, value)
+        merged = {**(file.values if file else {}), **environment, **explicit}
+        return Config(**merged), (file.warnings if file else [])
+    except SettingError as exc:  # named as the user set it: an option, a variable, a file line
+        if exc.name in explicit:
+            source = flag(exc.name)
+        elif exc.name in environment:
+            source = env_variable(exc.name)
+        else:
+            source = file.where.get(exc.name, flag(exc.name)) if file else flag(exc.name)
+        raise ValueError(f"{source}: {exc.reason}") from None
 
 
 def _explicit(settings: dict[str, Any]) -> dict[str, Any]:

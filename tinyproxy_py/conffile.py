@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import FIELD_TYPES, Config, coerce, parse_bool
+from .config import FIELD_TYPES, Config, SettingError, check_setting, coerce, flag, parse_bool
 from .routes import rule_from_words
 
 ENV_PREFIX = "TINYPROXY_PY_"
@@ -79,6 +79,7 @@ class FileSettings:
 
     values: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    where: dict[str, str] = field(default_factory=dict)  # field → "FILE:LINE: Directive"
 
 
 def _keyword(name: str) -> str:
@@ -115,6 +116,7 @@ class _Parser:
         self.timeout: float | None = None
         self.filter: tuple[str, int] | None = None
         self.filter_type = "ere"
+        self.current = self.timeout_line = ""  # "FILE:LINE: Directive" being read, and Timeout's
 
     def where(self, number: int) -> str:
         return f"{self.path}:{number}"
@@ -129,10 +131,11 @@ class _Parser:
         keyword, values = words[0].lower(), words[1:]
         if keyword == "no" and values[:1] and values[0].lower() == "upstream":
             keyword, values = "noupstream", values[1:]
+        self.current = f"{self.where(number)}: {words[0]}"
         try:
             self.directive(number, keyword, values, words[0])
         except ValueError as exc:
-            raise ConfigFileError(f"{self.where(number)}: {words[0]}: {exc}") from None
+            raise ConfigFileError(f"{self.current}: {exc}") from None
 
     def directive(self, number: int, keyword: str, values: list[str], written: str) -> None:
         special = getattr(self, f"_{keyword}", None)
@@ -148,13 +151,16 @@ class _Parser:
         if not values:
             raise ValueError("needs a value")
         if FIELD_TYPES[name].startswith("tuple["):
+            _checked(name, coerce(name, values))  # this line's values, named by this line
             self.repeated.setdefault(name, []).extend(values)
             values = self.repeated[name]
-        self.result.values[name] = coerce(name, values)
+        self.result.values[name] = _checked(name, coerce(name, values))
+        self.result.where[name] = self.current
 
     # tinyproxy directives whose shape differs from ours.
     def _timeout(self, number: int, values: list[str]) -> None:
-        self.timeout = float(_one(values))
+        self.timeout = _checked("read_timeout", float(_one(values)))
+        self.timeout_line = self.current
 
     def _upstream(self, number: int, values: list[str]) -> None:
         self._rule(["Upstream", *values])
@@ -199,6 +205,7 @@ class _Parser:
     def _filterextended(self, number: int, values: list[str]) -> None:
         if parse_bool(_one(values)):
             self.filter_type = "ere"
+        self.current = self.timeout_line = ""  # "FILE:LINE: Directive" being read, and Timeout's
 
     def _filterdefaultdeny(self, number: int, values: list[str]) -> None:
         denied = parse_bool(_one(values))
@@ -207,7 +214,9 @@ class _Parser:
     def finish(self) -> FileSettings:
         if self.timeout is not None:
             for name in TIMEOUT_FIELDS:
-                self.result.values.setdefault(name, self.timeout)
+                if name not in self.result.values:
+                    self.result.values[name] = self.timeout
+                    self.result.where[name] = self.timeout_line
         if self.filter is not None:
             self.result.values["filter_hosts"] = self._filter_patterns(*self.filter)
         return self.result
@@ -227,10 +236,24 @@ class _Parser:
         return tuple("re:" + line for line in lines if line)
 
 
+def _checked(name: str, value: Any) -> Any:
+    """`value` if the setting takes it; else a ValueError the caller names (file and line,
+    or the environment variable) instead of the internal field name."""
+    try:
+        check_setting(name, value)
+    except SettingError as exc:
+        raise ValueError(exc.reason) from None
+    return value
+
+
 def _one(values: list[str]) -> str:
     if len(values) != 1:
         raise ValueError(f"takes one value, got {len(values)}")
     return values[0]
+
+
+def env_variable(name: str) -> str:
+    return ENV_PREFIX + name.upper()
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -238,7 +261,7 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     values = {}
     for f in (f for f in dataclasses.fields(Config) if f.metadata["cli"]):
         name = f.name
-        text = environ.get(ENV_PREFIX + name.upper())
+        text = environ.get(env_variable(name))
         if text is None:
             continue
         parts = [text]
@@ -246,9 +269,9 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             parts = text.split(",") if f.metadata["spaced"] else text.replace(",", " ").split()
             parts = [part.strip() for part in parts if part.strip()]
         try:
-            values[name] = coerce(name, parts)
+            values[name] = _checked(name, coerce(name, parts))
         except ValueError as exc:
-            raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
+            raise ValueError(f"{env_variable(name)}: {exc}") from None
     return values
 
 
@@ -269,10 +292,9 @@ def reference_table() -> str:
         )
         spelled = [f"`{keyword}`"] + [f"`{TINYPROXY_SPELLING.get(a, a)}`" for a in aliases.get(f.name, [])]
         spelled = RULE_KEYWORDS.get(f.name, list(dict.fromkeys(spelled)))
-        flag = "--" + (f.metadata["flag"] or f.name.replace("_", "-"))
         unit = f" ({f.metadata['unit']})" if f.metadata["unit"] else ""
         rows.append(
-            f"| `{flag}` | {' '.join(spelled)} | `{ENV_PREFIX}{f.name.upper()}` | {_default(f.default)} "
+            f"| `{flag(f.name)}` | {' '.join(spelled)} | `{env_variable(f.name)}` | {_default(f.default)} "
             f"| {f.metadata['help']}{unit} |"
         )
     return "\n".join(rows) + "\n"

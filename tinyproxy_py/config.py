@@ -8,6 +8,7 @@ http.Server for the timeouts). Imports: stdlib only.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
@@ -160,55 +161,98 @@ class Config:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type == "float" and not isinstance(value, bool) and not math.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-            if f.type in ("int", "float") and (isinstance(value, bool) or value < 0):
-                raise ValueError(f"{f.name} must be a non-negative number, got {value!r}")
-            if f.type == "float" and f.name != "port" and value == 0:
-                raise ValueError(f"{f.name} must be greater than 0")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be within 0..65535, got {self.port}")
-        at_least_one = (
-            "max_clients",
-            "max_tunnels",
-            "max_line_bytes",
-            "max_headers",
-            "max_response_headers",
-            "workers",
-        )
-        for name in (*at_least_one, "pool_hosts", "pool_idle_per_host"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        self._check_header_safe()
-
-    def _check_header_safe(self) -> None:
-        """Settings that end up in headers: refused here, so no request can fail on them."""
-        for header in self.add_headers:
-            if not _HEADER_LINE.fullmatch(header):
-                raise ValueError(f"add_headers entries must look like 'Name: value', got {header!r}")
-            if header.partition(":")[0].lower() in _NOT_ADDABLE:
-                raise ValueError(f"add_headers cannot set {header.partition(':')[0]}: the proxy decides it")
-        if not _REALM.fullmatch(self.auth_realm):
-            raise ValueError(
-                f"auth_realm must be printable ASCII without quotes or backslashes, got {self.auth_realm!r}"
-            )
-        if self.via_name and not _PSEUDONYM.fullmatch(self.via_name):
-            raise ValueError(
-                f"via_name must be a token (letters, digits, -._~ and the like), got {self.via_name!r}"
-            )
-        if not self.connect_ports or not all(0 <= p <= 65535 for p in self.connect_ports):
-            raise ValueError("connect_ports must be ports (0 allows every port)")
+            check_setting(f.name, getattr(self, f.name))
         if self.max_head_bytes < self.max_line_bytes:
-            raise ValueError("max_head_bytes must be at least max_line_bytes")
-        if self.max_response_head_bytes < 1024:
-            raise ValueError("max_response_head_bytes must be at least 1024")
+            raise SettingError("max_head_bytes", "must be at least max_line_bytes (--max-line-bytes)")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+class SettingError(ValueError):
+    """One setting's value is refused. `name` is the Config field, `reason` says why
+    without naming it, so a caller can name it as the user wrote it (a flag, a file's
+    FILE:LINE and directive, an environment variable)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name} {reason}")
+        self.name, self.reason = name, reason
+
+
+_AT_LEAST_ONE = frozenset(
+    {"max_clients", "max_tunnels", "max_line_bytes", "max_headers", "max_response_headers", "workers"}
+    | {"pool_hosts", "pool_idle_per_host"}
+)
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Refuse a value that would break the proxy (or every request) once it runs.
+
+    Checked where Config is built, and by the config file reader for each line, so a bad
+    value stops start-up (or a reload) instead of failing requests. Raises SettingError.
+    """
+    reason = _why_not(name, FIELD_TYPES[name], value)
+    if reason:
+        raise SettingError(name, reason)
+
+
+def _why_not(name: str, kind: str, value: Any) -> str:
+    if kind in ("int", "float"):
+        return _number_problem(name, kind, value)
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"must be one of {', '.join(CHOICES[name])}; got {value!r}"
+    if name == "add_headers":
+        return next((problem for header in value if (problem := _header_problem(header))), "")
+    if name == "auth_realm" and not _REALM.fullmatch(value):
+        return f"must be printable ASCII without quotes or backslashes, got {value!r}"
+    if name == "via_name" and value and not _PSEUDONYM.fullmatch(value):
+        return f"must be a token (letters, digits, -._~ and the like), got {value!r}"
+    if name == "connect_ports" and (not value or not all(0 <= port <= 65535 for port in value)):
+        return "must be ports (0 allows every port)"
+    if name in ("allow", "deny"):
+        bad = [rule for rule in value if not _is_network(rule)]
+        return f"{bad[0]!r} is not an address or CIDR block" if bad else ""
+    return ""
+
+
+def _number_problem(name: str, kind: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"must be a non-negative number, got {value!r}"
+    if kind == "float" and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if value < 0:
+        return f"must be a non-negative number, got {value!r}"
+    if kind == "float" and value == 0:
+        return "must be greater than 0"
+    if name == "port" and value > 65535:
+        return f"must be within 0..65535, got {value}"
+    if name in _AT_LEAST_ONE and value < 1:
+        return "must be at least 1"
+    if name == "max_response_head_bytes" and value < 1024:
+        return "must be at least 1024"
+    return ""
+
+
+def _header_problem(header: str) -> str:
+    if not _HEADER_LINE.fullmatch(header):
+        return f"entries must look like 'Name: value', got {header!r}"
+    if header.partition(":")[0].lower() in _NOT_ADDABLE:
+        return f"cannot set {header.partition(':')[0]}: the proxy decides it"
+    return ""
+
+
+def _is_network(rule: str) -> bool:
+    try:
+        ipaddress.ip_network(rule.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def flag(name: str) -> str:
+    """The command-line option of a setting: --max-clients, --connect-port."""
+    metadata = Config.__dataclass_fields__[name].metadata
+    return "--" + (metadata["flag"] or name.replace("_", "-"))
 
 
 def describe() -> list[tuple[str, Any, str, str]]:

@@ -100,6 +100,19 @@ def test_our_own_limits_have_keywords() -> None:
         ('ViaProxyName "unclosed\n', "f.conf:1: No closing quotation"),
         ("LogLevel Loud\n", "f.conf:1: LogLevel: unknown level"),
         ("DisableViaHeader maybe\n", "f.conf:1: DisableViaHeader: takes yes or no"),
+        # Values Config refuses are named by the line too, as written, never the field name:
+        ("Port 1\nAllow 10.0.0.0/33\n", "f.conf:2: Allow: '10.0.0.0/33' is not an address or CIDR block"),
+        ("Timeout -5\n", "f.conf:1: Timeout: must be a non-negative number, got -5.0"),
+        ("Timeout nan\n", "f.conf:1: Timeout: must be a finite number, got nan"),
+        ("BasicAuthRealm 'a\\b'\n", "f.conf:1: BasicAuthRealm: must be printable ASCII"),
+        ('ViaProxyName "v w"\n', "f.conf:1: ViaProxyName: must be a token"),
+        (
+            'AddHeader "X-A" "1"\nAddHeader "Content-Length" "5"\n',
+            "f.conf:2: AddHeader: cannot set Content-Length",
+        ),
+        ("ConnectPort 443\nConnectPort 70000\n", "f.conf:2: ConnectPort: must be ports"),
+        ("MaxClients 0\n", "f.conf:1: MaxClients: must be at least 1"),
+        ("ReadTimeout 0\n", "f.conf:1: ReadTimeout: must be greater than 0"),
     ],
 )
 def test_bad_values_name_file_line_and_reason(text: str, reason: str) -> None:
@@ -148,3 +161,5 @@ def test_environment_variables() -> None:
     assert values == {"port": 9000, "allow": ("10.0.0.0/8", "192.168.0.0/16")}
     with pytest.raises(ValueError, match="TINYPROXY_PY_MAX_CLIENTS"):
         from_environment({"TINYPROXY_PY_MAX_CLIENTS": "many"})
+    with pytest.raises(ValueError, match=r"^TINYPROXY_PY_READ_TIMEOUT: must be a finite number, got nan$"):
+        from_environment({"TINYPROXY_PY_READ_TIMEOUT": "nan"})

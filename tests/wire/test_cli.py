@@ -80,24 +80,23 @@ def test_bad_value_exits_2_with_a_reason() -> None:
         [*SERVE, "--max-clients", "0"], capture_output=True, text=True, timeout=MUST_NOT_EXPIRE
     )
     assert result.returncode == 2
-    assert "max_clients must be at least 1" in result.stderr
+    assert "Error: --max-clients: must be at least 1" in result.stderr
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "setting"),
+    ("option", "value"),
     [
-        ("--auth-realm", "a\r\nb", "auth_realm"),
-        ("--header-timeout", "nan", "header_timeout"),
-        ("--via-name", "v\nX: 1", "via_name"),
-        ("--add-header", "Content-Length: 5", "add_headers"),
+        ("--auth-realm", "a\r\nb"),
+        ("--header-timeout", "nan"),
+        ("--via-name", "v\nX: 1"),
+        ("--add-header", "Content-Length: 5"),
+        ("--allow", "10.0.0.0/33"),
     ],
 )
-def test_a_setting_that_would_break_every_request_is_refused_at_start(
-    option: str, value: str, setting: str
-) -> None:
+def test_a_setting_that_would_break_every_request_is_refused_at_start(option: str, value: str) -> None:
     result = subprocess.run([*SERVE, option, value], capture_output=True, text=True, timeout=MUST_NOT_EXPIRE)
     assert result.returncode == 2, result.stderr
-    assert f"Error: {setting} " in result.stderr
+    assert f"Error: {option}: " in result.stderr
 
 
 def test_port_in_use_is_a_clear_error() -> None:

@@ -63,6 +63,15 @@ def test_bad_value_exits_2_naming_file_line_and_reason(tmp_path: Path) -> None:
     assert f"{conf}:14: MaxClients: invalid literal" in result.stderr
 
 
+def test_a_value_refused_only_by_another_setting_names_its_file_line(tmp_path: Path) -> None:
+    """max_head_bytes is judged against max_line_bytes when Config is built, after the
+    file was read: the error still points at the line that set it."""
+    conf = tinyproxy_conf(tmp_path, "MaxHeadBytes 100\n")
+    result = run("check-config", str(conf))
+    assert result.returncode == 2
+    assert f"Error: {conf}:14: MaxHeadBytes: must be at least max_line_bytes" in result.stderr
+
+
 def test_check_config_prints_the_effective_settings_and_masks_passwords(tmp_path: Path) -> None:
     conf = tinyproxy_conf(tmp_path, 'BasicAuth alice "s3cret"\n')
     env = client_env(TINYPROXY_PY_READ_TIMEOUT="7")
