@@ -27,7 +27,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .conffile import ConfigFileError, env_variable, from_environment, load_file
-from .config import CHOICES, Config, SettingError, check_setting, flag
+from .config import CHOICES, SPELLED, Config, SettingError, check_setting, coerce, flag
 from .server import ProxyServer
 from .workers import SharedStats, supervise
 
@@ -43,10 +43,12 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
         repeatable = kind.startswith("tuple[")
         scalar = _SCALARS[kind[6:-6] if repeatable else kind]
         unit = f.metadata["unit"]
+        spelled = f.name in SPELLED  # words as well as numbers: parsed as the environment's are
         command = click.option(
             flag(f.name),
             f.name,
-            type=click.Choice(CHOICES[f.name]) if f.name in CHOICES else scalar,
+            type=click.Choice(CHOICES[f.name]) if f.name in CHOICES else str if spelled else scalar,
+            callback=_spelled if spelled else None,
             multiple=repeatable,
             is_flag=scalar is bool,
             default=f.default,
@@ -61,6 +63,15 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def _spelled(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if ctx.get_parameter_source(str(param.name)) != ParameterSource.COMMANDLINE:
+        return value
+    try:
+        return coerce(str(param.name), list(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def build_config(config_file: str | None, explicit: dict[str, Any]) -> tuple[Config, list[str]]:
     """Merge defaults < file < environment < command line. Raises ValueError or OSError."""
     file = load_file(config_file) if config_file else None
@@ -69,7 +80,11 @@ def build_config(config_file: str | None, explicit: dict[str, Any]) -> tuple[Con
         for name, value in explicit.items():
             check_setting(name, value)
         merged = {**(file.values if file else {}), **environment, **explicit}
-        return Config(**merged), (file.warnings if file else [])
+        config = Config(**merged)
+        if file is None:
+            return config, []
+        said = [note for name, note in file.notes.items() if name not in environment and name not in explicit]
+        return config, file.warnings + said
     except SettingError as exc:  # named as the user set it: an option, a variable, a file line
         if exc.name in explicit:
             source = flag(exc.name)
@@ -350,6 +365,8 @@ def check_config(config_file: str) -> None:
             networks = ", ".join(map(str, proxy.policy.allow))
             click.echo(f"allow = (none given) -> {networks}")
             continue
+        if f.name == "connect_ports" and value in ((), (0,)):
+            value = "any port" if value else "none (CONNECT refused)"
         click.echo(f"{f.name} = {_show(value)}")
 
 

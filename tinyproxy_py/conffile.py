@@ -80,6 +80,8 @@ class FileSettings:
     values: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     where: dict[str, str] = field(default_factory=dict)  # field → "FILE:LINE: Directive"
+    # field → what a missing directive means here, said when nothing else sets the field
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def _keyword(name: str) -> str:
@@ -117,6 +119,7 @@ class _Parser:
         self.filter: tuple[str, int] | None = None
         self.filter_type = "ere"
         self.current = self.timeout_line = ""  # "FILE:LINE: Directive" being read, and Timeout's
+        self.connect_ports: list[int] = []
 
     def where(self, number: int) -> str:
         return f"{self.path}:{number}"
@@ -173,6 +176,16 @@ class _Parser:
         rule_from_words(words)  # validates now, so a bad line is reported with its number
         self.set("upstream_rules", [shlex.join(words)])
 
+    def _connectport(self, number: int, values: list[str]) -> None:
+        """tinyproxy.conf(5): the ports CONNECT may reach; `ConnectPort 0` matches no port,
+        so alone it disables CONNECT; with no ConnectPort line every port is allowed."""
+        ports = [_checked("connect_ports", (int(value),))[0] for value in values] if values else []
+        if not ports:
+            raise ValueError("needs a value")
+        self.connect_ports.extend(port for port in ports if port != 0)
+        self.result.where["connect_ports"] = self.current
+        self.result.values["connect_ports"] = tuple(self.connect_ports)
+
     def _basicauth(self, number: int, values: list[str]) -> None:
         if len(values) != 2:
             raise ValueError("takes a user and a password")
@@ -205,13 +218,24 @@ class _Parser:
     def _filterextended(self, number: int, values: list[str]) -> None:
         if parse_bool(_one(values)):
             self.filter_type = "ere"
-        self.current = self.timeout_line = ""  # "FILE:LINE: Directive" being read, and Timeout's
 
     def _filterdefaultdeny(self, number: int, values: list[str]) -> None:
         denied = parse_bool(_one(values))
         self.result.values["filter_mode"] = "allow" if denied else "deny"
 
     def finish(self) -> FileSettings:
+        values, notes = self.result.values, self.result.notes
+        if "connect_ports" not in values:
+            values["connect_ports"] = (0,)
+            notes["connect_ports"] = (
+                f"{self.path}: no ConnectPort line: CONNECT may reach every port, as in tinyproxy; "
+                "add `ConnectPort 443` lines to allow only those ports"
+            )
+        if "host" not in values:
+            notes["host"] = (
+                f"{self.path}: no Listen line: listening on 127.0.0.1 only, where tinyproxy would "
+                "listen on every address; write `Listen 0.0.0.0` to accept other machines"
+            )
         if self.timeout is not None:
             for name in TIMEOUT_FIELDS:
                 if name not in self.result.values:

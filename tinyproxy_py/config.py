@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+SPELLED = frozenset({"connect_ports"})  # settings whose text is more than a number: see coerce
 CHOICES = {
     "filter_mode": ("deny", "allow"),
     "log_level": ("debug", "info", "warning", "error"),
@@ -115,7 +116,10 @@ class Config:
     auth_file: str | None = _opt(None, "File of USER:PASSWORD lines for proxy Basic authentication.")
     auth_realm: str = _opt("tinyproxy-py", "Realm named in the 407 challenge.")
     connect_ports: tuple[int, ...] = _opt(
-        (443, 563), "Port CONNECT may reach (repeatable); 0 allows every port.", flag="connect-port"
+        (443, 563),
+        "Port CONNECT may reach (repeatable; replaces the default list). 'any' (or 0) allows "
+        "every port, 'none' refuses CONNECT.",
+        flag="connect-port",
     )
     filter_hosts: tuple[str, ...] = _opt(
         (),
@@ -207,8 +211,8 @@ def _why_not(name: str, kind: str, value: Any) -> str:
         return f"must be printable ASCII without quotes or backslashes, got {value!r}"
     if name == "via_name" and value and not _PSEUDONYM.fullmatch(value):
         return f"must be a token (letters, digits, -._~ and the like), got {value!r}"
-    if name == "connect_ports" and (not value or not all(0 <= port <= 65535 for port in value)):
-        return "must be ports (0 allows every port)"
+    if name == "connect_ports" and not all(0 <= port <= 65535 for port in value):
+        return "must be ports (0 allows every port, none at all refuses CONNECT)"
     if name in ("allow", "deny"):
         bad = [rule for rule in value if not _is_network(rule)]
         return f"{bad[0]!r} is not an address or CIDR block" if bad else ""
@@ -291,6 +295,8 @@ def coerce(name: str, values: list[str]) -> Any:
     Repeatable settings take every value; the others exactly one. Raises ValueError.
     """
     kind = FIELD_TYPES[name]
+    if name == "connect_ports":
+        return _connect_ports(values)
     if kind.startswith("tuple["):
         item = int if kind == "tuple[int, ...]" else str
         return tuple(item(value) for value in values)
@@ -304,6 +310,16 @@ def coerce(name: str, values: list[str]) -> Any:
     if kind == "float":
         return float(text)
     return text
+
+
+def _connect_ports(values: list[str]) -> tuple[int, ...]:
+    """The command line's and environment's spelling: ports, 'any' (or 0), or 'none'."""
+    words = [value.strip().lower() for value in values]
+    if "none" in words:
+        if len(words) > 1:
+            raise ValueError("'none' refuses CONNECT: give it alone")
+        return ()
+    return tuple(0 if word == "any" else int(word) for word in words)
 
 
 def parse_bool(text: str) -> bool:

@@ -146,8 +146,12 @@ class Policy:
             raise LoopDetected(f"{host}:{port} is this proxy itself")
 
     def check_connect_port(self, port: int) -> None:
-        if 0 not in self.config.connect_ports and port not in self.config.connect_ports:
-            allowed = ", ".join(map(str, self.config.connect_ports))
+        """0 in the list allows every port; an empty list refuses CONNECT (ConnectPort 0)."""
+        ports = self.config.connect_ports
+        if not ports:
+            raise Forbidden("CONNECT is disabled on this proxy", cause=Cause.CONNECT_PORT)
+        if 0 not in ports and port not in ports:
+            allowed = ", ".join(map(str, ports))
             raise Forbidden(
                 f"CONNECT to port {port} is not allowed (allowed: {allowed})", cause=Cause.CONNECT_PORT
             )

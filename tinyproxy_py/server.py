@@ -144,6 +144,7 @@ class ProxyServer:
         self.runtime = Runtime.compile(config or Config(), self._token)
         self.stats = Stats()
         self._server: _Listener | None = None
+        self._address: tuple[str, int] | None = None  # kept after stop: handlers still draining read it
         self.draining = threading.Event()  # set once stop() begins: no more keep-alive
         self._thread: threading.Thread | None = None
 
@@ -212,10 +213,10 @@ class ProxyServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
-            raise RuntimeError("the proxy is not running")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        """Where the proxy listens (or listened, once stopped)."""
+        if self._address is None:
+            raise RuntimeError("the proxy has not been started")
+        return self._address
 
     @property
     def url(self) -> str:
@@ -232,6 +233,8 @@ class ProxyServer:
         except BaseException:
             self.hub.close()
             raise
+        host, port = self._server.server_address[:2]
+        self._address = str(host), int(port)
         self.hub.start()
         self.pool.start()
         self._thread = threading.Thread(

@@ -26,8 +26,8 @@ MaxClients 100
 Allow 127.0.0.1
 Allow ::1
 ViaProxyName "tinyproxy"
-ConnectPort 443
-ConnectPort 563
+#ConnectPort 443
+#ConnectPort 563
 """
 
 
@@ -37,7 +37,7 @@ def test_debian_default_config_maps_onto_our_settings() -> None:
     assert config.port == 8888 and config.max_clients == 100
     assert config.allow == ("127.0.0.1", "::1")
     assert config.via_name == "tinyproxy"
-    assert config.connect_ports == (443, 563)
+    assert config.connect_ports == (0,)  # no ConnectPort line: every port, as in tinyproxy
     assert config.log_file == "/var/log/tinyproxy/tinyproxy.log"
     assert config.pid_file == "/run/tinyproxy/tinyproxy.pid"
     assert config.log_level == "info"
@@ -66,7 +66,7 @@ def test_explicit_timeouts_win_over_timeout_in_any_order() -> None:
 
 def test_keywords_any_case_quotes_and_comments() -> None:
     values = parse('lIsTeN "::1"   # trailing comment\nMAXCLIENTS 7\n\n   # indented comment\n').values
-    assert values == {"host": "::1", "max_clients": 7}
+    assert values == {"host": "::1", "max_clients": 7, "connect_ports": (0,)}  # no ConnectPort: any
 
 
 def test_tinyproxy_shaped_directives() -> None:

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ..origin import OriginServer, pattern_bytes
-from ..support import MUST_NOT_EXPIRE, Response, client_env, get, proxy_process, wait_until
+from ..support import MUST_NOT_EXPIRE, Response, client_env, get, proxy_process, recv_head, wait_until
 
 COMMAND = [sys.executable, "-m", "tinyproxy_py"]
 
@@ -54,6 +56,35 @@ def test_unmodified_tinyproxy_config_serves_and_warns_with_file_and_line(
     assert f"{conf}:1: User: not supported" in log and f"{conf}:6: StatFile: not supported" in log
     assert f"GET {origin.url('/bytes/100')} 200" in log
     assert not (tmp_path / "proxy.pid").exists()
+
+
+@pytest.mark.parametrize(("extra", "allowed"), [("", True), ("ConnectPort 0\n", False)], ids=["none", "zero"])
+def test_connect_port_means_what_tinyproxy_conf_5_says(
+    tmp_path: Path, origin: OriginServer, extra: str, allowed: bool
+) -> None:
+    """No ConnectPort line: CONNECT may reach every port. `ConnectPort 0`: no CONNECT."""
+    conf = tinyproxy_conf(tmp_path, extra)
+    with proxy_process("--config", str(conf)) as (_, url), socket.create_connection(address(url)) as sock:
+        sock.settimeout(MUST_NOT_EXPIRE)
+        sock.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status = recv_head(sock).split(b" ", 2)[1]
+        if not allowed:
+            assert status == b"403"
+            return
+        assert status == b"200"
+        sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert Response(sock).body == pattern_bytes(10)  # the tunnel reaches the origin's port
+
+
+def test_check_config_says_what_a_missing_directive_means_here(tmp_path: Path) -> None:
+    conf = tinyproxy_conf(tmp_path)  # Debian's: no Listen line, ConnectPort commented out
+    result = run("check-config", str(conf))
+    assert result.returncode == 0, result.stderr
+    assert f"{conf}: no Listen line: listening on 127.0.0.1 only" in result.stderr
+    assert f"{conf}: no ConnectPort line: CONNECT may reach every port" in result.stderr
+    assert "connect_ports = any port" in result.stdout
+    quiet = run("check-config", str(tinyproxy_conf(tmp_path, "Listen 127.0.0.1\nConnectPort 443\n")))
+    assert "no Listen line" not in quiet.stderr and "no ConnectPort line" not in quiet.stderr
 
 
 def test_bad_value_exits_2_naming_file_line_and_reason(tmp_path: Path) -> None:
@@ -115,14 +146,14 @@ def test_command_line_beats_environment_beats_file(tmp_path: Path) -> None:
 
 def test_sighup_reloads_rules_without_dropping_connections(tmp_path: Path, origin: OriginServer) -> None:
     conf, log = tmp_path / "c.conf", tmp_path / "proxy.log"
-    conf.write_text(f'Allow 127.0.0.1\nConnectPort 0\nLogFile "{log}"\n')
+    conf.write_text(f'Allow 127.0.0.1\nLogFile "{log}"\n')
     with (
         proxy_process("--config", str(conf)) as (proc, url),
         socket.create_connection(address(url), timeout=MUST_NOT_EXPIRE) as tunnel,
     ):
         tunnel.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert tunnel.recv(100).startswith(b"HTTP/1.1 200")
-        conf.write_text(f'Allow 127.0.0.1\nConnectPort 0\nLogFile "{log}"\nFilterHost "127.0.0.1"\n')
+        conf.write_text(f'Allow 127.0.0.1\nLogFile "{log}"\nFilterHost "127.0.0.1"\n')
         proc.send_signal(signal.SIGHUP)
         assert wait_until(lambda: get(address(url), origin.url("/bytes/3")).status == 403)
         conf.write_text("MaxClients many\n")  # a bad file: the running configuration stays
