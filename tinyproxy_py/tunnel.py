@@ -99,6 +99,16 @@ class TunnelState:
         """Both EOFs have been passed on: nothing is left to do."""
         return self.up.shut and self.down.shut
 
+    def delivered(self, target_ended: bool) -> bool:
+        """The target ended its side and every byte either way has been passed on.
+
+        A reset now cuts nothing: it is how TLS clients commonly close (urllib, browsers
+        leave the server's close_notify unread, so their kernel answers it with RST), and
+        how a target that already closed answers our EOF (ENOTCONN, EPIPE).
+        `target_ended`: its EOF is waiting in the socket, not read yet.
+        """
+        return (self.down.eof or target_ended) and self.down.tail is None and self.up.tail is None
+
     @property
     def half_closed(self) -> bool:
         return self.up.eof or self.down.eof
@@ -354,8 +364,13 @@ class TunnelHub:
                 self._flush(outbound, sock)
             if mask & READ and inbound.wants_read:
                 self._pump(inbound, sock, other)
-        except OSError as exc:
-            self._close(tunnel, Cause.RESET, f"{exc.__class__.__name__}: {exc.strerror or exc}")
+        except _SideFailed as failed:
+            # A reset after the target finished and everything was delivered is an end.
+            # After its own failure a socket reads as EOF, so only a live target is asked.
+            waiting_eof = failed.sock is not tunnel.target and _ended(tunnel.target)
+            reason = Cause.EOF if state.delivered(waiting_eof) else Cause.RESET
+            exc = failed.error
+            self._close(tunnel, reason, f"{exc.__class__.__name__}: {exc.strerror or exc}")
             return
         finally:
             self._buffered += state.held - held  # relative, so right before or after a close
@@ -373,6 +388,8 @@ class TunnelHub:
                 n = src.recv_into(view)
             except BlockingIOError:
                 return
+            except OSError as exc:
+                raise _SideFailed(src, exc) from exc
             if n == 0:
                 flow.eof = True
                 self._pass_eof(flow, dst)
@@ -382,6 +399,9 @@ class TunnelHub:
                 sent = dst.send(view[:n])
             except BlockingIOError:
                 sent = 0
+            except OSError as exc:
+                flow.tail = memoryview(bytes(view[:n]))  # undelivered: the stream was cut
+                raise _SideFailed(dst, exc) from exc
             if sent < n:
                 flow.tail = memoryview(bytes(view[sent:n]))
                 return
@@ -392,13 +412,18 @@ class TunnelHub:
             flow.sent(dst.send(flow.tail))
         except BlockingIOError:
             return
+        except OSError as exc:
+            raise _SideFailed(dst, exc) from exc
         self._pass_eof(flow, dst)
 
     @staticmethod
     def _pass_eof(flow: Flow, dst: socket.socket) -> None:
         """Half-close: once everything before the EOF has been sent, send the EOF on."""
         if flow.should_shut:
-            dst.shutdown(socket.SHUT_WR)
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                raise _SideFailed(dst, exc) from exc
             flow.shut = True
 
     def _update_interest(self, tunnel: Tunnel) -> None:
@@ -495,6 +520,22 @@ class TunnelHub:
             self._close(tunnel, Cause.SHUTDOWN)
         self._selector.close()
         self._wake_r.close()
+
+
+class _SideFailed(Exception):
+    """A socket operation of a tunnel failed; `sock` is the socket it failed on."""
+
+    def __init__(self, sock: socket.socket, error: OSError) -> None:
+        super().__init__(sock, error)
+        self.sock, self.error = sock, error
+
+
+def _ended(sock: socket.socket) -> bool:
+    """Whether the peer's EOF is the next thing to read (the socket is non-blocking)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:  # BlockingIOError: still open; anything else: it failed too
+        return False
 
 
 def _label(client: socket.socket, target: socket.socket) -> str:

@@ -89,3 +89,25 @@ def test_half_closed_tunnel_gets_the_shorter_linger(side: str) -> None:
     assert state.deadline(300.0, 30.0) == 130.0
     assert not state.expired(129.9, 300.0, 30.0)
     assert state.expired(130.0, 300.0, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("up", "down", "target_eof_waiting", "delivered"),
+    [
+        # The target ended and its EOF reached the client: a reset now cuts nothing.
+        (Flow(), Flow(eof=True, shut=True), False, True),
+        # Its EOF was read but not yet passed on (the client had gone): still an end.
+        (Flow(eof=True, shut=True), Flow(eof=True), False, True),
+        # Its EOF is waiting in the socket, unread, when the client resets.
+        (Flow(), Flow(), True, True),
+        # Cut: the target has not ended, or bytes are still held for either side.
+        (Flow(), Flow(), False, False),
+        (Flow(eof=True, shut=True), Flow(), False, False),
+        (Flow(), Flow(eof=True, tail=tail(b"y")), False, False),
+        (Flow(tail=tail(b"x")), Flow(eof=True, shut=True), False, False),
+    ],
+)
+def test_a_reset_is_an_end_only_when_the_target_ended_and_nothing_is_held(
+    up: Flow, down: Flow, target_eof_waiting: bool, delivered: bool
+) -> None:
+    assert state_with(up, down).delivered(target_eof_waiting) is delivered
