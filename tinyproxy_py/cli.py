@@ -276,7 +276,11 @@ class _LogSetup:
             self.handler = logging.FileHandler(self.path, encoding="utf-8")
         else:
             self.handler = logging.StreamHandler(sys.stderr)
-        self.handler.setFormatter(logging.Formatter(self.FORMAT))
+        # With --workers, each line says which worker wrote it.
+        pid = " [%(process)d]" if config.workers > 1 else ""
+        self.handler.setFormatter(
+            logging.Formatter(self.FORMAT.replace(" %(levelname)s", pid + " %(levelname)s"))
+        )
         root = logging.getLogger()
         root.addHandler(self.handler)
         root.setLevel(config.log_level.upper())

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
 from .accesslog import AccessRecord, access_log, emit
@@ -120,6 +120,20 @@ class _Listener(socketserver.ThreadingTCPServer):
                 pass
 
 
+class Siblings(Protocol):
+    """The workers of `serve --workers` (workers.SharedStats), for pages that add them up.
+
+    Totals never go down between scrapes, whichever worker answers: each publishes its
+    share before adding up, and every share read was published, so each worker's part
+    only grows (Prometheus reads a decrease as a restart).
+    """
+
+    def publish(self) -> dict[str, Any]:
+        """This worker's snapshot, taken now and written where the others read it."""
+
+    def read_others(self) -> list[dict[str, Any]]: ...
+
+
 class ProxyServer:
     """A running proxy. Use as a context manager, or call start() and stop().
 
@@ -136,8 +150,8 @@ class ProxyServer:
         (from the thread that served it: keep it quick and thread-safe).
         """
         self.on_access = on_access
-        # Set by `serve --workers`: the other workers' local snapshots, to add up.
-        self.siblings: Callable[[], list[dict[str, Any]]] | None = None
+        # Set by `serve --workers`: this worker's share, published, and the others'.
+        self.siblings: Siblings | None = None
         # A token unique to this instance, carried in our Via member: seeing it come
         # back in a request means the request looped through us.
         self._token = secrets.token_hex(4)
@@ -296,8 +310,10 @@ class ProxyServer:
     def snapshot(self) -> dict[str, Any]:
         """Everything the stats pages show, as plain data (statspage.py renders it),
         added up over sibling workers when there are some (`--workers`)."""
-        own = self.local_snapshot()
-        return _add_up([own, *self.siblings()]) if self.siblings is not None else own
+        if self.siblings is None:
+            return self.local_snapshot()
+        own = self.siblings.publish()  # the very numbers the other workers will read next
+        return _add_up([own, *self.siblings.read_others()])
 
     def local_snapshot(self) -> dict[str, Any]:
         """This process's share of the snapshot."""

@@ -5,7 +5,7 @@ doubles plain-HTTP throughput on a second core. The kernel spreads connections o
 workers' listening sockets (SO_REUSEPORT). The parent only supervises: it reserves the
 port, forks the workers, passes signals on (stop, reload) and waits for them; a second
 stop signal kills them. Each worker publishes its stats snapshot to a shared folder
-every second, and the stats pages of any worker add up all of them.
+every second and before it answers a stats page, which adds up all of them.
 Used by the CLI only (it forks: an embedding program decides that for itself).
 """
 
@@ -126,13 +126,14 @@ class SharedStats:
         self.folder, self.index = folder, index
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._proxy: ProxyServer | None = None
+        self._lock = threading.Lock()  # a snapshot is written before any later one
 
     def attach(self, proxy: ProxyServer) -> None:
         """Publish `proxy`'s snapshot every second, and let its stats pages add up every worker's."""
-        proxy.siblings = self.read_others
-        self._thread = threading.Thread(
-            target=self._publish, args=(proxy,), name="tinyproxy-py-stats", daemon=True
-        )
+        self._proxy = proxy
+        proxy.siblings = self
+        self._thread = threading.Thread(target=self._publish_often, name="tinyproxy-py-stats", daemon=True)
         self._thread.start()
 
     def detach(self) -> None:
@@ -141,12 +142,19 @@ class SharedStats:
             self._thread.join(timeout=5.0)
         (self.folder / f"{self.index}.json").unlink(missing_ok=True)
 
-    def _publish(self, proxy: ProxyServer) -> None:
-        target = self.folder / f"{self.index}.json"
+    def _publish_often(self) -> None:
         while not self._stop.wait(PUBLISH_INTERVAL):
+            self.publish()
+
+    def publish(self) -> dict[str, Any]:
+        assert self._proxy is not None
+        target = self.folder / f"{self.index}.json"
+        with self._lock:
+            snapshot = self._proxy.local_snapshot()
             scratch = target.with_suffix(".tmp")
-            scratch.write_text(json.dumps(proxy.local_snapshot()))
+            scratch.write_text(json.dumps(snapshot))
             scratch.replace(target)  # atomic: readers never see half a file
+        return snapshot
 
     def read_others(self) -> list[dict[str, Any]]:
         found = []

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -124,3 +127,38 @@ def test_workers_share_the_port_add_up_their_stats_and_stop_together(origin: Ori
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(MUST_NOT_EXPIRE) == 0
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+
+
+def counters(metrics: bytes) -> dict[str, float]:
+    """Every counter sample of a /metrics page: 'name{labels}' -> value."""
+    samples = (line.rsplit(" ", 1) for line in metrics.decode().splitlines() if line and line[0] != "#")
+    return {key: float(value) for key, value in samples if key.split("{", 1)[0].endswith("_total")}
+
+
+def test_counters_never_go_down_between_scrapes_of_two_workers(origin: OriginServer) -> None:
+    """Prometheus reads a decrease as a restart; whichever worker answers, totals only grow."""
+    with proxy_process("--workers", "2", "--log-level", "warning") as (_, url):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        proxy = (host, int(port))
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                get(proxy, origin.url("/bytes/10"))
+
+        background = threading.Thread(target=traffic)
+        background.start()
+        try:
+            scrapes = []
+            for _ in range(20):  # each on a new connection: both workers answer some
+                scrapes.append(counters(get(proxy, "http://tinyproxy-py.stats/metrics").body))
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            background.join(MUST_NOT_EXPIRE)
+    assert scrapes[-1]['tinyproxy_py_responses_total{class="2xx"}'] > scrapes[0].get(
+        'tinyproxy_py_responses_total{class="2xx"}', 0
+    )
+    for earlier, later in itertools.pairwise(scrapes):
+        for key, value in earlier.items():
+            assert later.get(key, 0) >= value, f"{key} went from {value} to {later.get(key)}"
