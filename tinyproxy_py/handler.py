@@ -1,7 +1,9 @@
 """The per-client loop: read a head, dispatch it, repeat while keep-alive holds.
 
-Rule: any ProxyError ends the connection; the reply it carries is sent if nothing of a
-response has been sent yet. A CONNECT ends the loop too: the sockets go to the hub.
+Rule: a ProxyError ends the connection; the reply it carries is sent if nothing of a
+response has been sent yet. One exception: a 407 to a request with nothing left unread
+keeps the connection for the client's retry with credentials. A CONNECT ends the loop
+too: the sockets go to the hub.
 The handler knows its server only as `Services`, the few things it uses of it.
 Imports: clientconn, forward, http1, errors, dialer, chain, accesslog, statspage
 (policy, pool, runtime, stats, tunnel for types only).
@@ -20,7 +22,7 @@ from .accesslog import AccessRecord
 from .chain import connect_through
 from .clientconn import ClientConnection
 from .dialer import dial
-from .errors import Aborted, BadRequest, NotFound, Overloaded, ProxyError, render
+from .errors import Aborted, BadRequest, NotFound, Overloaded, ProxyAuthRequired, ProxyError, render
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
 
@@ -90,8 +92,12 @@ class ClientHandler:
                     admitted_by = runtime.policy
                 outcome = self._dispatch(head, client, runtime)
             except ProxyError as error:
-                self._fail(error, head, client, started)
-                return
+                retry = _retry_expected(error, head, client)
+                self._fail(error, head, client, started, close=not retry)
+                if not retry:
+                    return
+                idle_timeout = runtime.config.client_idle_timeout
+                continue
             if outcome is None:
                 return  # a tunnel: the hub owns the connection now
             self._log(head, outcome, client, started)  # an upgrade's 101 too, then the hub has it
@@ -163,13 +169,18 @@ class ClientHandler:
         self.server.stats.count("responses.2xx")  # the hub logs the tunnel when it closes
 
     def _fail(
-        self, error: ProxyError, head: RequestHead | None, client: ClientConnection, started: float
+        self,
+        error: ProxyError,
+        head: RequestHead | None,
+        client: ClientConnection,
+        started: float,
+        close: bool = True,
     ) -> None:
         self.server.stats.count(f"errors.{error.cause}")
         status = 0
         if not isinstance(error, Aborted):
             status = error.status.value
-            client.send_quietly(render(error))
+            client.send_quietly(render(error, close=close))
         self._log(head, Outcome(status=status), client, started, cause=error.cause)
         log.debug("%s: %s (%s)", self.client_address[0], error.message, error.cause)
 
@@ -198,3 +209,15 @@ class ClientHandler:
             record.referer = head.get("Referer") or "-"
             record.user_agent = head.get("User-Agent") or "-"
         self.server.record_access(record)
+
+
+def _retry_expected(error: ProxyError, head: RequestHead | None, client: ClientConnection) -> bool:
+    """A 407 keeps the connection for the retry with credentials, as clients expect (some
+    .NET clients loop forever when it closes), if nothing of the request is left unread."""
+    return (
+        isinstance(error, ProxyAuthRequired)
+        and head is not None
+        and not head.has_body
+        and head.keep_alive
+        and not client.draining.is_set()
+    )

@@ -9,6 +9,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tinyproxy_py import ProxyServer
 
 from ..origin import OriginServer, pattern_bytes
@@ -71,6 +73,43 @@ def test_curl_with_wrong_password_gets_407_and_right_one_200(
     seen = {name.lower() for name, _ in json.loads(right.stdout)["headers"]}
     assert "proxy-authorization" not in seen
     assert len(origin.requests) == 1
+
+
+def test_a_407_keeps_the_connection_for_the_retry_with_credentials(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    """Clients retry on the same connection; some .NET clients loop when it closes."""
+    proxy = make_proxy(basic_auth=("u:p",), auth_realm="corp")
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        for request in (
+            f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n",
+            f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n\r\n",
+        ):
+            sock.sendall(request.encode())
+            refused = Response(sock)
+            assert (refused.status, refused.header("Connection")) == (407, None)
+            assert refused.header("Proxy-Authenticate") == 'Basic realm="corp"'
+        credentials = "Proxy-Authorization: Basic dTpw\r\n"  # u:p
+        sock.sendall(f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n{credentials}\r\n".encode())
+        assert Response(sock).body == pattern_bytes(3)
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        "POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",  # a body left unread
+        "GET {url} HTTP/1.0\r\nHost: x\r\n\r\n",  # no keep-alive
+    ],
+)
+def test_a_407_closes_when_the_connection_cannot_go_on(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, request_head: str
+) -> None:
+    proxy = make_proxy(basic_auth=("u:p",))
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(request_head.format(url=origin.url("/bytes/3")).encode())
+        refused = Response(sock)
+        assert (refused.status, refused.header("Connection")) == (407, "close")
+        assert recv_all(sock) == b""
 
 
 def test_connect_requires_credentials_too(
