@@ -187,6 +187,10 @@ class Aborted(ProxyError):
 
     status = HTTPStatus.BAD_REQUEST
     cause = Cause.CLIENT_ABORT
+    # What the client had already been sent, for the access log: the response's status
+    # (0: nothing) and how many body bytes.
+    status_sent = 0
+    bytes_sent = 0
 
 
 def render(error: ProxyError, *, close: bool = True) -> bytes:

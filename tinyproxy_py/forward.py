@@ -389,7 +389,7 @@ def _relay(
     if bodiless or length is None or length > COALESCE_LIMIT:
         client.send(head_bytes)
         head_bytes = b""
-    sent = _stream_body(reader, exchange, client, chunked, head_bytes, config)
+    sent = _stream_body(reader, exchange, client, chunked, head_bytes, config, response.status)
     clean = response.keep_alive and reader.done and not reader.unused and response.framing != "close"
     return Outcome(status=response.status, keep_alive=keep_alive, bytes_down=sent), clean
 
@@ -401,8 +401,12 @@ def _stream_body(
     chunked: bool,
     head: bytes,
     config: Config,
+    status: int,
 ) -> int:
-    """Relay the body until its framing ends; `head`, if not yet sent, goes with its first piece."""
+    """Relay the body until its framing ends; `head`, if not yet sent, goes with its first piece.
+
+    If it cannot, the Aborted it raises says what the client had (`status`, body bytes).
+    """
     sent = 0
     pending = head
     data = exchange.leftover
@@ -423,12 +427,19 @@ def _stream_body(
                 reader.end_of_stream()
                 break
     except (OSError, BadResponse) as exc:
-        raise _broken_body(exc, sent, head_sent=not pending) from exc
-    client.send(pending + LAST_CHUNK if chunked else pending)
-    return sent
+        error = _broken_body(exc, head_sent=not pending)
+        error.__cause__ = exc
+    except Aborted as exc:  # the client went away (or the proxy stopped) mid-body
+        error = exc
+    else:
+        client.send(pending + LAST_CHUNK if chunked else pending)
+        return sent
+    if isinstance(error, Aborted):
+        error.status_sent, error.bytes_sent = (0 if pending else status), sent
+    raise error
 
 
-def _broken_body(exc: Exception, sent: int, head_sent: bool) -> ProxyError:
+def _broken_body(exc: Exception, head_sent: bool) -> ProxyError:
     """The origin's body stalled or broke off. If the client has had nothing yet (a small
     body's head waits to go with it), it can still be told; otherwise only cut off."""
     stalled = isinstance(exc, TimeoutError)
@@ -437,7 +448,7 @@ def _broken_body(exc: Exception, sent: int, head_sent: bool) -> ProxyError:
     if not head_sent:
         error = GatewayTimeout if stalled else BadGateway
         return error(f"the origin's response {what} before its body", cause=cause)
-    return Aborted(f"the origin's response {what} after {sent} body bytes", cause=cause)
+    return Aborted(f"the origin's response {what} after its head", cause=cause)
 
 
 def _hand_off(

@@ -22,7 +22,7 @@ from .accesslog import AccessRecord
 from .chain import connect_through
 from .clientconn import ClientConnection
 from .dialer import dial
-from .errors import Aborted, BadRequest, NotFound, Overloaded, ProxyAuthRequired, ProxyError, render
+from .errors import Aborted, BadRequest, Cause, NotFound, Overloaded, ProxyAuthRequired, ProxyError, render
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
 
@@ -46,6 +46,7 @@ class Services(Protocol):
     pool: OriginPool
     hub: TunnelHub
     draining: threading.Event  # set once stop() begins: no more keep-alive
+    cut_off: threading.Event  # set when stop()'s grace period is over and it cuts the rest
 
     @property
     def address(self) -> tuple[str, int]: ...
@@ -176,12 +177,15 @@ class ClientHandler:
         started: float,
         close: bool = True,
     ) -> None:
+        if self.server.cut_off.is_set():  # stop() cut it: whatever failed, that is why
+            error.cause = Cause.SHUTDOWN
         self.server.stats.count(f"errors.{error.cause}")
-        status = 0
-        if not isinstance(error, Aborted):
-            status = error.status.value
+        if isinstance(error, Aborted):  # nothing more can be said: log what was sent
+            outcome = Outcome(status=error.status_sent, bytes_down=error.bytes_sent)
+        else:
+            outcome = Outcome(status=error.status.value)
             client.send_quietly(render(error, close=close))
-        self._log(head, Outcome(status=status), client, started, cause=error.cause)
+        self._log(head, outcome, client, started, cause=error.cause)
         log.debug("%s: %s (%s)", self.client_address[0], error.message, error.cause)
 
     def _log(

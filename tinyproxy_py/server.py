@@ -160,6 +160,7 @@ class ProxyServer:
         self._server: _Listener | None = None
         self._address: tuple[str, int] | None = None  # kept after stop: handlers still draining read it
         self.draining = threading.Event()  # set once stop() begins: no more keep-alive
+        self.cut_off = threading.Event()  # set when the grace period is over
         self._thread: threading.Thread | None = None
 
     # The running settings, read through the one reference a reload replaces.
@@ -274,6 +275,7 @@ class ProxyServer:
             log.warning(
                 "grace period over: aborting %d requests in flight", self.stats.gauge("requests_in_flight")
             )
+        self.cut_off.set()
         server.abort_clients()
         self.pool.close()
         self.hub.close()

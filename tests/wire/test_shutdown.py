@@ -8,9 +8,19 @@ import time
 from collections.abc import Callable
 
 from tinyproxy_py import ProxyServer
+from tinyproxy_py.accesslog import AccessRecord
 
 from ..origin import OriginServer
-from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, Response, get, proxy_process, recv_all, wait_until
+from ..support import (
+    EXPIRE_SOON,
+    MUST_NOT_EXPIRE,
+    Response,
+    get,
+    proxy_process,
+    recv_all,
+    recv_head,
+    wait_until,
+)
 
 
 def connect_to(url: str) -> socket.socket:
@@ -68,6 +78,22 @@ def test_stop_aborts_requests_still_running_after_the_grace_period(
         assert recv_all(sock).startswith((b"", b"HTTP/1.1 502"))
     assert proxy.stats.gauge("clients") == 0
     assert proxy.stats.gauge("pool_open") == 0
+
+
+def test_a_request_cut_by_the_shutdown_is_logged_as_such_with_what_was_sent(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(shutdown_grace=0.3, read_timeout=30.0)
+    records: list[AccessRecord] = []
+    proxy.on_access = records.append
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(f"GET {origin.url('/stall-body')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = recv_head(sock)
+        while not received.endswith(b"\r\n\r\n12345"):  # the head, then 5 of the 10 bytes
+            received += sock.recv(100)
+        proxy.stop()
+    (record,) = records
+    assert (record.status, record.bytes_down, record.cause) == (200, 5, "shutdown")
 
 
 def test_stopped_proxy_refuses_new_connections(
