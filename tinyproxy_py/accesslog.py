@@ -16,7 +16,13 @@ access_log = logging.getLogger("tinyproxy_py.access")
 
 @dataclass
 class AccessRecord:
-    """What happened to one request or tunnel. `cause` names a failure or why a tunnel closed."""
+    """What happened to one request or tunnel. `cause` names a failure or why a tunnel closed;
+    `parent` is the parent proxy it went through (its URL without password), if any.
+
+    A CONNECT's record is handed to `on_access` when the tunnel is established (status
+    200) and completed in place (bytes, duration, cause) when it closes; the access log
+    line is written then.
+    """
 
     client: str
     method: str = "-"
@@ -27,6 +33,7 @@ class AccessRecord:
     bytes_down: int = 0
     duration: float = 0.0
     cause: str = ""
+    parent: str = ""
     user: str = "-"
     referer: str = "-"
     user_agent: str = "-"
@@ -40,6 +47,7 @@ def format_record(record: AccessRecord, style: str = "default", now: float | Non
             f"{time.strftime('%Y-%m-%dT%H:%M:%S%z', when)} {record.client} {record.method} {record.target} "
             f"{status} up={record.bytes_up} down={record.bytes_down} {record.duration:.3f}s"
         )
+        line += f" parent={record.parent}" if record.parent else ""
         return f"{line} cause={record.cause}" if record.cause else line
     stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", when)
     request = _quote(f"{record.method} {record.target} {record.version}")

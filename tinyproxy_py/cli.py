@@ -253,8 +253,11 @@ def _pid_file(path: str | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    with open(path, "w", encoding="ascii") as handle:
-        handle.write(f"{os.getpid()}\n")
+    try:
+        with open(path, "w", encoding="ascii") as handle:
+            handle.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the pid file {path}: {exc.strerror or exc}") from None
     try:
         yield
     finally:
@@ -270,12 +273,9 @@ class _LogSetup:
     FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
     def __init__(self, config: Config) -> None:
-        self.path = config.log_file
-        self.handler: logging.Handler
-        if self.path:
-            self.handler = logging.FileHandler(self.path, encoding="utf-8")
-        else:
-            self.handler = logging.StreamHandler(sys.stderr)
+        self.handler: logging.Handler = (
+            _open_log(config.log_file, "log file") if config.log_file else logging.StreamHandler(sys.stderr)
+        )
         # With --workers, each line says which worker wrote it.
         pid = " [%(process)d]" if config.workers > 1 else ""
         self.handler.setFormatter(
@@ -284,24 +284,38 @@ class _LogSetup:
         root = logging.getLogger()
         root.addHandler(self.handler)
         root.setLevel(config.log_level.upper())
-        # Access lines carry their own timestamp (CLF needs the bare line): same stream,
-        # no prefix. They are logged at INFO, so log_level "warning" silences them.
+        # Access lines carry their own timestamp (CLF needs the bare line): no prefix, in
+        # their own file or the log's stream. At INFO, so log_level "warning" silences them.
         self.access = logging.getLogger("tinyproxy_py.access")
-        self.bare = _SharedStreamHandler(self.handler)
+        self.bare: logging.Handler = (
+            _open_log(config.access_log, "access log")
+            if config.access_log
+            else _SharedStreamHandler(self.handler)
+        )
         self.access.addHandler(self.bare)
         self.access.propagate = False
 
     def reopen(self) -> None:
-        if isinstance(self.handler, logging.FileHandler):
-            with self.handler.lock:  # type: ignore[union-attr]
-                self.handler.close()
-                self.handler.stream = self.handler._open()
+        for handler in (self.handler, self.bare):
+            if isinstance(handler, logging.FileHandler):
+                with handler.lock:  # type: ignore[union-attr]
+                    handler.close()
+                    handler.stream = handler._open()
 
     def close(self) -> None:
         self.access.removeHandler(self.bare)
         self.access.propagate = True
         logging.getLogger().removeHandler(self.handler)
         self.handler.close()
+        self.bare.close()
+
+
+def _open_log(path: str, what: str) -> logging.FileHandler:
+    """A file handler, or one line naming the file that cannot be opened."""
+    try:
+        return logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the {what} {path}: {exc.strerror or exc}") from None
 
 
 class _SharedStreamHandler(logging.Handler):

@@ -169,7 +169,9 @@ class ClientConnection:
             return "?"
         return f"{host}:{port}"
 
-    def hand_off(self, hub: TunnelHub, target: socket.socket, label: str, greeting: bytes) -> None:
+    def hand_off(
+        self, hub: TunnelHub, target: socket.socket, label: str, greeting: bytes, tag: object = None
+    ) -> None:
         """Give this connection and `target` to the hub as a tunnel; this object is done.
 
         `greeting` goes to the client first (the 200 to a CONNECT, an origin's 101). If
@@ -182,7 +184,7 @@ class ClientConnection:
             pending, self.buffer = bytes(self.buffer), bytearray()
             client_sock = socket.socket(fileno=self.sock.detach())
             try:
-                hub.adopt(client_sock, target, pending, label, greeting=greeting)
+                hub.adopt(client_sock, target, pending, label, greeting=greeting, tag=tag)
             except ProxyError as error:  # the sockets are still ours
                 send_quietly(client_sock, render(error))
                 raise

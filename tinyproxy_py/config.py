@@ -161,6 +161,11 @@ class Config:
         None, "Write the log to this file instead of stderr (reopened on SIGHUP/SIGUSR1)."
     )
     access_log_format: str = _opt("default", "Access log lines: default, common or combined.")
+    access_log: str | None = _opt(
+        None,
+        "Write access lines to this file instead of the log's stream (reopened on SIGHUP/SIGUSR1): "
+        "it then holds nothing else, as Common/Combined Log Format parsers want.",
+    )
     pid_file: str | None = _opt(None, "Write the process id to this file while serving.")
 
     def __post_init__(self) -> None:

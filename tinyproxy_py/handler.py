@@ -57,6 +57,8 @@ class Services(Protocol):
 
     def record_access(self, record: AccessRecord) -> None: ...
 
+    def tunnel_opened(self, record: AccessRecord) -> None: ...
+
 
 class ClientHandler:
     """Serves one client connection on the listener's thread for it.
@@ -68,6 +70,7 @@ class ClientHandler:
         self.request = request
         self.client_address = client_address
         self.server = server
+        self.parent = ""  # the parent proxy the current request goes through (its URL)
 
     def handle(self) -> None:
         runtime = self.server.runtime
@@ -83,6 +86,7 @@ class ClientHandler:
         while True:
             started = time.monotonic()
             head: RequestHead | None = None
+            self.parent = ""
             try:
                 head = client.read_head(idle_timeout)
                 if head is None:
@@ -117,6 +121,7 @@ class ClientHandler:
             self._tunnel(head, client, runtime)
             return None
         via = runtime.routes.choose(head.host, head.port, head.scheme)
+        self.parent = via.url if via is not None else ""
         with self.server.stats.live("requests_in_flight"):
             return forward(
                 head, client, self.server.pool, runtime.rewrite, self.client_address[0], via, self.server.hub
@@ -159,6 +164,7 @@ class ClientHandler:
         if hub.full:
             raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels})")
         via = runtime.routes.choose(head.host, head.port, "https")
+        self.parent = via.url if via is not None else ""
         if via is None:
             target, early = dial((head.host, head.port), timeout), b""
         else:
@@ -166,8 +172,11 @@ class ClientHandler:
             member = via_value(head.version, pseudonym) if pseudonym else ""
             target, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)
         label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
-        client.hand_off(hub, target, label, CONNECTION_ESTABLISHED + early)
-        self.server.stats.count("responses.2xx")  # the hub logs the tunnel when it closes
+        record = self._record(head, Outcome(status=200), client, time.monotonic())
+        client.hand_off(hub, target, label, CONNECTION_ESTABLISHED + early, tag=record)
+        self.server.stats.count("responses.2xx")
+        if record is not None:
+            self.server.tunnel_opened(record)  # its log line is written when it closes
 
     def _fail(
         self,
@@ -198,21 +207,36 @@ class ClientHandler:
     ) -> None:
         status = outcome.status
         self.server.stats.count(f"responses.{status // 100}xx" if status else "responses.none")
+        record = self._record(head, outcome, client, started, cause)
+        if record is not None:
+            self.server.record_access(record)
+
+    def _record(
+        self,
+        head: RequestHead | None,
+        outcome: Outcome,
+        client: ClientConnection,
+        started: float,
+        cause: str = "",
+    ) -> AccessRecord | None:
+        """The request's AccessRecord, or None when nobody reads them (a record per
+        request costs a tenth of a small request's time)."""
         if not self.server.wants_access_records():
-            return  # a record per request costs a tenth of a small request's time
+            return None
         record = AccessRecord(
             client=self.client_address[0],
-            status=status,
+            status=outcome.status,
             bytes_up=client.body_bytes,
             bytes_down=outcome.bytes_down,
             duration=time.monotonic() - started,
             cause=cause,
+            parent=self.parent,
         )
         if head is not None:
             record.method, record.target, record.version = head.method, head.target, head.version
             record.referer = head.get("Referer") or "-"
             record.user_agent = head.get("User-Agent") or "-"
-        self.server.record_access(record)
+        return record
 
 
 def _retry_expected(error: ProxyError, head: RequestHead | None, client: ClientConnection) -> bool:

@@ -197,6 +197,7 @@ class ProxyServer:
         "max_conns_per_host",
         "ca_bundle",
         "log_file",
+        "access_log",
         "pid_file",
     )
 
@@ -298,16 +299,25 @@ class ProxyServer:
         if self.on_access is not None:
             self.on_access(record)
 
+    def tunnel_opened(self, record: AccessRecord) -> None:
+        """A CONNECT's record, handed to the embedding program as soon as the tunnel is up
+        (a test can await it while the tunnel is open); completed when it closes."""
+        if self.on_access is not None:
+            self.on_access(record)
+
     def _tunnel_closed(self, tunnel: ClosedTunnel) -> None:
-        """The access log line of a tunnel, written when it closes (with bytes and reason)."""
-        client = tunnel.client.rsplit(":", 1)[0]
-        record = AccessRecord(client, "CONNECT", tunnel.target, status=200, cause=tunnel.reason)
-        record.bytes_up, record.bytes_down, record.duration = (
-            tunnel.bytes_up,
-            tunnel.bytes_down,
-            tunnel.duration,
-        )
-        self.record_access(record)
+        """The access log line of a tunnel, written when it closes (with bytes and reason).
+
+        A CONNECT's record was handed out when it opened and is completed in place; an
+        upgraded connection (its 101 already logged) gets a record of its own now.
+        """
+        opened = tunnel.tag if isinstance(tunnel.tag, AccessRecord) else None
+        record = opened or AccessRecord(tunnel.client.rsplit(":", 1)[0], "CONNECT", tunnel.target, status=200)
+        record.bytes_up, record.bytes_down = tunnel.bytes_up, tunnel.bytes_down
+        record.duration, record.cause = tunnel.duration, tunnel.reason
+        emit(record, self.config.access_log_format)
+        if opened is None and self.on_access is not None:
+            self.on_access(record)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the stats pages show, as plain data (statspage.py renders it),

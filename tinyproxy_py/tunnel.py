@@ -139,6 +139,7 @@ class Tunnel:
     state: TunnelState
     masks: list[int] = field(default_factory=lambda: [0, 0])  # registered: client, target
     closed: bool = False
+    tag: object = None
 
     def sides(self, sock: socket.socket) -> tuple[Flow, Flow, socket.socket]:
         """(the flow `sock` feeds, the flow that feeds `sock`, the other socket)."""
@@ -158,6 +159,7 @@ class ClosedTunnel:
     bytes_down: int
     reason: Cause  # eof, reset, idle, shutdown or error (a bug: logged with its traceback)
     detail: str = ""
+    tag: object = None  # what the caller gave adopt(), to find its own record again
 
 
 RECENT_CLOSED = 50  # closed tunnels kept for the stats page
@@ -244,10 +246,12 @@ class TunnelHub:
         label: str = "",
         *,
         greeting: bytes = b"",
+        tag: object = None,
     ) -> None:
         """Take ownership of both sockets; `pending` are client bytes already read.
 
-        `label` reads "CLIENT -> TARGET" (default: both peers' addresses). `greeting` is
+        `label` reads "CLIENT -> TARGET" (default: both peers' addresses); `tag` comes back
+        in the ClosedTunnel. `greeting` is
         sent to the client before any target byte: passing the CONNECT answer here,
         rather than sending it first, means a refused adoption has not told the client
         yes. All or nothing: if this raises (too many tunnels, hub stopping) the caller
@@ -261,7 +265,7 @@ class TunnelHub:
         if greeting:
             state.down.tail = memoryview(greeting)
         client_name, _, target_name = (label or _label(client, target)).partition(" -> ")
-        tunnel = Tunnel(client, target, client_name, target_name or "?", state)
+        tunnel = Tunnel(client, target, client_name, target_name or "?", state, tag=tag)
         with self._lock:
             if self._stopping:
                 raise Overloaded("proxy is shutting down", cause=Cause.SHUTDOWN)
@@ -466,6 +470,7 @@ class TunnelHub:
             state.down.bytes,
             reason,
             detail,
+            tunnel.tag,
         )
         with self._lock:
             self._tunnels.discard(tunnel)
@@ -473,7 +478,7 @@ class TunnelHub:
             self._count -= 1
             self.stats.adjust("tunnels", -1)
         self.stats.count(f"tunnels_closed.{reason}")
-        log.info(
+        log.debug(  # the access log has the line that counts (cause=...)
             "tunnel %s -> %s closed: %s%s; up %d B, down %d B, %.3f s",
             record.client,
             record.target,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tinyproxy_py import errors
+from tinyproxy_py.accesslog import AccessRecord, format_record
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,13 @@ def test_render_is_a_complete_response_naming_the_cause() -> None:
     assert b"X-Tinyproxy-Py-Cause: read-timeout" in head
     assert body == b"504 Gateway Timeout: origin slow\n"
     assert f"Content-Length: {len(body)}".encode() in head
+
+
+def test_the_default_access_line_names_the_parent_proxy_and_the_cause() -> None:
+    record = AccessRecord(
+        "127.0.0.1", "GET", "http://o/", status=502, parent="http://p:3128", cause="parent-auth"
+    )
+    line = format_record(record, now=0)
+    assert line.endswith(" GET http://o/ 502 up=0 down=0 0.000s parent=http://p:3128 cause=parent-auth")
+    assert "parent=" not in format_record(AccessRecord("127.0.0.1"), now=0)
+    assert "p:3128" not in format_record(record, "common", now=0)  # CLF has no field for it

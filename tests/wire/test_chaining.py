@@ -64,7 +64,7 @@ class Hop:
     """A running ProxyServer and the access records it has written so far.
 
     A record lands just after the client has its response (for a tunnel: when it
-    closes), so every look at them waits with a deadline.
+    opens, completed in place when it closes), so every look at them waits with a deadline.
     """
 
     def __init__(self, server: ProxyServer) -> None:
@@ -402,9 +402,11 @@ def test_https_through_a_and_b_with_python_ssl(
     with tunnel(a, target) as sock, context.wrap_socket(sock, server_hostname="localhost") as tls:
         response = get_in_tunnel(tls, "/bytes/300000")
     assert (response.status, response.body) == (200, pattern_bytes(300_000))
-    assert a.wait_for("CONNECT", target).bytes_down > 300_000
     assert b.saw_tunnel(target)
-    assert b.wait_for("CONNECT", target).bytes_down > 300_000
+    for proxy in (a, b):
+        record = proxy.wait_for("CONNECT", target)  # handed out when the tunnel opened
+        assert wait_until(lambda record=record: bool(record.cause))  # completed when it closed
+        assert record.bytes_down > 300_000
 
 
 def test_absolute_form_https_get_through_a_and_b(

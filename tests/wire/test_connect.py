@@ -300,7 +300,7 @@ def test_connect_timeout_is_504(make_proxy: Callable[..., ProxyServer]) -> None:
 
 
 def test_16_mib_each_way_at_once_byte_exact(proxy: ProxyServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="tinyproxy_py.tunnel")
+    caplog.set_level(logging.DEBUG, logger="tinyproxy_py.tunnel")  # the close line is debug
     payload = os.urandom(16 * MiB)
     with scripted_server(echo) as server:
         sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tinyproxy_py import ProxyServer
 
 from ..origin import OriginServer
-from ..support import MUST_NOT_EXPIRE, client_env, get, recv_all, wait_until
+from ..support import MUST_NOT_EXPIRE, client_env, get, proxy_process, recv_all, recv_head, wait_until
 
 STATS = "http://tinyproxy-py.stats"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -108,6 +110,31 @@ def test_access_log_formats(
     request = f'"GET {origin.url("/bytes/10")} HTTP/1.1" 200 10'
     assert line.startswith("127.0.0.1 - - [") and request in line
     assert line.endswith('"http://r/" "probe/1"') == (style == "combined")
+
+
+CLF_LINE = re.compile(r'[0-9a-f.:]+ - - \[[^]]+\] "[^"]*" (\d{3}|-) (\d+|-)( "[^"]*" "[^"]*")?')
+
+
+@pytest.mark.parametrize("style", ["common", "combined"])
+def test_an_access_log_file_holds_only_access_lines(origin: OriginServer, tmp_path: Path, style: str) -> None:
+    """Log parsers read it: tunnels, their closes and the proxy's own news stay out."""
+    access = tmp_path / "access.log"
+    with proxy_process(
+        "--access-log-format", style, "--access-log", str(access), "--connect-port", "any"
+    ) as (
+        proc,
+        url,
+    ):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        assert get((host, int(port)), origin.url("/bytes/10")).status == 200
+        with socket.create_connection((host, int(port)), timeout=MUST_NOT_EXPIRE) as sock:
+            sock.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert recv_head(sock).startswith(b"HTTP/1.1 200")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(MUST_NOT_EXPIRE) == 0
+    lines = access.read_text().splitlines()
+    assert len(lines) == 2, lines  # the GET, and the tunnel when it closed
+    assert all(CLF_LINE.fullmatch(line) for line in lines), lines
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
