@@ -5,8 +5,9 @@
         assert [r.status for r in tinyproxy.wait_for_requests(1)] == [200]
 
 The fixture's proxy listens on a free loopback port, allows CONNECT to any port (test
-servers use ephemeral ones), records every finished exchange in `.requests`
-(`.wait_for_requests(n)` waits for them), exposes
+servers use ephemeral ones), records every exchange in `.requests` (a CONNECT as soon
+as its tunnel opens, completed when it closes; `.wait_for_requests(n)` waits for them),
+exposes
 its counters and gauges in `.stats`, and is stopped after the test, leaving no thread
 and no socket behind. Override the `tinyproxy_config` fixture to change its settings.
 """
@@ -37,8 +38,9 @@ class RecordingProxy(ProxyServer):
             self._requests_changed.notify_all()
 
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[AccessRecord]:
-        """The records once `count` exchanges have finished (a client can have its whole
-        response a moment before the proxy has logged it). Raises TimeoutError."""
+        """The records once `count` exchanges are recorded (a client can have its whole
+        response a moment before the proxy has logged it; a tunnel counts once it is
+        open). Raises TimeoutError."""
         with self._requests_changed:
             if not self._requests_changed.wait_for(lambda: len(self.requests) >= count, timeout):
                 raise TimeoutError(f"{len(self.requests)} of {count} requests finished in {timeout} s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from ..origin import OriginServer, pattern_bytes
 from ..support import MUST_NOT_EXPIRE, client_env
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tinyproxy_py"
+PLUGIN_ONLY = ("-p", "no:tinyproxy", "-p", "tinyproxy_py.pytest_plugin", "-p", "no:cacheprovider")
 
 
 def test_recording_proxy_records_requests_and_leaves_nothing_behind(
@@ -65,28 +67,96 @@ def test_fixture_is_available_to_a_users_test_suite(tmp_path: Path) -> None:
             """
         )
     )
-    result = subprocess.run(
+    result = run_user_suite(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def run_user_suite(folder: Path) -> subprocess.CompletedProcess[str]:
+    """pytest in `folder`, a user's suite with the plugin (and no other conftest of ours)."""
+    return subprocess.run(
         # -p no:tinyproxy drops the installed entry point, so the explicit -p works either way.
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:tinyproxy",
-            "-p",
-            "tinyproxy_py.pytest_plugin",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=tmp_path,
+        [sys.executable, "-m", "pytest", "-q", *PLUGIN_ONLY],
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=MUST_NOT_EXPIRE * 3,
         env=client_env(PYTHONPATH=str(PACKAGE.parent)),
     )
+
+
+USER_FIXTURES = """
+import ssl, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import trustme
+
+
+class Hello(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(context=None):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    server.daemon_threads = True
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca, tmp_path):
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return str(tmp_path / "ca.pem")
+
+
+@pytest.fixture
+def app_url():
+    server = serve()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def tls_app_url(ca):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = serve(context)
+    yield f"https://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+"""
+
+
+def test_the_fixture_examples_in_the_docs_run_as_written(tmp_path: Path) -> None:
+    """docs/embedding.md's pytest blocks, verbatim, against the fixtures they name."""
+    text = (PACKAGE.parent / "docs" / "embedding.md").read_text()
+    section = text.split("## In your tests", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    (tmp_path / "conftest.py").write_text(USER_FIXTURES)
+    for number, block in enumerate(blocks):
+        (tmp_path / f"test_example_{number}.py").write_text(block)
+    result = run_user_suite(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    assert "2 passed" in result.stdout
 
 
 def test_vendored_copy_serves_without_click(tmp_path: Path, origin: OriginServer) -> None:
