@@ -152,7 +152,9 @@ class Config:
         spaced=True,
     )
     stat_host: str = _opt(
-        "tinyproxy-py.stats", "Requests to this host are answered by the proxy's stats pages; empty: off."
+        "tinyproxy-py.stats",
+        "Requests to this host are answered by the proxy's stats pages (at the default, tinyproxy's "
+        "tinyproxy.stats too); empty: off.",
     )
     log_level: str = _opt(
         "info", "debug, info, warning or error; every request and tunnel is logged at info."

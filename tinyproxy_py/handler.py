@@ -112,8 +112,7 @@ class ClientHandler:
 
     def _dispatch(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> Outcome | None:
         policy = runtime.policy
-        stat_host = runtime.config.stat_host
-        if head.form == "origin" or (stat_host and head.host.lower() == stat_host.lower()):
+        if head.form == "origin" or head.host.lower() in runtime.stat_hosts:
             policy.check_credentials(head.get("Proxy-Authorization"))
             return self._answer_stats(head, client)
         self._admit(head, policy)

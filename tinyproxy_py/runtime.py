@@ -17,6 +17,7 @@ from .policy import Policy, check_exposure
 from .routes import Routes, parse_rules, rules_from_env, rules_from_options
 
 log = logging.getLogger(__name__)
+TINYPROXY_STAT_HOST = "tinyproxy.stats"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Runtime:
     rewrite: Rewrite
     policy: Policy
     routes: Routes
+    stat_hosts: frozenset[str] = frozenset()  # host names the proxy answers itself
 
     @classmethod
     def compile(cls, config: Config, token: str) -> Runtime:
@@ -37,7 +39,16 @@ class Runtime:
         check_exposure(config, has_users=bool(users))
         pseudonym = f"{config.via_name} ({token})" if config.via_name else ""
         policy = Policy(config, users=users, via_token=pseudonym)
-        return cls(config, Rewrite.from_config(config, pseudonym), policy, _routes(config))
+        rewrite = Rewrite.from_config(config, pseudonym)
+        return cls(config, rewrite, policy, _routes(config), _stat_hosts(config.stat_host))
+
+
+def _stat_hosts(stat_host: str) -> frozenset[str]:
+    """The stat host; by default tinyproxy's name too, so a tinyproxy user's bookmark
+    (http://tinyproxy.stats/) is answered here instead of forwarded to DNS."""
+    if stat_host == Config.stat_host:
+        return frozenset({stat_host, TINYPROXY_STAT_HOST})
+    return frozenset({stat_host.lower()} if stat_host else ())
 
 
 def _routes(config: Config) -> Routes:

@@ -80,6 +80,17 @@ def test_origin_form_reaches_the_stats_too(proxy: ProxyServer) -> None:
         assert b'"counters"' in recv_all(sock)
 
 
+def test_tinyproxys_stat_host_is_answered_too_unless_another_is_set(
+    make_proxy: Callable[..., ProxyServer],
+) -> None:
+    """A tinyproxy user's http://tinyproxy.stats/ bookmark works, and is never sent to DNS."""
+    default = make_proxy()
+    assert json.loads(get(default.address, "http://tinyproxy.stats/json").body)["version"]
+    custom = make_proxy(stat_host="stats.local", filter_hosts=("tinyproxy.stats",))
+    assert get(custom.address, "http://stats.local/json").status == 200
+    assert get(custom.address, "http://tinyproxy.stats/json").status == 403  # not ours: filtered
+
+
 def test_unknown_stats_path_is_404_and_post_is_400(proxy: ProxyServer) -> None:
     assert get(proxy.address, f"{STATS}/nope").status == 404
     with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
