@@ -38,7 +38,21 @@ log = logging.getLogger("tinyproxy_py")
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one --option per Config field, in declaration order, plus --config."""
-    for f in reversed([f for f in dataclasses.fields(Config) if f.metadata["cli"]]):
+    return _options(command, {}, frozenset())
+
+
+# `run` wraps one command on this machine: a free port, CONNECT to any port (local test
+# servers use ephemeral ones, as the pytest fixture allows), and no serve-only options.
+RUN_DEFAULTS: dict[str, Any] = {"port": 0, "connect_ports": (0,)}
+SERVE_ONLY = frozenset({"workers", "pid_file"})
+
+
+def _options(
+    command: Callable[..., Any], defaults: dict[str, Any], left_out: frozenset[str]
+) -> Callable[..., Any]:
+    for f in reversed(
+        [f for f in dataclasses.fields(Config) if f.metadata["cli"] and f.name not in left_out]
+    ):
         kind = str(f.type)
         repeatable = kind.startswith("tuple[")
         scalar = _SCALARS[kind[6:-6] if repeatable else kind]
@@ -51,8 +65,8 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
             callback=_spelled if spelled else None,
             multiple=repeatable,
             is_flag=scalar is bool,
-            default=f.default,
-            show_default=f.default not in (None, ()),
+            default=defaults.get(f.name, f.default),
+            show_default=_shown(f.name, defaults.get(f.name, f.default)),
             help=f.metadata["help"] + (f" ({unit})" if unit else ""),
         )(command)
     return click.option(
@@ -61,6 +75,12 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False),
         help="tinyproxy.conf-style file (see docs/configuration.md).",
     )(command)
+
+
+def _shown(name: str, default: Any) -> bool | str:
+    if name == "connect_ports" and default == (0,):
+        return "any"
+    return default not in (None, ())
 
 
 def _spelled(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -395,7 +415,7 @@ def _show(value: Any) -> str:
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
-@config_options
+@lambda command: _options(command, RUN_DEFAULTS, SERVE_ONLY)
 @click.argument("command", nargs=-1, required=True)
 def run(config_file: str | None, command: tuple[str, ...], **settings: Any) -> None:
     """Run COMMAND with HTTP(S)_PROXY pointing at a fresh proxy; show what it fetched.
@@ -404,8 +424,7 @@ def run(config_file: str | None, command: tuple[str, ...], **settings: Any) -> N
     loopback port, NO_PROXY is cleared for COMMAND so every request shows up, and the
     exit status is COMMAND's.
     """
-    explicit = _explicit(settings)
-    explicit.setdefault("port", 0)
+    explicit = {**RUN_DEFAULTS, **_explicit(settings)}
     config, warnings = _load(config_file, explicit)
     proxy = _make_proxy(config)
     logs = _LogSetup(config)

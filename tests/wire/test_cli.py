@@ -78,6 +78,17 @@ def test_help_lists_every_limit_with_its_default() -> None:
         assert f"[default: {default}]" in text.split(option, 1)[1].split("--", 1)[0]
 
 
+def test_run_help_shows_what_run_does() -> None:
+    """`run` listens on a free port, lets CONNECT reach any port, and has no serve-only options."""
+    command = [sys.executable, "-m", "tinyproxy_py", "run", "--help"]
+    text = " ".join(
+        subprocess.run(command, capture_output=True, text=True, timeout=MUST_NOT_EXPIRE).stdout.split()
+    )
+    assert "[default: 0]" in text.split("--port", 1)[1].split("--", 1)[0]
+    assert "[default: (any)]" in text.split("--connect-port", 1)[1].split("--", 1)[0]
+    assert "--workers" not in text and "--pid-file" not in text
+
+
 def test_bad_value_exits_2_with_a_reason() -> None:
     result = subprocess.run(
         [*SERVE, "--max-clients", "0"], capture_output=True, text=True, timeout=MUST_NOT_EXPIRE
