@@ -163,9 +163,8 @@ def serve(config_file: str | None, **settings: Any) -> None:
 
             status = supervise(config, worker)
     except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
-        ) from exc
+        where = exc.filename or f"{config.host[0]}:{config.port}"
+        raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from exc
     finally:
         logs.close()
     sys.exit(status)
@@ -204,7 +203,7 @@ def _start(proxy: ProxyServer) -> None:
     try:
         proxy.start()
     except OSError as exc:
-        where = f"{proxy.config.host}:{proxy.config.port}"
+        where = exc.filename or f"{proxy.config.host[0]}:{proxy.config.port}"
         raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from exc
 
 

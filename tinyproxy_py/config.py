@@ -56,7 +56,11 @@ def _opt(
 class Config:
     """Settings of one proxy instance. Immutable: build a new one to change it."""
 
-    host: str = _opt("127.0.0.1", "Address to listen on (IPv4 or IPv6 literal).")
+    host: tuple[str, ...] = _opt(
+        ("127.0.0.1",),
+        "Address to listen on, an IPv4 or IPv6 literal (repeatable: one listener each, all on "
+        "the same port; e.g. 127.0.0.1 and ::1).",
+    )
     port: int = _opt(8888, "TCP port to listen on; 0 picks a free port.")
     connect_timeout: float = _opt(10.0, "TCP connect to an origin or CONNECT target.", unit="seconds")
     read_timeout: float = _opt(
@@ -171,6 +175,8 @@ class Config:
     pid_file: str | None = _opt(None, "Write the process id to this file while serving.")
 
     def __post_init__(self) -> None:
+        if isinstance(self.host, str):  # Config(host="::1"): one address, as before
+            object.__setattr__(self, "host", (self.host,))
         for f in dataclasses.fields(self):
             check_setting(f.name, getattr(self, f.name))
         if self.max_head_bytes < self.max_line_bytes:
@@ -220,6 +226,8 @@ def _why_not(name: str, kind: str, value: Any) -> str:
         return f"must be a token (letters, digits, -._~ and the like), got {value!r}"
     if name == "connect_ports" and not all(0 <= port <= 65535 for port in value):
         return "must be ports (0 allows every port, none at all refuses CONNECT)"
+    if name == "host":
+        return _listen_problem(value)
     if name in ("allow", "deny"):
         bad = [rule for rule in value if not _is_network(rule)]
         return f"{bad[0]!r} is not an address or CIDR block" if bad else ""
@@ -250,6 +258,13 @@ def _header_problem(header: str) -> str:
     if header.partition(":")[0].lower() in _NOT_ADDABLE:
         return f"cannot set {header.partition(':')[0]}: the proxy decides it"
     return ""
+
+
+def _listen_problem(hosts: tuple[str, ...]) -> str:
+    if not hosts or not all(host and not host.isspace() for host in hosts):
+        return "needs an address to listen on"
+    twice = [host for index, host in enumerate(hosts) if host in hosts[:index]]
+    return f"lists {twice[0]!r} twice" if twice else ""
 
 
 def _is_network(rule: str) -> bool:

@@ -48,8 +48,7 @@ class Services(Protocol):
     draining: threading.Event  # set once stop() begins: no more keep-alive
     cut_off: threading.Event  # set when stop()'s grace period is over and it cuts the rest
 
-    @property
-    def address(self) -> tuple[str, int]: ...
+    addresses: tuple[tuple[str, int], ...]  # every address it listens on
 
     def snapshot(self) -> dict[str, Any]: ...
 
@@ -130,7 +129,7 @@ class ClientHandler:
         """Apply the policy (policy.py gives the order) before anything is sent on."""
         policy.check_credentials(head.get("Proxy-Authorization"))
         via = head.fields.get("via", [])
-        policy.check_loop(head.host, head.port, via, self.server.address)
+        policy.check_loop(head.host, head.port, via, self.server.addresses)
         if head.method == "CONNECT":
             policy.check_connect_port(head.port)
         policy.check_host(head.host)

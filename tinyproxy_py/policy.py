@@ -139,10 +139,12 @@ class Policy:
                 "proxy credentials missing or wrong", headers=(("Proxy-Authenticate", self.challenge),)
             )
 
-    def check_loop(self, host: str, port: int, via_values: Iterable[str], listening: tuple[str, int]) -> None:
+    def check_loop(
+        self, host: str, port: int, via_values: Iterable[str], listening: Iterable[tuple[str, int]]
+    ) -> None:
         if self.via_token and any(self.via_token in value for value in via_values):
             raise LoopDetected("the request has already passed through this proxy")
-        if port == listening[1] and _is_self(host, listening[0]):
+        if any(port == bound_port and _is_self(host, bound) for bound, bound_port in listening):
             raise LoopDetected(f"{host}:{port} is this proxy itself")
 
     def check_connect_port(self, port: int) -> None:
@@ -193,6 +195,13 @@ def _is_self(host: str, listening_host: str) -> bool:
     return ip == bound or (ip.is_loopback and bound.is_loopback)
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a host name: resolved by the OS when binding; nothing to judge here
+
+
 LOOPBACK = ("127.0.0.0/8", "::1")
 ANYWHERE = ("0.0.0.0/0", "::/0")
 
@@ -211,16 +220,13 @@ def check_exposure(config: Config, *, has_users: bool = False) -> None:
     Binding 0.0.0.0 while the allow list is loopback only is almost always a mistake, and
     opening it wider must be a deliberate choice: an --allow rule, or authentication.
     """
-    try:
-        bound = ipaddress.ip_address(config.host)
-    except ValueError:
-        return  # a host name: it was resolved by the OS when binding; nothing to judge here
-    if bound.is_loopback:
+    exposed = [host for host in config.host if not _is_loopback(host)]
+    if not exposed:
         return
     wider = any(not network.is_loopback for network in parse_networks(effective_allow(config)))
     if not wider and not (config.basic_auth or has_users):
         raise ValueError(
-            f"refusing to listen on {config.host}: only loopback clients are allowed and no "
+            f"refusing to listen on {exposed[0]}: only loopback clients are allowed and no "
             "authentication is configured. Open it deliberately with --allow CIDR for the "
             "clients that may use it (--allow 0.0.0.0/0 for everyone) and/or --basic-auth USER:PASSWORD."
         )

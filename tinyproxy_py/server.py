@@ -43,81 +43,88 @@ log = logging.getLogger(__name__)
 _OVERLOADED = render(Overloaded("too many client connections"))
 
 
+class _Clients:
+    """The client connections of every listener: at most `max_clients` at once, each
+    counted and reachable by stop() while it is open."""
+
+    def __init__(self, max_clients: int, stats: Stats) -> None:
+        self.max_clients, self.stats = max_clients, stats
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+
+    def take_slot(self) -> bool:
+        return self._slots.acquire(blocking=False)
+
+    def free_slot(self) -> None:
+        self._slots.release()
+
+    @contextmanager
+    def registered(self, sock: socket.socket) -> Iterator[None]:
+        with self._lock:
+            self._open.add(sock)
+        try:
+            with self.stats.live("clients"):
+                yield
+        finally:
+            with self._lock:
+                self._open.discard(sock)
+
+    def abort(self) -> None:
+        """Shut every open client connection down: its thread sees EOF and ends."""
+        with self._lock:
+            clients = list(self._open)
+        for sock in clients:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class _Listener(socketserver.ThreadingTCPServer):
-    """Accepts clients and serves each on its own thread, at most `max_clients` at once.
+    """One listening address: accepts clients and serves each on its own thread, within
+    the slots every listener shares. Handlers get `services` (the ProxyServer, see
+    handler.Services) instead of this server."""
 
-    Handlers get `services` (the ProxyServer, see handler.Services) as their `server`.
-    The listener owns the thread slots and the registry of open client sockets, which
-    stop() uses to cut the connections that outlive the grace period.
-    """
-
-    # Threads are tracked here (stop() waits for the clients gauge with a deadline), so
-    # socketserver need not keep a list of its own nor block forever in server_close.
+    # Threads are tracked by _Clients (stop() waits for the clients gauge with a deadline),
+    # so socketserver need not keep a list of its own nor block forever in server_close.
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128  # the kernel's accept backlog, not a queue of ours
 
-    def __init__(self, services: ProxyServer, family: socket.AddressFamily) -> None:
-        config = services.config
-        self.address_family = family
-        self.allow_reuse_port = config.workers > 1  # sibling workers share the port
-        self.services = services
-        self.stats = services.stats
-        self._max_clients = config.max_clients
-        self._slots = threading.BoundedSemaphore(config.max_clients)
-        self._clients_lock = threading.Lock()
-        self._clients: set[socket.socket] = set()
+    def __init__(self, address: tuple[str, int], services: ProxyServer, clients: _Clients) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.allow_reuse_port = services.config.workers > 1  # sibling workers share the port
+        self.services, self.clients = services, clients
         # finish_request builds the handler, with the services instead of this server
-        super().__init__((config.host, config.port), socketserver.BaseRequestHandler)
+        super().__init__(address, socketserver.BaseRequestHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.stats.count("errors.overloaded")
-            log.warning("rejecting %s: max_clients (%d) reached", client_address[0], self._max_clients)
+        if not self.clients.take_slot():
+            self.clients.stats.count("errors.overloaded")
+            log.warning("rejecting %s: max_clients (%d) reached", client_address[0], self.clients.max_clients)
             send_quietly(request, _OVERLOADED)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self.clients.free_slot()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            with self.stats.live("handler_threads"), self._registered(request):
+            with self.clients.stats.live("handler_threads"), self.clients.registered(request):
                 super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self.clients.free_slot()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         ClientHandler(request, client_address, self.services).handle()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
-
-    @contextmanager
-    def _registered(self, sock: socket.socket) -> Iterator[None]:
-        """Count a client connection and let abort_clients() reach its socket while open."""
-        with self._clients_lock:
-            self._clients.add(sock)
-        try:
-            with self.stats.live("clients"):
-                yield
-        finally:
-            with self._clients_lock:
-                self._clients.discard(sock)
-
-    def abort_clients(self) -> None:
-        """Shut every open client connection down: its thread sees EOF and ends."""
-        with self._clients_lock:
-            clients = list(self._clients)
-        for sock in clients:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class Siblings(Protocol):
@@ -157,11 +164,11 @@ class ProxyServer:
         self._token = secrets.token_hex(4)
         self.runtime = Runtime.compile(config or Config(), self._token)
         self.stats = Stats()
-        self._server: _Listener | None = None
-        self._address: tuple[str, int] | None = None  # kept after stop: handlers still draining read it
+        self._listeners: list[tuple[_Listener, threading.Thread]] = []
+        self._clients = _Clients(self.config.max_clients, self.stats)
+        self.addresses: tuple[tuple[str, int], ...] = ()  # kept after stop: draining handlers read it
         self.draining = threading.Event()  # set once stop() begins: no more keep-alive
         self.cut_off = threading.Event()  # set when the grace period is over
-        self._thread: threading.Thread | None = None
 
     # The running settings, read through the one reference a reload replaces.
     @property
@@ -229,55 +236,63 @@ class ProxyServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        """Where the proxy listens (or listened, once stopped)."""
-        if self._address is None:
+        """Where the proxy listens (the first address, with several), or listened once stopped."""
+        if not self.addresses:
             raise RuntimeError("the proxy has not been started")
-        return self._address
+        return self.addresses[0]
 
     @property
     def url(self) -> str:
-        host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return _url(self.address)
 
     def start(self) -> None:
-        """Bind, then serve from a background thread. Returns once connections are accepted."""
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        """Bind every address, then serve from background threads. Returns once connections
+        are accepted. With port 0, the first address picks the port and the others share it.
+        An address that cannot be bound raises OSError (its `filename` names it), and
+        nothing stays open."""
         self.pool = OriginPool(self.config, self.stats)
         self.hub = TunnelHub(self.config, self.stats, on_close=self._tunnel_closed)
+        listeners: list[_Listener] = []
         try:
-            self._server = _Listener(self, family)
+            port = self.config.port
+            for host in self.config.host:
+                listeners.append(_bind(host, port, self, self._clients))
+                port = listeners[0].server_address[1]
         except BaseException:
+            for listener in listeners:
+                listener.server_close()
             self.hub.close()
             raise
-        host, port = self._server.server_address[:2]
-        self._address = str(host), int(port)
+        self.addresses = tuple((str(ls.server_address[0]), int(ls.server_address[1])) for ls in listeners)
         self.hub.start()
         self.pool.start()
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.25},
-            name="tinyproxy-py-accept",
-            daemon=True,
-        )
-        self._thread.start()
-        log.info("listening on %s", self.url)
+        for listener in listeners:
+            thread = threading.Thread(
+                target=listener.serve_forever,
+                kwargs={"poll_interval": 0.25},
+                name="tinyproxy-py-accept",
+                daemon=True,
+            )
+            thread.start()
+            self._listeners.append((listener, thread))
+        log.info("listening on %s", ", ".join(map(_url, self.addresses)))
 
     def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close everything."""
-        server, self._server = self._server, None
-        if server is None:
+        listeners, self._listeners = self._listeners, []
+        if not listeners:
             return
         self.draining.set()
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)  # serve_forever has returned: shutdown() waited for it
+        for listener, thread in listeners:
+            listener.shutdown()
+            listener.server_close()
+            thread.join(timeout=5.0)  # serve_forever has returned: shutdown() waited for it
         if not self._wait_until_zero("requests_in_flight", self.config.shutdown_grace):
             log.warning(
                 "grace period over: aborting %d requests in flight", self.stats.gauge("requests_in_flight")
             )
         self.cut_off.set()
-        server.abort_clients()
+        self._clients.abort()
         self.pool.close()
         self.hub.close()
         self._wait_until_zero("clients", 5.0)
@@ -333,7 +348,7 @@ class ProxyServer:
         return {
             "version": __version__,
             "workers": [os.getpid()],
-            "listening": self.url,
+            "listening": ", ".join(map(_url, self.addresses)),
             "uptime": stats["uptime"],
             "counters": stats["counters"],
             "gauges": stats["gauges"],
@@ -344,8 +359,8 @@ class ProxyServer:
             "process": {"open_fds": _open_fds(), "threads": threading.active_count()},
         }
 
-    # The listening socket, the hub's epoll object and its wake-up socket pair.
-    _FIXED_FDS = 4
+    # The hub's epoll object and its wake-up socket pair, and one per listening socket.
+    _HUB_FDS = 3
 
     def resources(self) -> dict[str, int]:
         """Live objects by kind, and how many file descriptors they account for.
@@ -366,8 +381,21 @@ class ProxyServer:
             "pool_idle": pool_idle,
             "pool_in_use": pool_open - pool_idle,
         }
-        counts["fds_accounted"] = self._FIXED_FDS + counts["clients"] + 2 * counts["tunnels"] + pool_open
+        fixed = self._HUB_FDS + len(self.addresses)
+        counts["fds_accounted"] = fixed + counts["clients"] + 2 * counts["tunnels"] + pool_open
         return counts
+
+
+def _bind(host: str, port: int, services: ProxyServer, clients: _Clients) -> _Listener:
+    try:
+        return _Listener((host, port), services, clients)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"{host}:{port}") from exc
+
+
+def _url(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _open_fds() -> int:

@@ -58,12 +58,13 @@ def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None])
 
 def _reserve_port(config: Config) -> socket.socket:
     """Bind (not listen) with SO_REUSEPORT: fixes port 0 to a number the workers all share."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    host = config.host[0]  # the others listen on the port this one gets
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((config.host, config.port))
+        sock.bind((host, config.port))
     except OSError:
         sock.close()
         raise

@@ -10,7 +10,8 @@ from tinyproxy_py.config import describe
 
 def test_defaults_match_the_design_table() -> None:
     config = Config()
-    assert (config.host, config.port) == ("127.0.0.1", 8888)
+    assert (config.host, config.port) == (("127.0.0.1",), 8888)
+    assert Config(host="::1").host == ("::1",)  # one address as a string, as before
     assert config.connect_timeout == 10 and config.read_timeout == 60
     assert config.pool_idle_timeout == 90 and config.pool_hosts == 100 and config.pool_idle_per_host == 10
     assert config.header_timeout == 10 and config.client_idle_timeout == 30

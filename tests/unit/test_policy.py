@@ -97,9 +97,9 @@ def test_credentials_are_compared_in_constant_time_against_every_user(
 
 def test_loop_by_our_via_token() -> None:
     policy = Policy(Config(), via_token="tinyproxy-py (abcd1234)")
-    policy.check_loop("example.org", 80, ["1.1 tinyproxy-py (ffff0000)"], ("127.0.0.1", 8888))
+    policy.check_loop("example.org", 80, ["1.1 tinyproxy-py (ffff0000)"], [("127.0.0.1", 8888)])
     with pytest.raises(LoopDetected):
-        policy.check_loop("example.org", 80, ["1.0 a", "1.1 tinyproxy-py (abcd1234)"], ("127.0.0.1", 8888))
+        policy.check_loop("example.org", 80, ["1.0 a", "1.1 tinyproxy-py (abcd1234)"], [("127.0.0.1", 8888)])
 
 
 @pytest.mark.parametrize(
@@ -117,12 +117,13 @@ def test_loop_by_our_via_token() -> None:
 )
 def test_loop_by_target_address(host: str, listening: tuple[str, int], loops: bool) -> None:
     policy = Policy(Config())
-    policy.check_loop(host, listening[1] + 1, [], listening)
+    also = ("192.0.2.1", 8888)  # a second listener elsewhere changes nothing
+    policy.check_loop(host, listening[1] + 1, [], [listening, also])
     if loops:
         with pytest.raises(LoopDetected):
-            policy.check_loop(host, listening[1], [], listening)
+            policy.check_loop(host, listening[1], [], [also, listening])
     else:
-        policy.check_loop(host, listening[1], [], listening)
+        policy.check_loop(host, listening[1], [], [also, listening])
 
 
 def test_connect_ports_default_and_any() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,35 @@ def test_a_setting_that_would_break_every_request_is_refused_at_start(option: st
     result = subprocess.run([*SERVE, option, value], capture_output=True, text=True, timeout=MUST_NOT_EXPIRE)
     assert result.returncode == 2, result.stderr
     assert f"Error: {option}: " in result.stderr
+
+
+def test_one_proxy_listens_on_ipv4_and_ipv6_at_once(origin: OriginServer) -> None:
+    with proxy_process("--host", "127.0.0.1", "--host", "::1") as (_, url):
+        port = url.rsplit(":", 1)[1]
+        for proxy in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+            fetched = subprocess.run(
+                ["curl", "-sS", "-x", proxy, origin.url("/bytes/7")],
+                capture_output=True,
+                timeout=MUST_NOT_EXPIRE,
+                env=client_env(),
+                check=True,
+            )
+            assert fetched.stdout == pattern_bytes(7)
+        stats = json.loads(get(("::1", int(port)), "http://tinyproxy-py.stats/json").body)
+    assert stats["listening"] == f"http://127.0.0.1:{port}, http://[::1]:{port}"
+
+
+def test_an_address_that_cannot_be_bound_stops_the_start_naming_it() -> None:
+    result = subprocess.run(
+        # 192.0.2.1 is TEST-NET-1: no address of this machine. The allow rule only gets
+        # past the exposure check, which comes first.
+        [*SERVE, "--port", "0", "--host", "127.0.0.1", "--host", "192.0.2.1", "--allow", "192.0.2.0/24"],
+        capture_output=True,
+        text=True,
+        timeout=MUST_NOT_EXPIRE,
+    )
+    assert result.returncode == 1
+    assert re.search(r"Error: cannot listen on 192\.0\.2\.1:\d+: ", result.stderr), result.stderr
 
 
 def test_port_in_use_is_a_clear_error() -> None:

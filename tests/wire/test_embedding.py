@@ -10,6 +10,8 @@ import textwrap
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tinyproxy_py.pytest_plugin import RecordingProxy, tinyproxy_config
 
 from ..origin import OriginServer, pattern_bytes
@@ -185,3 +187,12 @@ def test_vendored_copy_serves_without_click(tmp_path: Path, origin: OriginServer
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == pattern_bytes(7).hex()
+
+
+def test_a_failed_start_leaves_nothing_open(no_leaks: None) -> None:
+    """The second address cannot be bound: the first listener, hub and pool are closed."""
+    config = tinyproxy_config.__wrapped__().replace(host=("127.0.0.1", "192.0.2.1"), allow=("0.0.0.0/0",))  # type: ignore[attr-defined]
+    proxy = RecordingProxy(config)
+    with pytest.raises(OSError) as caught:
+        proxy.start()
+    assert caught.value.filename.startswith("192.0.2.1:")
