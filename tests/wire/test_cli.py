@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
-from ..origin import OriginServer, pattern_bytes
-from ..support import MUST_NOT_EXPIRE, client_env, get, proxy_process, wait_until
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import get
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
+from ..support import client_env, proxy_process
 
 SERVE = [sys.executable, "-m", "tinyproxy_py", "serve"]
 

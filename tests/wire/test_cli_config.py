@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..origin import OriginServer, pattern_bytes
-from ..support import MUST_NOT_EXPIRE, Response, client_env, get, proxy_process, wait_until
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import Response, get
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
+from ..support import client_env, proxy_process
 
 COMMAND = [sys.executable, "-m", "tinyproxy_py"]
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from ..origin import OriginServer
-from ..support import MUST_NOT_EXPIRE, proc_status, proxy_process
+from ..kit.origins import OriginServer
+from ..kit.procfs import status_field
+from ..kit.waits import MUST_NOT_EXPIRE
+from ..support import proxy_process
 
 MiB = 1024 * 1024
 DOWNLOAD = 256 * MiB
@@ -26,8 +28,8 @@ def download(proxy_url: str, url: str) -> int:
 def test_large_download_keeps_peak_rss_flat(origin: OriginServer) -> None:
     with proxy_process("--log-level", "warning") as (proc, url):
         download(url, origin.url("/bytes/1000000"))  # warm up: pool, buffers, imports
-        before = proc_status(proc.pid, "VmHWM")
+        before = status_field(proc.pid, "VmHWM")
         received = download(url, origin.url(f"/bytes/{DOWNLOAD}"))
-        growth = proc_status(proc.pid, "VmHWM") - before
+        growth = status_field(proc.pid, "VmHWM") - before
     assert received > DOWNLOAD  # the body plus the response head
     assert growth < ALLOWED_GROWTH_KIB, f"peak RSS grew by {growth} KiB"

@@ -11,17 +11,11 @@ from collections.abc import Callable
 
 from tinyproxy_py import ProxyServer
 
-from ..origin import OriginServer, pattern_bytes
-from ..support import (
-    EXPIRE_SOON,
-    MUST_NOT_EXPIRE,
-    Response,
-    client_env,
-    get,
-    proxy_process,
-    recv_all,
-    request_over,
-)
+from ..kit.clients import recv_all
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import Response, get, request_over
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE
+from ..support import client_env, proxy_process
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:

@@ -9,8 +9,11 @@ from collections.abc import Callable
 
 from tinyproxy_py import ProxyServer
 
-from ..origin import OriginServer
-from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, Response, get, proxy_process, recv_all, wait_until
+from ..kit.clients import recv_all
+from ..kit.origins import OriginServer
+from ..kit.responses import Response, get
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
+from ..support import proxy_process
 
 
 def connect_to(url: str) -> socket.socket:

@@ -21,12 +21,13 @@ import pytest
 
 from tinyproxy_py import ProxyServer
 
-from ..support import MUST_NOT_EXPIRE, read_response, recv_head, scripted_server, wait_until
+from ..kit.clients import abort, read_response, recv_head
+from ..kit.servers import scripted_server
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 
 GAP = 0.3  # between two pieces at the sending end
 LAG = 0.25  # most a piece may take through the proxy
 PIECES = 4
-RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a reset
 
 
 # --- helpers ---
@@ -287,7 +288,7 @@ def test_client_leaving_an_event_stream_releases_everything(proxy: ProxyServer, 
             assert stream.response is not None and stream.response.status_code == 200
             assert len(stream.times) == 3 and not stream.ended
             if how == "reset":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+                abort(sock)
         left = time.monotonic()
         # The proxy notices on its next write to the client, closes the origin connection,
         # and the origin's own writes then fail.
