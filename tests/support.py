@@ -25,6 +25,7 @@ __all__ = [
     "UNRESOLVABLE",
     "Response",
     "ScriptedServer",
+    "address_of",
     "client_env",
     "closed_port",
     "get",
@@ -47,6 +48,12 @@ def client_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.lower() not in drop and k not in drop_ca}
     env.update(extra)
     return env
+
+
+def address_of(url: str) -> tuple[str, int]:
+    """The (host, port) of a proxy_process URL."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
 
 
 @contextmanager

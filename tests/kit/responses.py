@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .clients import connect_request
 from .waits import MUST_NOT_EXPIRE
 
 
@@ -73,6 +74,12 @@ def request_over(sock: socket.socket, raw: bytes, method: str = "GET") -> Respon
     """Send one raw request on an open connection and read its response."""
     sock.sendall(raw)
     return Response(sock, method)
+
+
+def refused_connect(proxy_address: tuple[str, int], target: str) -> Response:
+    """A CONNECT on a new connection that the proxy refuses: its answer has a framed body."""
+    with socket.create_connection(proxy_address, timeout=MUST_NOT_EXPIRE) as sock:
+        return request_over(sock, connect_request(target), "CONNECT")
 
 
 def get(proxy_address: tuple[str, int], url: str, headers: str = "", version: str = "HTTP/1.1") -> Response:

@@ -21,12 +21,12 @@ from tinyproxy_py.errors import Overloaded
 from tinyproxy_py.stats import Stats
 from tinyproxy_py.tunnel import BUFFER_SIZE, TunnelHub
 
-from ..kit.clients import MiB, abort, connect_request, recv_exactly, recv_to_eof
+from ..kit.clients import MiB, abort, recv_exactly, recv_to_eof
 from ..kit.clients import open_tunnel as kit_open_tunnel
 from ..kit.faults import echo
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.procfs import open_fds, thread_count
-from ..kit.responses import Response
+from ..kit.responses import Response, refused_connect
 from ..kit.servers import ScriptedServer, free_port, scripted_server, stalled_listener
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..support import UNRESOLVABLE, client_env
@@ -203,30 +203,24 @@ def test_ipv6_literal_target(proxy: ProxyServer) -> None:
         server.close()
 
 
-def connect_status(proxy: ProxyServer, target: str) -> Response:
-    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
-        sock.sendall(connect_request(target))
-        return Response(sock, "CONNECT")
-
-
 @pytest.mark.parametrize(
     "target",
     ["127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "[::1:443", "[::1]x:443", "/path", ":443"],
 )
 def test_bad_connect_target_is_400(proxy: ProxyServer, target: str) -> None:
-    response = connect_status(proxy, target)
+    response = refused_connect(proxy.address, target)
     assert response.status == 400, response.body
     assert proxy.stats.counter("responses.2xx") == 0
 
 
 def test_refused_target_is_502(proxy: ProxyServer) -> None:
-    response = connect_status(proxy, f"127.0.0.1:{free_port()}")
+    response = refused_connect(proxy.address, f"127.0.0.1:{free_port()}")
     assert response.status == 502
     assert response.header("X-Tinyproxy-Py-Cause") == "refused"
 
 
 def test_unresolvable_target_is_502(proxy: ProxyServer) -> None:
-    response = connect_status(proxy, f"{UNRESOLVABLE}:443")
+    response = refused_connect(proxy.address, f"{UNRESOLVABLE}:443")
     assert response.status == 502
     assert response.header("X-Tinyproxy-Py-Cause") == "dns"
 
@@ -236,7 +230,7 @@ def test_connect_timeout_is_504(make_proxy: Callable[..., ProxyServer]) -> None:
     with ExitStack() as stack:
         port = stalled_listener(stack)  # a full accept queue drops further SYNs: connect() hangs
         started = time.monotonic()
-        response = connect_status(proxy, f"127.0.0.1:{port}")
+        response = refused_connect(proxy.address, f"127.0.0.1:{port}")
     assert response.status == 504
     assert response.header("X-Tinyproxy-Py-Cause") == "connect-timeout"
     assert time.monotonic() - started < 0.3 + MUST_NOT_EXPIRE / 4
@@ -480,7 +474,7 @@ def test_max_tunnels_answers_503_beyond_the_limit(make_proxy: Callable[..., Prox
         second, _ = open_tunnel(proxy, target)
         with first, second:
             assert proxy.hub.count == 2  # the 200 is the hub's greeting: adopted before it is sent
-            response = connect_status(proxy, target)
+            response = refused_connect(proxy.address, target)
             assert response.status == 503
             assert response.header("X-Tinyproxy-Py-Cause") == "overloaded"
             assert proxy.hub.count == 2

@@ -7,7 +7,7 @@ import socket
 from ..kit.origins import OriginServer
 from ..kit.procfs import status_field
 from ..kit.waits import MUST_NOT_EXPIRE
-from ..support import proxy_process
+from ..support import address_of, proxy_process
 
 MiB = 1024 * 1024
 DOWNLOAD = 256 * MiB
@@ -15,9 +15,8 @@ ALLOWED_GROWTH_KIB = 16 * 1024
 
 
 def download(proxy_url: str, url: str) -> int:
-    host, port = proxy_url.removeprefix("http://").rsplit(":", 1)
     received = 0
-    with socket.create_connection((host, int(port)), timeout=MUST_NOT_EXPIRE) as sock:
+    with socket.create_connection(address_of(proxy_url), timeout=MUST_NOT_EXPIRE) as sock:
         sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         buffer = bytearray(1024 * 1024)
         while n := sock.recv_into(buffer):
