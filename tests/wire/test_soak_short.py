@@ -9,8 +9,10 @@ requests, idle keep-alive connections and idle tunnels. Afterwards the proxy's g
 must be back at zero, its pooled connections reaped, the process's open fds and threads
 back at the baseline taken after a warm-up, and the proxy still serving.
 
-Every loop is bounded in count and in time, every socket has a timeout, and every
-address is loopback (no DNS). The long version is scripts/soak.py (docs/reliability.md).
+The mix, its origin and fault targets, and the worker threads come from the traffic kit
+(tests/kit/traffic.py), which scripts/soak.py, the long version (docs/reliability.md),
+runs too. Every loop is bounded in count and in time, every socket has a timeout, and
+every address is loopback (no DNS).
 """
 
 from __future__ import annotations
