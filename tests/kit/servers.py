@@ -34,7 +34,8 @@ class ScriptedServer:
         self.port = int(self.listener.getsockname()[1])
         self.connections = 0
         self._lock = threading.Lock()
-        self._live: dict[threading.Thread, socket.socket] = {}  # scripts still running
+        self._live: set[socket.socket] = set()  # the sockets of scripts still running
+        self._threads: list[threading.Thread] = []  # finished ones dropped as new ones start
         self._accepter = threading.Thread(target=self._accept, daemon=True)
         self._accepter.start()
 
@@ -47,7 +48,8 @@ class ScriptedServer:
             self.connections += 1
             thread = threading.Thread(target=self._run, args=(sock,), daemon=True)
             with self._lock:
-                self._live[thread] = sock
+                self._live.add(sock)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
 
     def _run(self, sock: socket.socket) -> None:
@@ -58,7 +60,7 @@ class ScriptedServer:
             pass
         finally:
             with self._lock:
-                del self._live[threading.current_thread()]
+                self._live.discard(sock)
 
     def close(self) -> None:
         self.release.set()
@@ -69,13 +71,13 @@ class ScriptedServer:
         self.listener.close()
         self._accepter.join(MUST_NOT_EXPIRE)
         with self._lock:
-            live = dict(self._live)
-        for sock in live.values() if self.wake else ():
+            live = list(self._live) if self.wake else []
+        for sock in live:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        for thread in live:
+        for thread in self._threads:
             thread.join(MUST_NOT_EXPIRE)
 
 
