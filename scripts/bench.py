@@ -37,7 +37,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
@@ -50,7 +49,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.kit, the traffic kit
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_lib
 
 from bench_lib import procinfo, profile, report, scenarios, services
 from bench_lib.clients import BulkSpec, ChurnSpec, Endpoint, bulk_worker, churn_worker
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--profile needs py-spy ({args.py_spy} not found): pip install py-spy", file=sys.stderr)
         return 2
     settings = settings_for(args)
-    raise_fd_limit(4 * settings.idle_tunnels + 1024)
+    services.raise_fd_limit(4 * settings.idle_tunnels + 1024)
     signal.signal(signal.SIGTERM, _interrupt)  # so every `finally` below runs on SIGTERM too
     threshold = args.wait_load if args.wait_load is not None else (0.0 if args.quick else 0.7)
     load_before = wait_for_quiet(threshold, args.wait_max)
@@ -133,14 +133,6 @@ def _is_resource_tracker(pid: int) -> bool:
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def raise_fd_limit(needed: int) -> None:
-    """Idle tunnels need ~2 fds each in the proxy and 1 here; children inherit the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def loadavg() -> float:

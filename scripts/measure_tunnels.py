@@ -5,8 +5,8 @@
    connection; this process reads it directly, then through the proxy's CONNECT tunnel,
    alternating for --rounds rounds. Prints MiB/s for each and the ratio proxy/direct.
 2. Idle tunnels: opens --tunnels tunnels to a listener that accepts and stays silent,
-   then reads the proxy's VmRSS, Threads (/proc/PID/status) and open fds; closes them
-   all and checks the proxy's fds and threads return to where they started.
+   then reads the proxy's RSS (smaps_rollup), threads and open fds from /proc; closes
+   them all and checks the proxy's fds and threads return to where they started.
 
 Loopback only (127.0.0.1), bounded loops, a deadline on every wait. It starts the proxy
 and the source itself and stops both by PID before it exits, whatever happens.
@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,24 +28,29 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.kit, the traffic kit
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_lib
+
+from bench_lib import services
+from bench_lib.clients import read_exactly
+
+from tests.kit import procfs
+from tests.kit.clients import open_tunnel
+from tests.kit.waits import wait_until
+
 MiB = 1024 * 1024
 CHUNK = MiB
 DEADLINE = 60.0  # for any single wait; a healthy run needs a fraction of it
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    if not wait_until(predicate, timeout, 0.05):
+        raise TimeoutError(f"gave up waiting for {what}")
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = DEADLINE, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"gave up waiting for {what or predicate}")
-        time.sleep(0.05)
+def tunnel(proxy_port: int, port: int) -> tuple[socket.socket, bytes]:
+    """A tunnel to 127.0.0.1:port, and the tunnel bytes that came with the 200."""
+    return open_tunnel(("127.0.0.1", proxy_port), f"127.0.0.1:{port}", timeout=DEADLINE)
 
 
 # --- the byte source (runs in a child process) ---
@@ -72,43 +75,12 @@ def source_main(conn: Connection, total: int, connections: int) -> None:
                     sent += n
 
 
-def read_to_eof(sock: socket.socket, already: int = 0) -> int:
-    buf = bytearray(CHUNK)
-    got = already
-    while n := sock.recv_into(buf):
-        got += n
-    return got
-
-
-def connect_through(proxy_port: int, port: int) -> tuple[socket.socket, int]:
-    """A tunnel to 127.0.0.1:port, and how many tunnel bytes came with the 200."""
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=DEADLINE)
-    try:
-        sock.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"proxy closed: {head!r}")
-            head += data
-        status, _, rest = head.partition(b"\r\n\r\n")
-        if not status.startswith(b"HTTP/1.1 200"):
-            raise ConnectionError(f"CONNECT refused: {status!r}")
-        return sock, len(rest)
-    except BaseException:
-        sock.close()
-        raise
-
-
-def timed_read(open_stream: Callable[[], tuple[socket.socket, int]], total: int) -> float:
+def timed_read(open_stream: Callable[[], tuple[socket.socket, bytes]], total: int) -> float:
     started = time.perf_counter()
-    sock, already = open_stream()
+    sock, rest = open_stream()
     with sock:
-        got = read_to_eof(sock, already)
-    elapsed = time.perf_counter() - started
-    if got != total:
-        raise RuntimeError(f"read {got} bytes, expected {total}")
-    return total / MiB / elapsed
+        read_exactly(sock, total - len(rest), memoryview(bytearray(CHUNK)))
+    return total / MiB / (time.perf_counter() - started)
 
 
 def throughput(proxy_port: int, gib: float, rounds: int) -> None:
@@ -123,8 +95,8 @@ def throughput(proxy_port: int, gib: float, rounds: int) -> None:
         port = ours.recv()
         direct, proxied = [], []
         for _ in range(rounds):
-            direct.append(timed_read(lambda: (socket.create_connection(("127.0.0.1", port)), 0), total))
-            proxied.append(timed_read(lambda: connect_through(proxy_port, port), total))
+            direct.append(timed_read(lambda: (socket.create_connection(("127.0.0.1", port)), b""), total))
+            proxied.append(timed_read(lambda: tunnel(proxy_port, port), total))
         source.join(DEADLINE)
     finally:
         if source.is_alive():
@@ -145,20 +117,9 @@ def throughput(proxy_port: int, gib: float, rounds: int) -> None:
 # --- idle tunnels ---
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "Threads"):
-            fields[name] = int(value.split()[0])
-    fields["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-    return fields
-
-
-def show(label: str, status: dict[str, int]) -> None:
+def show(label: str, usage: procfs.Usage) -> None:
     print(
-        f"  {label:<22} VmRSS {status['VmRSS'] / 1024:7.1f} MiB  fds {status['fds']:5d}  "
-        f"threads {status['Threads']:3d}"
+        f"  {label:<22} RSS {usage.rss_kib / 1024:7.1f} MiB  fds {usage.fds:5d}  threads {usage.threads:3d}"
     )
 
 
@@ -197,51 +158,41 @@ def idle_tunnels(proxy_pid: int, proxy_port: int, count: int) -> None:
     target = SilentTarget(count + 1)
     clients: list[socket.socket] = []
     try:
-        warm, _ = connect_through(proxy_port, target.port)  # hub and handler paths warmed up
+        warm, _ = tunnel(proxy_port, target.port)  # hub and handler paths warmed up
         warm.close()
-        wait_for(lambda: len(target.accepted) == 1, what="the warm-up tunnel")
+        wait_for(lambda: len(target.accepted) == 1, "the warm-up tunnel")
         target.accepted.pop().close()
         time.sleep(0.5)
-        before = proc_status(proxy_pid)
+        before = procfs.usage(proxy_pid)
         started = time.monotonic()
         for _ in range(count):
-            clients.append(connect_through(proxy_port, target.port)[0])
+            clients.append(tunnel(proxy_port, target.port)[0])
         opened = time.monotonic() - started
-        wait_for(lambda: len(target.accepted) == count, what="all tunnels to reach the target")
+        wait_for(lambda: len(target.accepted) == count, "all tunnels to reach the target")
         time.sleep(1.0)  # let handler threads finish and the hub settle
-        loaded = proc_status(proxy_pid)
+        loaded = procfs.usage(proxy_pid)
         for sock in clients:
             sock.close()
         clients.clear()
         for sock in target.accepted:
             sock.close()
         target.accepted.clear()
-        wait_for(lambda: proc_status(proxy_pid)["fds"] <= before["fds"], what="the proxy's fds to return")
-        wait_for(lambda: proc_status(proxy_pid)["Threads"] <= before["Threads"], what="threads to return")
-        after = proc_status(proxy_pid)
+        wait_for(lambda: procfs.open_fds(proxy_pid) <= before.fds, "the proxy's fds to return")
+        wait_for(lambda: procfs.usage(proxy_pid).threads <= before.threads, "threads to return")
+        after = procfs.usage(proxy_pid)
     finally:
         for sock in clients:
             sock.close()
         target.close()
-    per_tunnel = (loaded["VmRSS"] - before["VmRSS"]) / count
+    grown = loaded - before
     print(f"idle tunnels: {count} opened in {opened:.2f} s")
     show("baseline (1 warm-up)", before)
     show(f"{count} idle tunnels open", loaded)
     show("all closed again", after)
-    print(
-        f"  RSS per idle tunnel: {per_tunnel:.1f} KiB; fds per tunnel: "
-        f"{(loaded['fds'] - before['fds']) / count:.2f}"
-    )
+    print(f"  RSS per idle tunnel: {grown.rss_kib / count:.1f} KiB; fds per tunnel: {grown.fds / count:.2f}")
 
 
-# --- the proxy process ---
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))  # the proxy inherits it
+# --- main ---
 
 
 def main() -> None:
@@ -252,36 +203,18 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.gib <= 16 or not 1 <= args.rounds <= 20 or not 1 <= args.tunnels <= 5000:
         parser.error("keep it bounded: 0 < gib <= 16, 1 <= rounds <= 20, 1 <= tunnels <= 5000")
-    raise_fd_limit(4 * args.tunnels + 256)
-    port = free_port()
-    command = [sys.executable, "-m", "tinyproxy_py", "serve", "--port", str(port),
-               "--connect-port", "0", "--log-level", "warning"]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        proxy = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+    services.raise_fd_limit(4 * args.tunnels + 256)
+    with tempfile.TemporaryDirectory(prefix="tunnels-") as workdir:
+        proxy = services.start_tinyproxy_py(Path(workdir), sys.executable)
         try:
-            wait_for(lambda: _accepts(port), timeout=15, what="the proxy to listen")
-            print(f"proxy pid {proxy.pid} on 127.0.0.1:{port}")
-            throughput(port, args.gib, args.rounds)
-            idle_tunnels(proxy.pid, port, args.tunnels)
+            print(f"proxy pid {proxy.pid} on 127.0.0.1:{proxy.port}")
+            throughput(proxy.port, args.gib, args.rounds)
+            idle_tunnels(proxy.pid, proxy.port, args.tunnels)
         finally:
-            proxy.terminate()
-            try:
-                proxy.wait(15)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
-                proxy.wait(5)
-            log.seek(0)
-            errors = log.read().decode(errors="replace").strip()
+            proxy.child.stop()
+            errors = proxy.child.log_tail(4000).strip()
             if errors:
-                print("proxy log:\n" + errors[-4000:])
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+                print("proxy log:\n" + errors)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import trustme
 
 from tinyproxy_py import Config, ProxyServer
 
-from .origin import OriginServer
-from .support import MUST_NOT_EXPIRE, open_fds, thread_count, wait_until
+from .kit.origins import OriginServer
+from .kit.procfs import open_fds, thread_count
+from .kit.waits import MUST_NOT_EXPIRE, wait_until
 
 SHORT_LIMITS = {
     "port": 0,

@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .support import MUST_NOT_EXPIRE
+from .kit.clients import recv_exactly
+from .kit.servers import ScriptedServer
+from .kit.waits import MUST_NOT_EXPIRE
 
 
 @dataclass
@@ -34,7 +36,7 @@ class SocksRequest:
     reply: int | None = None  # the SOCKS5 reply code sent (None: none sent)
 
 
-class _Closed(Exception):
+class _Closed(ConnectionError):
     """The client went away or broke the protocol: stop serving it."""
 
 
@@ -43,82 +45,34 @@ class SocksServer:
         self.users = users
         self.hosts = hosts or {}
         self.requests: list[SocksRequest] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self._closing = threading.Event()
-        self._accepter = threading.Thread(target=self._accept, name="socks-accept", daemon=True)
-        self._accepter.start()
+        self._server = ScriptedServer(self._serve, wake=True)  # close() wakes handshakes in recv
+        self.port = self._server.port
 
     @property
     def address(self) -> tuple[str, int]:
         return "127.0.0.1", self.port
 
     def close(self) -> None:
-        self._closing.set()
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        self._accepter.join(MUST_NOT_EXPIRE)
-        with self._lock:
-            live = list(self._sockets)
-        for sock in live:  # wake threads blocked in recv; each closes its own sockets
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join(MUST_NOT_EXPIRE)
-
-    def _accept(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(client,), name="socks-conn", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        self._server.close()
 
     def _serve(self, client: socket.socket) -> None:
-        self._own(client)
-        upstream = None
-        try:
-            client.settimeout(MUST_NOT_EXPIRE)
-            upstream = self._handshake(client)
-            if upstream is not None:
-                _relay(client, upstream, self._closing)
-        except (_Closed, OSError):
-            pass
-        finally:
-            for sock in (client, upstream):
-                if sock is not None:
-                    self._disown(sock)
-
-    def _own(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(sock)
-
-    def _disown(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(sock)
-        sock.close()
+        client.settimeout(MUST_NOT_EXPIRE)
+        upstream = self._handshake(client)  # a ConnectionError ends the script quietly
+        if upstream is not None:
+            with upstream:
+                _relay(client, upstream, self._server.release)
 
     def _handshake(self, client: socket.socket) -> socket.socket | None:
-        version, count = _recv_exact(client, 2)
+        version, count = recv_exactly(client, 2)
         if version != 5:
             raise _Closed
-        request = SocksRequest(methods=_recv_exact(client, count))
+        request = SocksRequest(methods=recv_exactly(client, count))
         self.requests.append(request)
         if not self._authenticate(client, request):
             return None
-        _version, command, _reserved, request.atyp = _recv_exact(client, 4)
+        _version, command, _reserved, request.atyp = recv_exactly(client, 4)
         request.host = _read_address(client, request.atyp)
-        request.port = int.from_bytes(_recv_exact(client, 2), "big")
+        request.port = int.from_bytes(recv_exactly(client, 2), "big")
         if command != 1:
             self._reply(client, request, 7)
             return None
@@ -132,9 +86,9 @@ class SocksServer:
             client.sendall(b"\x05\xff")
             return False
         client.sendall(b"\x05\x02")
-        _version, length = _recv_exact(client, 2)
-        username = _recv_exact(client, length).decode()
-        password = _recv_exact(client, _recv_exact(client, 1)[0]).decode()
+        _version, length = recv_exactly(client, 2)
+        username = recv_exactly(client, length).decode()
+        password = recv_exactly(client, recv_exactly(client, 1)[0]).decode()
         request.username = username
         accepted = self.users.get(username) == password
         client.sendall(b"\x01\x00" if accepted else b"\x01\x01")
@@ -153,8 +107,11 @@ class SocksServer:
         except OSError:
             self._reply(client, request, 1)
             return None
-        self._own(upstream)
-        self._reply(client, request, 0, upstream.getsockname()[:2])
+        try:
+            self._reply(client, request, 0, upstream.getsockname()[:2])
+        except BaseException:
+            upstream.close()
+            raise
         return upstream
 
     def _reply(
@@ -166,23 +123,13 @@ class SocksServer:
         client.sendall(bytes([5, code, 0, atyp]) + ip.packed + bound[1].to_bytes(2, "big"))
 
 
-def _recv_exact(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise _Closed
-        data += chunk
-    return data
-
-
 def _read_address(sock: socket.socket, atyp: int) -> str:
     if atyp == 1:
-        return str(ipaddress.IPv4Address(_recv_exact(sock, 4)))
+        return str(ipaddress.IPv4Address(recv_exactly(sock, 4)))
     if atyp == 4:
-        return str(ipaddress.IPv6Address(_recv_exact(sock, 16)))
+        return str(ipaddress.IPv6Address(recv_exactly(sock, 16)))
     if atyp == 3:
-        return _recv_exact(sock, _recv_exact(sock, 1)[0]).decode("ascii")
+        return recv_exactly(sock, recv_exactly(sock, 1)[0]).decode("ascii")
     raise _Closed
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 MiB = 1024 * 1024
 TIMEOUT = 30.0  # any single socket call; a healthy exchange needs milliseconds
 MAX_HEAD = 64 * 1024
-_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 @dataclass(frozen=True)
@@ -94,14 +92,6 @@ def read_exactly(sock: socket.socket, count: int, buf: memoryview) -> None:
         if not n:
             raise ConnectionError(f"closed with {count} bytes of the body missing")
         count -= n
-
-
-def abort(sock: socket.socket) -> None:
-    """Close with a reset, as a crashing client or a pulled cable would (no FIN)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
-    finally:
-        sock.close()
 
 
 # --- bulk downloads (scenario c) ---

@@ -1,61 +1,23 @@
-"""What a process costs, read from /proc: RSS, threads, open fds, CPU time, peak RSS.
+"""What a process costs beyond the kit's /proc readings (tests/kit/procfs.py): the private
+part of RSS, CPU time over a process tree, peak RSS while load runs, settled counts.
 
-Linux only. RSS comes from smaps_rollup, which walks the page tables: VmRSS in
-/proc/PID/status is a per-CPU counter that can be a few hundred KiB off, too coarse for
-"KiB per idle tunnel" or "growth under 1 MiB".
+Linux only.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-
-@dataclass(frozen=True)
-class Usage:
-    rss_kib: int
-    threads: int
-    fds: int
-
-    def minus(self, other: Usage) -> Usage:
-        return Usage(self.rss_kib - other.rss_kib, self.threads - other.threads, self.fds - other.fds)
-
-
-def status_field(pid: int, name: str) -> int:
-    """A numeric field of /proc/PID/status (kB for the Vm* ones)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key == name:
-            return int(value.split()[0])
-    raise KeyError(f"{name} is not in /proc/{pid}/status")
-
-
-def rss_kib(pid: int) -> int:
-    return _rollup(pid, "Rss", "VmRSS")
+from tests.kit.procfs import Usage, rollup_field, rss_kib, usage
+from tests.kit.waits import steady
 
 
 def anonymous_kib(pid: int) -> int:
     """The private part of RSS: heap, stacks, Python objects (not shared libraries)."""
-    return _rollup(pid, "Anonymous", "RssAnon")
-
-
-def _rollup(pid: int, name: str, fallback: str) -> int:
-    path = Path(f"/proc/{pid}/smaps_rollup")
-    if not path.exists():  # kernels before 4.14
-        return status_field(pid, fallback)
-    for line in path.read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {name} line in {path}")
-
-
-def usage(pid: int) -> Usage:
-    return Usage(rss_kib(pid), status_field(pid, "Threads"), len(os.listdir(f"/proc/{pid}/fd")))
+    return rollup_field(pid, "Anonymous", "RssAnon")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -91,31 +53,19 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it holds or `timeout` seconds pass; whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
 def settle(pid: int, timeout: float, quiet: float = 0.5) -> Usage:
     """The usage once threads and fds stop changing for `quiet` seconds (or at `timeout`).
 
     Handler threads end and FINs are processed a little after the client is done, so a
     single reading right away would count work still in flight.
     """
-    deadline = time.monotonic() + timeout
-    last = usage(pid)
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        now = usage(pid)
-        if (now.threads, now.fds) == (last.threads, last.fds):
-            return now
-        last = now
-    return last
+    steady(lambda: _counts(pid), timeout, quiet)
+    return usage(pid)
+
+
+def _counts(pid: int) -> tuple[int, int]:
+    now = usage(pid)
+    return now.threads, now.fds  # RSS moves all the time: it has no part in settling
 
 
 class PeakSampler:
@@ -146,5 +96,5 @@ class PeakSampler:
     def _sample(self) -> None:
         try:
             self.peak = max(self.peak, rss_kib(self.pid))
-        except (OSError, RuntimeError):
+        except (OSError, KeyError):
             pass  # the process ended; the caller notices on its own

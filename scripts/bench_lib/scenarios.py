@@ -18,13 +18,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.kit import procfs
+from tests.kit.clients import abort
+from tests.kit.waits import wait_until
+
 from . import procinfo, wrk
 from .clients import (
     BulkSpec,
     ChurnSpec,
     Endpoint,
     MiB,
-    abort,
     bulk_worker,
     churn_worker,
     fetch,
@@ -180,7 +183,7 @@ def bulk(ctx: Context, subject: Subject) -> None:
         procinfo.reset_peak(pid)
         with procinfo.PeakSampler(pid) as sampler:
             size, seconds = ctx.executor.submit(bulk_worker, eight).result(timeout=600)
-        peak = max(sampler.peak, procinfo.status_field(pid, "VmHWM"))
+        peak = max(sampler.peak, procfs.status_field(pid, "VmHWM"))
         ctx.record.add(subject.name, "c_8_peak", peak / 1024)
     ctx.record.add(subject.name, "c_8_mibs", size / MiB / seconds)
 
@@ -217,7 +220,7 @@ def churn(ctx: Context, subject: Subject) -> None:
 def idle_tunnels(ctx: Context, subject: Subject) -> None:
     count, port = ctx.settings.idle_tunnels, ctx.origin.http_port
     with _fresh(subject) as proxy:
-        ctx.record.add(subject.name, "idle_rss", procinfo.rss_kib(proxy.pid) / 1024)
+        ctx.record.add(subject.name, "idle_rss", procfs.rss_kib(proxy.pid) / 1024)
         ctx.record.add(subject.name, "idle_anon", procinfo.anonymous_kib(proxy.pid) / 1024)
         endpoint = Endpoint(port, proxy.port)
         _warm_up(endpoint)
@@ -226,7 +229,7 @@ def idle_tunnels(ctx: Context, subject: Subject) -> None:
         try:
             for _ in range(count):
                 socks.append(open_socket(endpoint, port))  # nginx waits for a request: idle
-            loaded = procinfo.settle(proxy.pid, SETTLE_TIMEOUT).minus(base)
+            loaded = procinfo.settle(proxy.pid, SETTLE_TIMEOUT) - base
         finally:
             for sock in socks:
                 sock.close()
@@ -234,25 +237,25 @@ def idle_tunnels(ctx: Context, subject: Subject) -> None:
         _record_return(ctx, subject.name, proxy.pid, base, "e")
 
 
-def _record_per_tunnel(ctx: Context, name: str, delta: procinfo.Usage, count: int) -> None:
+def _record_per_tunnel(ctx: Context, name: str, delta: procfs.Usage, count: int) -> None:
     ctx.record.add(name, "e_rss", delta.rss_kib / count)
     ctx.record.add(name, "e_threads", delta.threads / count)
     ctx.record.add(name, "e_fds", delta.fds / count)
 
 
-def _record_return(ctx: Context, name: str, pid: int, base: procinfo.Usage, prefix: str) -> None:
+def _record_return(ctx: Context, name: str, pid: int, base: procfs.Usage, prefix: str) -> None:
     """How far fds and threads are from the baseline once they settle, and how long it took."""
     started = time.monotonic()
-    procinfo.wait_until(lambda: _at_baseline(pid, base), SETTLE_TIMEOUT, 0.1)
+    wait_until(lambda: _at_baseline(pid, base), SETTLE_TIMEOUT, 0.1)
     ctx.record.add(name, f"{prefix}_settle", time.monotonic() - started)
-    after = procinfo.settle(pid, 5.0).minus(base)
+    after = procinfo.settle(pid, 5.0) - base
     ctx.record.add(name, f"{prefix}_fds_left", after.fds)
     ctx.record.add(name, f"{prefix}_threads_left", after.threads)
     ctx.record.add(name, f"{prefix}_rss_left", after.rss_kib / 1024)
 
 
-def _at_baseline(pid: int, base: procinfo.Usage) -> bool:
-    now = procinfo.usage(pid)
+def _at_baseline(pid: int, base: procfs.Usage) -> bool:
+    now = procfs.usage(pid)
     return now.fds <= base.fds and now.threads <= base.threads
 
 
@@ -354,7 +357,7 @@ def _stall(pid: int, endpoint: Endpoint, tunnel: bool, seconds: float) -> tuple[
         sock.sendall(get_request("/256m", endpoint.origin_port, absolute=not tunnel))
         _, _, rest = read_head(sock)
         read_exactly(sock, MiB - len(rest), buf)
-        before = procinfo.rss_kib(pid)
+        before = procfs.rss_kib(pid)
         with procinfo.PeakSampler(pid, 0.02) as sampler:
             time.sleep(seconds)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -17,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procinfo import wait_until
+from tests.kit.servers import free_port
+from tests.kit.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -28,19 +30,20 @@ FILES = {"/100b": 100, "/16k": 16 * 1024, "/1m": MiB, "/256m": 256 * MiB}
 _PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (the child binds it right after)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
         return True
     except OSError:
         return False
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Idle tunnels need ~2 fds each in the proxy and 1 here; children inherit the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def clean_env() -> dict[str, str]:

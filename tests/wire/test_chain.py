@@ -23,15 +23,12 @@ from tinyproxy_py.chain import (
 from tinyproxy_py.errors import BadGateway, Cause, GatewayTimeout, ProxyError
 from tinyproxy_py.routes import Parent
 
+from ..kit.faults import echo
+from ..kit.servers import ScriptedServer, free_port, scripted_server
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE
 from ..socks_server import socks_server
-from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, ScriptedServer, closed_port, scripted_server
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
-def echo(sock: socket.socket) -> None:
-    while data := sock.recv(65536):
-        sock.sendall(data)
 
 
 def greet_then_echo(sock: socket.socket) -> None:
@@ -171,7 +168,7 @@ def test_wrong_password_is_refused_before_any_connect() -> None:
 
 
 def test_refused_target_is_reply_5() -> None:
-    port = closed_port()
+    port = free_port()
     with socks_server() as socks, dialled(socks.address) as sock:
         error = expect(
             BadGateway, Cause.PARENT_REFUSED, lambda: socks5(sock, "127.0.0.1", port, deadline=later())
@@ -357,7 +354,7 @@ def test_through_socks5_with_credentials() -> None:
 
 
 def test_a_parent_that_refuses_connections_is_named_without_its_password() -> None:
-    parent = Parent("socks5", "127.0.0.1", closed_port(), "alice", "s3cret")
+    parent = Parent("socks5", "127.0.0.1", free_port(), "alice", "s3cret")
     error = expect(
         BadGateway,
         Cause.PARENT_CONNECT,

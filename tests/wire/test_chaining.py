@@ -27,21 +27,13 @@ from tinyproxy_py import ProxyServer
 from tinyproxy_py.accesslog import AccessRecord
 from tinyproxy_py.routes import join_host_port
 
-from ..origin import OriginServer, pattern_bytes
+from ..kit.clients import raw_exchange
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import Response, get, request_over
+from ..kit.servers import ScriptedServer, free_port, stalled_listener
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 from ..socks_server import SocksServer, socks_server
-from ..support import (
-    EXPIRE_SOON,
-    MUST_NOT_EXPIRE,
-    Response,
-    ScriptedServer,
-    client_env,
-    closed_port,
-    get,
-    raw_exchange,
-    request_over,
-    stalled_listener,
-    wait_until,
-)
+from ..support import client_env
 
 PROXY_VARIABLES = (
     "http_proxy",
@@ -462,7 +454,7 @@ def test_exact_credentials_sent_to_the_parent_never_the_clients(hop: Callable[..
             upstream=(f"http://us%40er:p%3Aw@127.0.0.1:{upstream.server.port}",),
             basic_auth=("client:client-secret",),
         )
-        target = f"127.0.0.1:{closed_port()}"  # never dialled: the upstream answers for it
+        target = f"127.0.0.1:{free_port()}"  # never dialled: the upstream answers for it
         client_auth = f"Proxy-Authorization: {basic('client:client-secret')}\r\n"
         if kind == "plain":
             response = get(a.address, f"http://{target}/x", headers=client_auth)
@@ -528,7 +520,7 @@ def test_parent_answering_407_to_an_absolute_form_https_get(
 def test_parent_down_is_502_naming_it_without_its_password(
     hop: Callable[..., Hop], origin: OriginServer, kind: str, scheme: str
 ) -> None:
-    port = closed_port()
+    port = free_port()
     a = hop(upstream=(f"{scheme}://u:down-secret@127.0.0.1:{port}",))
     refused(
         a,
@@ -586,7 +578,7 @@ def test_parent_that_accepts_but_never_answers_is_504(
 def test_parent_pointing_at_the_proxy_itself_is_508_promptly(
     hop: Callable[..., Hop], origin: OriginServer, kind: str
 ) -> None:
-    port = closed_port()
+    port = free_port()
     # max_clients bounds a recursion, should there be one, to a few connections.
     a = hop(port=port, upstream=(f"http://127.0.0.1:{port}",), max_clients=8)
     method, target, raw = request_for(kind, f"127.0.0.1:{origin.port}")
@@ -657,7 +649,7 @@ def test_socks5_parent_refused_by_the_target_is_502_parent_refused(
 ) -> None:
     with socks_server() as socks:
         a = hop(upstream=(f"socks5h://127.0.0.1:{socks.port}",))
-        port = closed_port()
+        port = free_port()
         refused(a, kind, f"127.0.0.1:{port}", 502, "parent-refused", f"127.0.0.1:{socks.port}")
     assert [(r.host, r.port, r.reply) for r in socks.requests] == [("127.0.0.1", port, 5)]
 
@@ -793,7 +785,7 @@ def test_proxy_variables_lower_case_wins(
     expected: tuple[bool, bool],
 ) -> None:
     b = hop()
-    down = f"http://127.0.0.1:{closed_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     for name, value in variables.items():
         env.setenv(name, value.format(B=b.url, DOWN=down))
     a = hop(upstream_from_env=True)
@@ -805,7 +797,7 @@ def test_a_broken_lower_case_variable_wins_over_a_working_upper_case_one(
     hop: Callable[..., Hop], env: pytest.MonkeyPatch, origin: OriginServer, kind: str
 ) -> None:
     b = hop()
-    port = closed_port()
+    port = free_port()
     for scheme in ("http", "https"):
         env.setenv(f"{scheme}_proxy", f"http://127.0.0.1:{port}")
         env.setenv(f"{scheme.upper()}_PROXY", b.url)

@@ -14,8 +14,10 @@ import time
 
 import pytest
 
-from ..origin import OriginServer, pattern_bytes
-from ..support import MUST_NOT_EXPIRE, client_env, get, proxy_process, wait_until
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import get
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
+from ..support import address_of, client_env, proxy_process
 
 SERVE = [sys.executable, "-m", "tinyproxy_py", "serve"]
 
@@ -155,16 +157,16 @@ def test_port_in_use_is_a_clear_error() -> None:
 
 def test_workers_share_the_port_add_up_their_stats_and_stop_together(origin: OriginServer) -> None:
     with proxy_process("--workers", "2", "--log-level", "warning") as (proc, url):
-        host, port = url.removeprefix("http://").rsplit(":", 1)
+        address = address_of(url)
         for _ in range(40):  # new connections: the kernel spreads them over both workers
-            assert get((host, int(port)), origin.url("/bytes/10")).status == 200
+            assert get(address, origin.url("/bytes/10")).status == 200
 
         def both_counted() -> bool:
-            stats = json.loads(get((host, int(port)), "http://tinyproxy-py.stats/json").body)
+            stats = json.loads(get(address, "http://tinyproxy-py.stats/json").body)
             return len(stats["workers"]) == 2 and stats["counters"].get("responses.2xx", 0) >= 40
 
         assert wait_until(both_counted)  # each worker publishes its share every second
-        workers = json.loads(get((host, int(port)), "http://tinyproxy-py.stats/json").body)["workers"]
+        workers = json.loads(get(address, "http://tinyproxy-py.stats/json").body)["workers"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(MUST_NOT_EXPIRE) == 0
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ..origin import OriginServer, pattern_bytes
-from ..support import MUST_NOT_EXPIRE, Response, client_env, get, proxy_process, recv_head, wait_until
+from ..kit.clients import recv_head
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import Response, get
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
+from ..support import address_of, client_env, proxy_process
 
 COMMAND = [sys.executable, "-m", "tinyproxy_py"]
 
@@ -36,18 +39,13 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def address(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    return host, int(port)
-
-
 def test_unmodified_tinyproxy_config_serves_and_warns_with_file_and_line(
     tmp_path: Path, origin: OriginServer
 ) -> None:
     conf = tinyproxy_conf(tmp_path, "ConnectPort 443\n")
     with proxy_process("--config", str(conf)) as (proc, url):
         assert (tmp_path / "proxy.pid").read_text().strip() == str(proc.pid)
-        response = get(address(url), origin.url("/bytes/100"))
+        response = get(address_of(url), origin.url("/bytes/100"))
         assert response.body == pattern_bytes(100)
         assert (response.header("Via") or "").startswith("1.1 tinyproxy (")
         proc.send_signal(signal.SIGTERM)
@@ -64,7 +62,7 @@ def test_connect_port_means_what_tinyproxy_conf_5_says(
 ) -> None:
     """No ConnectPort line: CONNECT may reach every port. `ConnectPort 0`: no CONNECT."""
     conf = tinyproxy_conf(tmp_path, extra)
-    with proxy_process("--config", str(conf)) as (_, url), socket.create_connection(address(url)) as sock:
+    with proxy_process("--config", str(conf)) as (_, url), socket.create_connection(address_of(url)) as sock:
         sock.settimeout(MUST_NOT_EXPIRE)
         sock.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         status = recv_head(sock).split(b" ", 2)[1]
@@ -149,17 +147,17 @@ def test_sighup_reloads_rules_without_dropping_connections(tmp_path: Path, origi
     conf.write_text(f'Allow 127.0.0.1\nLogFile "{log}"\n')
     with (
         proxy_process("--config", str(conf)) as (proc, url),
-        socket.create_connection(address(url), timeout=MUST_NOT_EXPIRE) as tunnel,
+        socket.create_connection(address_of(url), timeout=MUST_NOT_EXPIRE) as tunnel,
     ):
         tunnel.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert tunnel.recv(100).startswith(b"HTTP/1.1 200")
         conf.write_text(f'Allow 127.0.0.1\nLogFile "{log}"\nFilterHost "127.0.0.1"\n')
         proc.send_signal(signal.SIGHUP)
-        assert wait_until(lambda: get(address(url), origin.url("/bytes/3")).status == 403)
+        assert wait_until(lambda: get(address_of(url), origin.url("/bytes/3")).status == 403)
         conf.write_text("MaxClients many\n")  # a bad file: the running configuration stays
         proc.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "reload failed, keeping the running configuration" in log.read_text())
-        assert get(address(url), origin.url("/bytes/3")).status == 403
+        assert get(address_of(url), origin.url("/bytes/3")).status == 403
         # The tunnel opened before both reloads still carries traffic.
         tunnel.sendall(b"GET /bytes/5 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert Response(tunnel).body == pattern_bytes(5)
@@ -168,12 +166,12 @@ def test_sighup_reloads_rules_without_dropping_connections(tmp_path: Path, origi
 def test_sigusr1_reopens_the_log_file(tmp_path: Path, origin: OriginServer) -> None:
     log = tmp_path / "proxy.log"
     with proxy_process("--log-file", str(log)) as (proc, url):
-        get(address(url), origin.url("/bytes/1"))
+        get(address_of(url), origin.url("/bytes/1"))
         assert wait_until(lambda: "/bytes/1" in log.read_text())
         log.rename(tmp_path / "proxy.log.1")  # what logrotate does
         proc.send_signal(signal.SIGUSR1)
         assert wait_until(log.exists)
-        get(address(url), origin.url("/bytes/2"))
+        get(address_of(url), origin.url("/bytes/2"))
         assert wait_until(lambda: "/bytes/2" in log.read_text())
     assert "/bytes/2" not in (tmp_path / "proxy.log.1").read_text()
 

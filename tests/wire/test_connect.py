@@ -21,82 +21,28 @@ from tinyproxy_py.errors import Overloaded
 from tinyproxy_py.stats import Stats
 from tinyproxy_py.tunnel import BUFFER_SIZE, TunnelHub
 
-from ..origin import OriginServer, pattern_bytes
-from ..support import (
-    MUST_NOT_EXPIRE,
-    UNRESOLVABLE,
-    Response,
-    ScriptedServer,
-    client_env,
-    closed_port,
-    open_fds,
-    recv_head,
-    scripted_server,
-    stalled_listener,
-    thread_count,
-    wait_until,
-)
+from ..kit.clients import MiB, abort, recv_exactly, recv_to_eof
+from ..kit.clients import open_tunnel as kit_open_tunnel
+from ..kit.faults import echo
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.procfs import open_fds, thread_count
+from ..kit.responses import Response, refused_connect
+from ..kit.servers import ScriptedServer, free_port, scripted_server, stalled_listener
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
+from ..support import UNRESOLVABLE, client_env
 
-MiB = 1024 * 1024
-RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a reset
 REASONS = ("eof", "reset", "idle", "shutdown", "error")
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"  # the whole answer, nothing more
 
 
 # --- helpers ---
-
-
-def connect_head(target: str) -> bytes:
-    return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
-
-
-def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    """The proxy's answer head, and any tunnel bytes that came in the same reads."""
-    head, _, rest = recv_head(sock).partition(b"\r\n\r\n")
-    return head, rest
 
 
 def open_tunnel(
     proxy: ProxyServer, target: str, early: bytes = b"", rcvbuf: int = 0
 ) -> tuple[socket.socket, bytes]:
     """A client socket with an established tunnel, and the tunnel bytes already read."""
-    family = socket.AF_INET6 if ":" in proxy.address[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(MUST_NOT_EXPIRE)
-        sock.connect(proxy.address)
-        sock.sendall(connect_head(target) + early)
-        head, rest = read_head(sock)
-        assert head == b"HTTP/1.1 200 Connection established", head
-    except BaseException:
-        sock.close()
-        raise
-    return sock, rest
-
-
-def recv_exactly(sock: socket.socket, size: int, have: bytes = b"") -> bytes:
-    chunks, got = [have], len(have)
-    while got < size:
-        data = sock.recv(min(size - got, 1 << 20))
-        if not data:
-            break
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
-
-
-def recv_to_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while data := sock.recv(1 << 20):
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-def echo(sock: socket.socket) -> None:
-    sock.settimeout(MUST_NOT_EXPIRE)
-    while data := sock.recv(1 << 20):
-        sock.sendall(data)
+    return kit_open_tunnel(proxy.address, target, early, answer=ESTABLISHED, rcvbuf=rcvbuf)
 
 
 @contextmanager
@@ -257,30 +203,24 @@ def test_ipv6_literal_target(proxy: ProxyServer) -> None:
         server.close()
 
 
-def connect_status(proxy: ProxyServer, target: str) -> Response:
-    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
-        sock.sendall(connect_head(target))
-        return Response(sock, "CONNECT")
-
-
 @pytest.mark.parametrize(
     "target",
     ["127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "[::1:443", "[::1]x:443", "/path", ":443"],
 )
 def test_bad_connect_target_is_400(proxy: ProxyServer, target: str) -> None:
-    response = connect_status(proxy, target)
+    response = refused_connect(proxy.address, target)
     assert response.status == 400, response.body
     assert proxy.stats.counter("responses.2xx") == 0
 
 
 def test_refused_target_is_502(proxy: ProxyServer) -> None:
-    response = connect_status(proxy, f"127.0.0.1:{closed_port()}")
+    response = refused_connect(proxy.address, f"127.0.0.1:{free_port()}")
     assert response.status == 502
     assert response.header("X-Tinyproxy-Py-Cause") == "refused"
 
 
 def test_unresolvable_target_is_502(proxy: ProxyServer) -> None:
-    response = connect_status(proxy, f"{UNRESOLVABLE}:443")
+    response = refused_connect(proxy.address, f"{UNRESOLVABLE}:443")
     assert response.status == 502
     assert response.header("X-Tinyproxy-Py-Cause") == "dns"
 
@@ -290,7 +230,7 @@ def test_connect_timeout_is_504(make_proxy: Callable[..., ProxyServer]) -> None:
     with ExitStack() as stack:
         port = stalled_listener(stack)  # a full accept queue drops further SYNs: connect() hangs
         started = time.monotonic()
-        response = connect_status(proxy, f"127.0.0.1:{port}")
+        response = refused_connect(proxy.address, f"127.0.0.1:{port}")
     assert response.status == 504
     assert response.header("X-Tinyproxy-Py-Cause") == "connect-timeout"
     assert time.monotonic() - started < 0.3 + MUST_NOT_EXPIRE / 4
@@ -425,7 +365,7 @@ def test_target_reset_resets_the_client(proxy: ProxyServer) -> None:
         sock.settimeout(MUST_NOT_EXPIRE)
         sock.sendall(b"partial")
         assert sock.recv(3) == b"ack"
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+        abort(sock)
 
     with scripted_server(reset_after_ack) as server:
         sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
@@ -457,7 +397,7 @@ def test_client_abort_mid_transfer_stops_the_source(proxy: ProxyServer) -> None:
         sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
         with sock:
             assert len(recv_exactly(sock, MiB, rest)) == MiB
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+            abort(sock)
         assert ended.wait(MUST_NOT_EXPIRE)
     assert outcome and isinstance(outcome[0], (ConnectionResetError, BrokenPipeError)), outcome
     assert tunnels_gone(proxy)
@@ -534,7 +474,7 @@ def test_max_tunnels_answers_503_beyond_the_limit(make_proxy: Callable[..., Prox
         second, _ = open_tunnel(proxy, target)
         with first, second:
             assert proxy.hub.count == 2  # the 200 is the hub's greeting: adopted before it is sent
-            response = connect_status(proxy, target)
+            response = refused_connect(proxy.address, target)
             assert response.status == 503
             assert response.header("X-Tinyproxy-Py-Cause") == "overloaded"
             assert proxy.hub.count == 2
@@ -630,7 +570,7 @@ def test_1000_tunnels_leave_no_fd_thread_or_gauge_behind(proxy: ProxyServer) -> 
         finally:
             for i, sock in enumerate(socks):
                 if i % 3 == 1:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+                    abort(sock)
                 elif i % 3 == 2:
                     sock.shutdown(socket.SHUT_WR)
                     assert recv_to_eof(sock) == b""

@@ -14,8 +14,9 @@ import pytest
 
 from tinyproxy_py.pytest_plugin import RecordingProxy, tinyproxy_config
 
-from ..origin import OriginServer, pattern_bytes
-from ..support import MUST_NOT_EXPIRE, client_env
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.waits import MUST_NOT_EXPIRE
+from ..support import client_env
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tinyproxy_py"
 PLUGIN_ONLY = ("-p", "no:tinyproxy", "-p", "tinyproxy_py.pytest_plugin", "-p", "no:cacheprovider")

@@ -17,19 +17,12 @@ import requests
 
 from tinyproxy_py import ProxyServer
 
-from ..origin import OriginServer, pattern_bytes, running_origin
-from ..support import (
-    MUST_NOT_EXPIRE,
-    Response,
-    client_env,
-    get,
-    one_reader,
-    recv_all,
-    request_over,
-    scripted_server,
-    stalled_listener,
-    wait_until,
-)
+from ..kit.clients import abort, recv_all
+from ..kit.origins import OriginServer, pattern_bytes, running_origin
+from ..kit.responses import Response, get, one_reader, request_over
+from ..kit.servers import free_port, scripted_server, stalled_listener
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
+from ..support import UNRESOLVABLE, client_env
 
 MiB = 1024 * 1024
 
@@ -271,7 +264,7 @@ def test_client_abort_mid_download_discards_the_origin_connection(
     with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
         sock.sendall(f"GET {origin.url(f'/bytes/{512 * MiB}')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert sock.recv(65536)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        abort(sock)
     # Half-read, the upstream connection must be closed, never returned to the pool.
     assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0)
     assert wait_until(lambda: proxy.stats.gauge("clients") == 0)
@@ -315,16 +308,13 @@ def test_stale_pooled_connection_is_retried_once_for_get(proxy: ProxyServer) -> 
 
 
 def test_refused_origin_is_502(proxy: ProxyServer) -> None:
-    from ..support import closed_port
-
-    response = get(proxy.address, f"http://127.0.0.1:{closed_port()}/")
+    response = get(proxy.address, f"http://127.0.0.1:{free_port()}/")
     assert response.status == 502
     assert response.header("X-Tinyproxy-Py-Cause") == "refused"
     assert b"cannot connect" in response.body
 
 
 def test_unresolvable_origin_is_502(proxy: ProxyServer) -> None:
-    from ..support import UNRESOLVABLE
 
     response = get(proxy.address, f"http://{UNRESOLVABLE}/")
     assert response.status == 502

@@ -23,8 +23,10 @@ import pytest
 from tinyproxy_py import ProxyServer
 
 from ..data.hostile_requests import BODY_CASES, CLOSE, HEAD_CASES, LIMITS, Expected, for_upstream
-from ..origin import OriginServer, pattern_bytes
-from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, ScriptedServer, get, scripted_server, wait_until
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import get
+from ..kit.servers import ScriptedServer, scripted_server
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 
 MakeProxy = Callable[..., ProxyServer]
 MARKER = b"marker: sent after the exchange, accepted after anything the proxy dialled"

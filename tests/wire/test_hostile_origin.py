@@ -27,7 +27,8 @@ import pytest
 from tinyproxy_py import ProxyServer
 
 from ..data.hostile_responses import CASES, Case, Expect, Pause
-from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, scripted_server, wait_until
+from ..kit.servers import scripted_server
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 
 MakeProxy = Callable[..., ProxyServer]
 

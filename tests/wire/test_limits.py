@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 from tinyproxy_py import ProxyServer
 
-from ..origin import OriginServer, pattern_bytes, running_origin
-from ..support import EXPIRE_SOON, MUST_NOT_EXPIRE, Response, get, open_fds, request_over, wait_until
+from ..kit.origins import OriginServer, pattern_bytes, running_origin
+from ..kit.procfs import open_fds
+from ..kit.responses import Response, get, request_over
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 
 
 def test_one_client_over_max_clients_gets_503_at_once(

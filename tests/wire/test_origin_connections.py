@@ -17,17 +17,10 @@ import trustme
 
 from tinyproxy_py import ProxyServer
 
-from ..support import (
-    EXPIRE_SOON,
-    MUST_NOT_EXPIRE,
-    Response,
-    get,
-    read_response,
-    recv_all,
-    recv_head,
-    scripted_server,
-    wait_until,
-)
+from ..kit.clients import read_response, recv_all, recv_head
+from ..kit.responses import Response, get
+from ..kit.servers import scripted_server
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 BIG = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000

@@ -13,30 +13,17 @@ import pytest
 
 from tinyproxy_py import ProxyServer
 
-from ..origin import OriginServer, pattern_bytes
-from ..support import (
-    EXPIRE_SOON,
-    MUST_NOT_EXPIRE,
-    Response,
-    client_env,
-    get,
-    proxy_process,
-    recv_all,
-    request_over,
-)
+from ..kit.clients import recv_all
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import Response, get, refused_connect, request_over
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE
+from ..support import client_env, proxy_process
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         ["curl", "-sS", *args], capture_output=True, env=client_env(), timeout=MUST_NOT_EXPIRE, check=False
     )
-
-
-def connect(proxy: ProxyServer, target: str) -> Response:
-    """A CONNECT the proxy refuses: its answer has a Content-Length body, parsed like a GET's."""
-    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
-        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-        return Response(sock)
 
 
 def test_client_outside_the_allow_list_gets_403(
@@ -128,7 +115,7 @@ def test_connect_to_a_port_not_allowed_gets_403(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer
 ) -> None:
     proxy = make_proxy(connect_ports=(443,))
-    response = connect(proxy, f"127.0.0.1:{origin.port}")
+    response = refused_connect(proxy.address, f"127.0.0.1:{origin.port}")
     assert response.status == 403
     assert f"port {origin.port} is not allowed".encode() in response.body
 
@@ -140,7 +127,7 @@ def test_filtered_host_refused_over_http_and_connect(
     blocked = get(proxy.address, origin.url("/bytes/1", host="localhost"))
     assert blocked.status == 403
     assert b"blocked by filter 'localhost'" in blocked.body
-    assert connect(proxy, f"localhost:{origin.port}").status == 403
+    assert refused_connect(proxy.address, f"localhost:{origin.port}").status == 403
     assert get(proxy.address, origin.url("/bytes/1")).status == 200  # 127.0.0.1 is not filtered
     assert len(origin.requests) == 1
 
@@ -160,7 +147,7 @@ def test_request_aimed_at_the_proxy_itself_gets_508_and_serving_goes_on(
     host, port = proxy.address
     started = time.monotonic()
     assert get(proxy.address, f"http://{host}:{port}/").status == 508
-    assert connect(proxy, f"localhost:{port}").status == 508
+    assert refused_connect(proxy.address, f"localhost:{port}").status == 508
     assert time.monotonic() - started < EXPIRE_SOON
     assert get(proxy.address, origin.url("/bytes/2")).status == 200
 

@@ -10,22 +10,15 @@ from collections.abc import Callable
 from tinyproxy_py import ProxyServer
 from tinyproxy_py.accesslog import AccessRecord
 
-from ..origin import OriginServer
-from ..support import (
-    EXPIRE_SOON,
-    MUST_NOT_EXPIRE,
-    Response,
-    get,
-    proxy_process,
-    recv_all,
-    recv_head,
-    wait_until,
-)
+from ..kit.clients import recv_all, recv_head
+from ..kit.origins import OriginServer
+from ..kit.responses import Response, get
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
+from ..support import address_of, proxy_process
 
 
 def connect_to(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=MUST_NOT_EXPIRE)
+    return socket.create_connection(address_of(url), timeout=MUST_NOT_EXPIRE)
 
 
 def test_sigterm_lets_a_slow_request_finish_then_exits_0(origin: OriginServer) -> None:

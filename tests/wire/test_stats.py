@@ -17,8 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tinyproxy_py import ProxyServer
 
-from ..origin import OriginServer
-from ..support import MUST_NOT_EXPIRE, client_env, get, proxy_process, recv_all, recv_head, wait_until
+from ..kit.clients import recv_all, recv_head
+from ..kit.origins import OriginServer
+from ..kit.responses import get
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
+from ..support import client_env, proxy_process
 
 STATS = "http://tinyproxy-py.stats"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

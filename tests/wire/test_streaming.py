@@ -21,12 +21,13 @@ import pytest
 
 from tinyproxy_py import ProxyServer
 
-from ..support import MUST_NOT_EXPIRE, read_response, recv_head, scripted_server, wait_until
+from ..kit.clients import abort, read_response, recv_head
+from ..kit.servers import scripted_server
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 
 GAP = 0.3  # between two pieces at the sending end
 LAG = 0.25  # most a piece may take through the proxy
 PIECES = 4
-RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a reset
 
 
 # --- helpers ---
@@ -42,7 +43,8 @@ def chunk(data: bytes) -> bytes:
 
 @dataclass
 class Stream:
-    """What a client read: the response head, the decoded body, when each piece was complete."""
+    """What one side read: the response head (a client's), the decoded body, when each
+    piece was complete."""
 
     response: h11.Response | None = None
     body: bytearray = field(default_factory=bytearray)
@@ -69,8 +71,9 @@ def request_bytes(conn: h11.Connection, url: str, version: str = "1.1") -> bytes
 def read_stream(
     sock: socket.socket, conn: h11.Connection, pieces: list[bytes], stop_after: int | None = None
 ) -> Stream:
-    """Read the response, noting when each of `pieces` (in order) was complete in the
-    decoded body; until the response ends, or `stop_after` pieces have come."""
+    """Read the response (or, with a server `conn`, the request), noting when each of
+    `pieces` (in order) was complete in the decoded body; until the message ends, or
+    `stop_after` pieces have come."""
     ends = list(itertools.accumulate(len(p) for p in pieces))
     stream = Stream()
     sock.settimeout(MUST_NOT_EXPIRE)
@@ -214,30 +217,13 @@ def test_long_poll_answered_after_a_second_reaches_the_client(
 
 def test_trickling_chunked_upload_reaches_the_origin_as_it_comes(proxy: ProxyServer) -> None:
     pieces = [b"upload piece %d;" % i * 8 for i in range(PIECES)]
-    ends = list(itertools.accumulate(len(p) for p in pieces))
-    received = bytearray()
-    arrived: list[float] = []
+    uploads: list[Stream] = []  # what the origin read, and when each piece was complete
     sent: list[float] = []
 
     def sink(sock: socket.socket) -> None:
-        sock.settimeout(MUST_NOT_EXPIRE)
-        conn = h11.Connection(h11.SERVER)
-        now = time.monotonic()
-        while True:
-            got = conn.next_event()
-            if got is h11.NEED_DATA:
-                data = sock.recv(65536)
-                now = time.monotonic()
-                conn.receive_data(data)
-            elif isinstance(got, h11.Data):
-                received.extend(got.data)
-                while len(arrived) < len(ends) and len(received) >= ends[len(arrived)]:
-                    arrived.append(now)
-            elif isinstance(got, h11.EndOfMessage):
-                break
-            elif isinstance(got, h11.ConnectionClosed):
-                return
-        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        uploads.append(read_stream(sock, h11.Connection(h11.SERVER), pieces))
+        if uploads[0].ended:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
 
     with scripted_server(sink) as server:
         url = f"http://127.0.0.1:{server.port}/upload"
@@ -251,8 +237,9 @@ def test_trickling_chunked_upload_reaches_the_origin_as_it_comes(proxy: ProxySer
             sock.sendall(b"0\r\n\r\n")
             status, _, body = read_response(sock)
     assert (status, body) == (200, b"ok\n")
-    assert bytes(received) == b"".join(pieces)
-    assert_as_they_came(sent, arrived)
+    [upload] = uploads
+    assert bytes(upload.body) == b"".join(pieces)
+    assert_as_they_came(sent, upload.times)
 
 
 # --- a client that leaves ---
@@ -287,7 +274,7 @@ def test_client_leaving_an_event_stream_releases_everything(proxy: ProxyServer, 
             assert stream.response is not None and stream.response.status_code == 200
             assert len(stream.times) == 3 and not stream.ended
             if how == "reset":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+                abort(sock)
         left = time.monotonic()
         # The proxy notices on its next write to the client, closes the origin connection,
         # and the origin's own writes then fail.

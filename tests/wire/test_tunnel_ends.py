@@ -25,7 +25,10 @@ import trustme
 
 from tinyproxy_py import ProxyServer
 
-from ..support import MUST_NOT_EXPIRE, client_env, recv_head, scripted_server, wait_until
+from ..kit.clients import recv_head
+from ..kit.servers import scripted_server
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
+from ..support import client_env
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 FETCHES = 5  # per client: the order of the last FIN and RST varies from run to run

@@ -40,9 +40,12 @@ from wsproto.events import (
 
 from tinyproxy_py import ProxyServer
 
-from ..support import MUST_NOT_EXPIRE, request_over, scripted_server, wait_until
+from ..kit.clients import KiB, connect_request, open_tunnel
+from ..kit.faults import echo
+from ..kit.responses import request_over
+from ..kit.servers import scripted_server
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 
-KiB = 1024
 SERVER_CLOSE = "please close"  # the echo server answers this text by closing the websocket
 SERVER_CLOSE_CODE, SERVER_CLOSE_REASON = 4000, "server says bye"
 
@@ -226,28 +229,6 @@ def upgrade_request(url: str) -> bytes:
     ).encode()
 
 
-def echo(sock: socket.socket) -> None:
-    sock.settimeout(MUST_NOT_EXPIRE)
-    while data := sock.recv(65536):
-        sock.sendall(data)
-
-
-def open_connect_tunnel(proxy: ProxyServer, authority: str) -> socket.socket:
-    sock = socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE)
-    try:
-        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = sock.recv(1)  # byte by byte: nothing of the tunnel is read with the head
-            assert data, f"closed before a full head: {head!r}"
-            head += data
-        assert head.startswith(b"HTTP/1.1 200 "), head
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 MESSAGES: list[str | bytes] = [
     "hello",
     b"\x00\x01\x02binary\xff",
@@ -429,8 +410,9 @@ def test_upgrade_beyond_max_tunnels_is_503(
     proxy = make_proxy(max_tunnels=1)
     with scripted_server(echo) as server:
         target = f"127.0.0.1:{server.port}"
-        with open_connect_tunnel(proxy, target) as tunnel:
-            assert proxy.hub.count == 1
+        tunnel, rest = open_tunnel(proxy.address, target)
+        with tunnel:
+            assert rest == b"" and proxy.hub.count == 1
             with WsClient(proxy) as client:
                 answer = client.handshake(ws_origin.authority)
                 assert isinstance(answer, RejectConnection), answer
@@ -447,7 +429,7 @@ def test_upgrade_beyond_max_tunnels_is_503(
             assert client.recv_message() == "in"
             assert wait_until(lambda: proxy.stats.gauge("tunnels") == 1)
             with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
-                refused = request_over(sock, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                refused = request_over(sock, connect_request(target))
             assert refused.status == 503
             client.close()
     assert tunnels_gone(proxy)

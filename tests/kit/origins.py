@@ -1,4 +1,4 @@
-"""A real HTTP/1.1 origin server for the wire tests (stdlib http.server, threads, port 0).
+"""A real HTTP/1.1 origin server (stdlib http.server, threads, port 0) with test routes.
 
 Routes (all GET unless noted):
   /bytes/N        N bytes of a fixed pattern, with Content-Length
@@ -14,7 +14,8 @@ Routes (all GET unless noted):
   /slow/SECONDS   waits, then answers "slow"
   /stall-body     sends a head promising 10 bytes, 5 of them, then waits
   /truncated      promises 100 bytes, sends 10, closes
-Every request is recorded in `server.requests` as (method, path, headers, body).
+Every request is recorded in `server.requests` as (method, path, headers, body), unless
+`record=False` (a long soak would keep every upload).
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ class OriginHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30
     server: OriginServer
+    body = b""  # the current request's
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
-        body = self._read_body()
-        self.server.requests.append((self.command, self.path, list(self.headers.items()), body))
+        self.body = self._read_body()
+        if self.server.record:
+            self.server.requests.append((self.command, self.path, list(self.headers.items()), self.body))
         parts = self.path.split("?")[0].strip("/").split("/")
         route = getattr(self, "route_" + parts[0].replace("-", "_"), None)
         if route is None:
@@ -66,7 +69,7 @@ class OriginHandler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0], 16)
                 if size == 0:
@@ -114,11 +117,16 @@ class OriginHandler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def route_echo(self) -> None:
-        self._send(200, self.server.requests[-1][3], {"Content-Type": "application/octet-stream"})
+        self._send(200, self.body, {"Content-Type": "application/octet-stream"})
 
     def route_headers(self) -> None:
-        method, path, headers, _ = self.server.requests[-1]
-        info = {"method": method, "path": path, "version": self.request_version, "headers": headers}
+        headers = list(self.headers.items())
+        info = {
+            "method": self.command,
+            "path": self.path,
+            "version": self.request_version,
+            "headers": headers,
+        }
         self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
 
     def route_status(self, code: str) -> None:
@@ -173,11 +181,14 @@ class OriginHandler(BaseHTTPRequestHandler):
 class OriginServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None, record: bool = True
+    ) -> None:
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, 0), OriginHandler)
         self.requests: list[tuple[str, str, list[tuple[str, str]], bytes]] = []
+        self.record = record
         self.release = threading.Event()
         self.ssl_context = ssl_context
         self.scheme = "http" if ssl_context is None else "https"
