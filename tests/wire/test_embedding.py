@@ -41,40 +41,6 @@ def test_recording_proxy_records_requests_and_leaves_nothing_behind(
         assert proxy.stats.counter("responses.2xx") == 1  # counted before the access record
 
 
-def test_fixture_is_available_to_a_users_test_suite(tmp_path: Path) -> None:
-    (tmp_path / "test_user.py").write_text(
-        textwrap.dedent(
-            """
-            import threading, urllib.request
-            from http.server import BaseHTTPRequestHandler, HTTPServer
-
-            class Hello(BaseHTTPRequestHandler):
-                def do_GET(self):
-                    self.send_response(200)
-                    self.send_header("Content-Length", "5")
-                    self.end_headers()
-                    self.wfile.write(b"hello")
-                def log_message(self, *args):
-                    pass
-
-            def test_through_the_fixture(tinyproxy):
-                server = HTTPServer(("127.0.0.1", 0), Hello)
-                thread = threading.Thread(target=server.handle_request)
-                thread.start()
-                url = f"http://127.0.0.1:{server.server_port}/x"
-                opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": tinyproxy.url}))
-                assert opener.open(url, timeout=10).read() == b"hello"
-                thread.join(10)
-                server.server_close()
-                assert [(r.method, r.status) for r in tinyproxy.wait_for_requests(1)] == [("GET", 200)]
-            """
-        )
-    )
-    result = run_user_suite(tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
-
-
 def run_user_suite(folder: Path) -> subprocess.CompletedProcess[str]:
     """pytest in `folder`, a user's suite with the plugin (and no other conftest of ours)."""
     return subprocess.run(
@@ -149,7 +115,8 @@ def tls_app_url(ca):
 
 
 def test_the_fixture_examples_in_the_docs_run_as_written(tmp_path: Path) -> None:
-    """docs/embedding.md's pytest blocks, verbatim, against the fixtures they name."""
+    """docs/embedding.md's pytest blocks, verbatim, against the fixtures they name: the
+    installed plugin's fixture works in a user's own suite, as the docs show it."""
     text = (PACKAGE.parent / "docs" / "embedding.md").read_text()
     section = text.split("## In your tests", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
