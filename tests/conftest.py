@@ -15,9 +15,11 @@ import pytest
 import trustme
 
 from tinyproxy_py import Config, ProxyServer
+from tinyproxy_py.dialer import Resolver
 
 from .kit.origins import OriginServer
 from .kit.procfs import open_fds, thread_count
+from .kit.resolver import offline_resolver
 from .kit.waits import MUST_NOT_EXPIRE, wait_until
 
 SHORT_LIMITS = {
@@ -86,8 +88,9 @@ def make_proxy(no_leaks: None) -> Iterator[Callable[..., ProxyServer]]:
     """Start proxies with SHORT_LIMITS plus overrides; each is checked idle, then stopped."""
     started: list[ProxyServer] = []
 
-    def make(**overrides: object) -> ProxyServer:
-        proxy = ProxyServer(Config(**{**SHORT_LIMITS, **overrides}))  # type: ignore[arg-type]
+    def make(resolver: Resolver | None = None, **overrides: object) -> ProxyServer:
+        config = Config(**{**SHORT_LIMITS, **overrides})  # type: ignore[arg-type]
+        proxy = ProxyServer(config, resolver=resolver or offline_resolver())  # never DNS
         proxy.start()
         started.append(proxy)
         return proxy

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 from .kit.waits import MUST_NOT_EXPIRE
 
-# A host name that getaddrinfo rejects locally (over 255 octets): no DNS packet leaves.
-UNRESOLVABLE = ".".join(["a" * 63] * 4) + ".invalid"
+# A name the proxies make_proxy starts cannot resolve: their resolver never asks DNS.
+UNRESOLVABLE = "unresolvable.invalid"
 
 
 def client_env(**extra: str) -> dict[str, str]:

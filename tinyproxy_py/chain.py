@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 
-from .dialer import dial
+from .dialer import DIRECT, Dialer
 from .errors import BadGateway, BadRequest, Cause, GatewayTimeout, LoopDetected, ProxyError
 from .routes import Parent, join_host_port
 
@@ -288,9 +288,10 @@ def _reply_error(label: str, reply: int, target: str) -> ProxyError:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def dial_parent(parent: Parent, timeout: float) -> socket.socket:
-    """A connection to the parent itself; failures name it, with its password masked."""
-    return dial(parent.address, timeout, name=label(parent), causes=PARENT_CAUSES)
+def dial_parent(parent: Parent, timeout: float, dialer: Dialer = DIRECT) -> socket.socket:
+    """A connection to the parent itself; failures name it, with its password masked. The
+    operator chose the parent: the destination policy is for where clients go."""
+    return dialer.dial(parent.address, timeout, name=label(parent), causes=PARENT_CAUSES, judged=False)
 
 
 def label(parent: Parent) -> str:
@@ -298,7 +299,7 @@ def label(parent: Parent) -> str:
 
 
 def connect_through(
-    parent: Parent, host: str, port: int, *, timeout: float, via: str = ""
+    parent: Parent, host: str, port: int, *, timeout: float, via: str = "", dialer: Dialer = DIRECT
 ) -> tuple[socket.socket, bytes]:
     """A socket tunnelled to host:port through `parent`, and the target's first bytes.
 
@@ -314,7 +315,7 @@ def connect_through(
         handshake = Socks5Handshake(name, host, port, parent.username, parent.password)
     else:
         handshake = ConnectHandshake(name, host, port, parent.proxy_authorization(), via)
-    sock = dial_parent(parent, max(deadline - time.monotonic(), 0.001))
+    sock = dial_parent(parent, max(deadline - time.monotonic(), 0.001), dialer)
     try:
         return sock, run(sock, handshake, deadline)
     except BaseException:

@@ -62,7 +62,25 @@ class Config:
         "the same port; e.g. 127.0.0.1 and ::1).",
     )
     port: int = _opt(8888, "TCP port to listen on; 0 picks a free port.")
-    connect_timeout: float = _opt(10.0, "TCP connect to an origin or CONNECT target.", unit="seconds")
+    connect_timeout: float = _opt(
+        10.0, "TCP connect to an origin, CONNECT target or parent proxy, all its addresses.", unit="seconds"
+    )
+    attempt_delay: float = _opt(
+        0.25,
+        "Happy Eyeballs (RFC 8305): start connecting to a host's next address this long after "
+        "the previous attempt, while it is still pending.",
+        unit="seconds",
+    )
+    resolve: tuple[str, ...] = _opt(
+        (),
+        "HOST:PORT:ADDRESS[,ADDRESS...]: connect to ADDRESS for HOST:PORT, without asking DNS "
+        "(curl's --resolve; repeatable).",
+    )
+    connect_to: tuple[str, ...] = _opt(
+        (),
+        "HOST:PORT:HOST2:PORT2: connect to HOST2:PORT2 instead of HOST:PORT (curl's --connect-to; "
+        "repeatable).",
+    )
     read_timeout: float = _opt(
         60.0, "Wait between an origin's body bytes, and for each send to it.", unit="seconds"
     )
@@ -119,6 +137,24 @@ class Config:
     basic_auth: tuple[str, ...] = _opt((), "USER:PASSWORD for proxy Basic authentication (repeatable).")
     auth_file: str | None = _opt(None, "File of USER:PASSWORD lines for proxy Basic authentication.")
     auth_realm: str = _opt("tinyproxy-py", "Realm named in the 407 challenge.")
+    local_clients: tuple[str, ...] = _opt(
+        ("127.0.0.0/8", "::1"),
+        "Client address or CIDR block on this machine (repeatable): such clients may reach its "
+        "loopback and link-local services, which the destination policy refuses to others.",
+        flag="local-client",
+    )
+    deny_destinations: tuple[str, ...] = _opt(
+        (),
+        "Address or CIDR block no client may reach, checked on the resolved address "
+        "(repeatable; e.g. 10.0.0.0/8).",
+        flag="deny-destination",
+    )
+    allow_destinations: tuple[str, ...] = _opt(
+        (),
+        "Address or CIDR block any client may reach although the default refuses it "
+        "(loopback, link-local, unspecified, the proxy's own; repeatable).",
+        flag="allow-destination",
+    )
     connect_ports: tuple[int, ...] = _opt(
         (443, 563),
         "Port CONNECT may reach (repeatable; replaces the default list). 'any' (or 0) allows "
@@ -228,7 +264,9 @@ def _why_not(name: str, kind: str, value: Any) -> str:
         return "must be ports (0 allows every port, none at all refuses CONNECT)"
     if name == "host":
         return _listen_problem(value)
-    if name in ("allow", "deny"):
+    if name in ("resolve", "connect_to"):
+        return next((problem for line in value if (problem := _override_problem(name, line))), "")
+    if name in ("allow", "deny", "local_clients", "deny_destinations", "allow_destinations"):
         bad = [rule for rule in value if not _is_network(rule)]
         return f"{bad[0]!r} is not an address or CIDR block" if bad else ""
     return ""
@@ -265,6 +303,37 @@ def _listen_problem(hosts: tuple[str, ...]) -> str:
         return "needs an address to listen on"
     twice = [host for index, host in enumerate(hosts) if host in hosts[:index]]
     return f"lists {twice[0]!r} twice" if twice else ""
+
+
+_OVERRIDE = {
+    "resolve": re.compile(r"([^:\s]+):(\d+):(.+)"),
+    "connect_to": re.compile(r"([^:\s]+):(\d+):(\[[0-9A-Fa-f:.]+\]|[^:\s]+):(\d+)"),
+}
+
+
+def parse_override(name: str, line: str) -> tuple[tuple[str, int], tuple[str, ...]]:
+    """A --resolve line → ((host, port), (address, ...)); a --connect-to line →
+    ((host, port), (host2, port2)). Names in lower case. Raises ValueError."""
+    shape = "HOST:PORT:ADDRESS[,ADDRESS...]" if name == "resolve" else "HOST:PORT:HOST2:PORT2"
+    match = _OVERRIDE[name].fullmatch(line.strip())
+    ports = [int(p) for p in match.groups()[1::2]] if match else []
+    if match is None or not all(0 < port < 65536 for port in ports):
+        raise ValueError(f"expected {shape}, got {line!r}")
+    key = (match[1].lower(), ports[0])
+    if name == "connect_to":
+        return key, (match[3].strip("[]").lower(), match[4])
+    addresses = tuple(a.strip().strip("[]") for a in match[3].split(","))
+    for address in addresses:
+        ipaddress.ip_address(address)  # ValueError names it
+    return key, addresses
+
+
+def _override_problem(name: str, line: str) -> str:
+    try:
+        parse_override(name, line)
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 def _is_network(rule: str) -> bool:

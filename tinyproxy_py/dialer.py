@@ -1,42 +1,253 @@
-"""Opening a TCP connection towards an origin, a CONNECT target or a parent proxy.
+"""Every outgoing TCP connection: origins, CONNECT targets and parent proxies.
 
-One place turns the ways a connect fails into the ProxyError a client should see, so a
-timeout, a name that does not resolve and a refusal read alike wherever they happen.
-Imports: errors.
+One lookup (A and AAAA together), host overrides applied first (curl's --resolve and
+--connect-to), every address judged before it is dialled (the destination policy and
+loop detection, policy.py) and the connection made to exactly the address judged, so a
+second lookup cannot move it (DNS rebinding). Addresses are tried as RFC 8305 (Happy
+Eyeballs v2) says: families interleaved, the first family first, the next attempt
+started `attempt_delay` after the previous one while it is still pending; the first to
+connect wins and the others are closed at once. The connect timeout bounds the whole.
+
+One place turns the ways a connect fails into the ProxyError a client should see.
+Imports: errors, stats.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import ipaddress
+import itertools
+import logging
+import selectors
 import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
-from .errors import BadGateway, Cause, GatewayTimeout
+from .errors import BadGateway, Cause, GatewayTimeout, ProxyError
+from .stats import Stats
+
+log = logging.getLogger(__name__)
 
 # (timeout, unresolvable, refused or unreachable): causes for the access log and stats.
 ORIGIN_CAUSES = (Cause.CONNECT_TIMEOUT, Cause.DNS, Cause.REFUSED)
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+SockAddr = tuple[str, int] | tuple[str, int, int, int]
+Resolver = Callable[[str, int], list[tuple[socket.AddressFamily, SockAddr]]]
+Judge = Callable[[Address, int], None]  # raises a ProxyError for an address it refuses
 
-def dial(
-    address: tuple[str, int],
-    timeout: float,
-    *,
-    name: str = "",
-    causes: tuple[Cause, Cause, Cause] = ORIGIN_CAUSES,
-) -> socket.socket:
-    """A connected socket with TCP_NODELAY, or the ProxyError the client should see.
 
-    `name` is how errors call the peer (default host:port): a parent's, with its
-    password masked, never the raw error text.
+def system_resolver(host: str, port: int) -> list[tuple[socket.AddressFamily, SockAddr]]:
+    """getaddrinfo, A and AAAA at once, in the system's preferred order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [(socket.AddressFamily(family), sockaddr[:4]) for family, _, _, _, sockaddr in infos]  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class Dialer:
+    """How this proxy connects: the attempt delay, the host overrides, the resolver.
+
+    `resolve` maps (host, port) to (host, port, [address, ...]) from --resolve lines;
+    `connect_to` maps (host, port) to (host2, port2) from --connect-to lines (curl's
+    meaning: connect there instead, keep the name for Host and TLS). `resolver` is
+    getaddrinfo; tests put a function of their own in its place.
     """
-    host, port = address
-    name = name or f"{host}:{port}"
-    timed_out, unresolvable, refused = causes
-    try:
-        sock = socket.create_connection(address, timeout=timeout)
-    except TimeoutError as exc:
-        raise GatewayTimeout(f"connecting to {name} timed out", cause=timed_out) from exc
-    except socket.gaierror as exc:
-        raise BadGateway(f"cannot resolve {name}", cause=unresolvable) from exc
-    except OSError as exc:
-        raise BadGateway(f"cannot connect to {name}", cause=refused) from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+
+    attempt_delay: float = 0.25
+    resolve: Mapping[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
+    connect_to: Mapping[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    resolver: Resolver = system_resolver
+    stats: Stats | None = None
+    judge: Judge | None = None  # one client's destination policy: see judging()
+
+    def judging(self, judge: Judge | None) -> Dialer:
+        """This dialer, judging every address for one client's request."""
+        return dataclasses.replace(self, judge=judge)
+
+    def check(self, sock: socket.socket) -> None:
+        """Judge a connection made for someone else (a pooled one) before this client uses it."""
+        if self.judge is not None:
+            host, port = sock.getpeername()[:2]
+            self.judge(ipaddress.ip_address(host.split("%", 1)[0]), port)
+
+    def dial(
+        self,
+        address: tuple[str, int],
+        timeout: float,
+        *,
+        name: str = "",
+        causes: tuple[Cause, Cause, Cause] = ORIGIN_CAUSES,
+        judged: bool = True,
+    ) -> socket.socket:
+        """A connected socket with TCP_NODELAY, or the ProxyError the client should see.
+
+        `name` is how errors call the peer (default host:port): a parent's, with its
+        password masked, never the raw error text. Unless `judged` is False (a parent
+        proxy the operator configured), the judge sees every address before it is dialled.
+        """
+        judge = self.judge if judged else None
+        deadline = time.monotonic() + timeout
+        host, port = address
+        name = name or f"{host}:{port}"
+        timed_out, unresolvable, refused = causes
+        candidates = self._addresses(host, port, name, unresolvable)
+        if judge is not None:
+            candidates = _judged(candidates, judge)
+        attempt = _Attempts(_interleaved(candidates), self.attempt_delay, deadline)
+        try:
+            sock = attempt.run()
+        finally:
+            self._count(attempt)
+        if sock is None:
+            failures = "; ".join(f"{_shown(a)}: {why}" for a, why in attempt.failures)
+            log.debug("connecting to %s failed: %s", name, failures or "timed out")
+            if attempt.timed_out:
+                raise GatewayTimeout(f"connecting to {name} timed out", cause=timed_out)
+            raise BadGateway(f"cannot connect to {name}", cause=refused)
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _addresses(
+        self, host: str, port: int, name: str, unresolvable: Cause
+    ) -> list[tuple[socket.AddressFamily, SockAddr]]:
+        host, port = self.connect_to.get((host.lower(), port), (host, port))
+        pinned = self.resolve.get((host.lower(), port))
+        if pinned is not None:
+            return [(_family(a), (a, port)) for a in pinned]
+        try:
+            found = self.resolver(host, port)
+        except (OSError, UnicodeError) as exc:  # gaierror; the IDNA codec refusing a name
+            raise BadGateway(f"cannot resolve {name}", cause=unresolvable) from exc
+        if not found:
+            raise BadGateway(f"cannot resolve {name}", cause=unresolvable)
+        return found
+
+    def _count(self, attempt: _Attempts) -> None:
+        if self.stats is None:
+            return
+        self.stats.count("connect_attempts", attempt.started)
+        if attempt.fell_back:
+            self.stats.count("connect_fallbacks")
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _shown(sockaddr: SockAddr) -> str:
+    return f"[{sockaddr[0]}]:{sockaddr[1]}" if ":" in sockaddr[0] else f"{sockaddr[0]}:{sockaddr[1]}"
+
+
+def _judged(
+    candidates: list[tuple[socket.AddressFamily, SockAddr]], judge: Judge
+) -> list[tuple[socket.AddressFamily, SockAddr]]:
+    """The addresses the judge lets through; if it refuses all, its first refusal."""
+    allowed, refusals = [], []
+    for family, sockaddr in candidates:
+        try:
+            judge(ipaddress.ip_address(sockaddr[0].split("%", 1)[0]), sockaddr[1])
+        except ProxyError as refusal:
+            refusals.append(refusal)
+            continue
+        allowed.append((family, sockaddr))
+    if not allowed:
+        raise refusals[0]
+    return allowed
+
+
+def _interleaved(
+    candidates: Iterable[tuple[socket.AddressFamily, SockAddr]],
+) -> list[tuple[socket.AddressFamily, SockAddr]]:
+    """RFC 8305 §4: alternate the families, starting with the one the resolver put first."""
+    unique = list(dict.fromkeys(candidates))
+    if not unique:
+        return []
+    first = unique[0][0]
+    preferred = [c for c in unique if c[0] == first]
+    others = [c for c in unique if c[0] != first]
+    mixed = itertools.chain.from_iterable(itertools.zip_longest(preferred, others))
+    return [c for c in mixed if c is not None]
+
+
+class _Attempts:
+    """One Happy Eyeballs race: non-blocking connects started `delay` apart, or at once
+    when the previous one failed; the first to connect wins. Every socket it opened and
+    did not return is closed before run() returns or raises."""
+
+    def __init__(
+        self, candidates: list[tuple[socket.AddressFamily, SockAddr]], delay: float, deadline: float
+    ) -> None:
+        self.candidates, self.delay, self.deadline = candidates, delay, deadline
+        self.failures: list[tuple[SockAddr, str]] = []
+        self.started = 0
+        self.timed_out = False
+        self.fell_back = False  # the winner is not of the first family
+
+    def run(self) -> socket.socket | None:
+        pending: dict[socket.socket, tuple[socket.AddressFamily, SockAddr]] = {}
+        with selectors.DefaultSelector() as selector:
+            try:
+                return self._race(selector, pending)
+            finally:
+                for sock in pending:
+                    sock.close()
+
+    def _race(
+        self,
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, tuple[socket.AddressFamily, SockAddr]],
+    ) -> socket.socket | None:
+        next_start = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.timed_out = bool(pending) or self.started < len(self.candidates)
+                return None
+            if self.started < len(self.candidates) and (now >= next_start or not pending):
+                self._start(selector, pending)
+                next_start = now + self.delay
+                continue
+            if not pending:
+                return None  # every address failed
+            until = self.deadline if self.started == len(self.candidates) else min(next_start, self.deadline)
+            for key, _ in selector.select(max(until - now, 0.0)):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                selector.unregister(sock)
+                candidate = pending.pop(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error == 0:
+                    sock.setblocking(True)
+                    self.fell_back = candidate[0] != self.candidates[0][0]
+                    return sock
+                self.failures.append((candidate[1], errno.errorcode.get(error, str(error))))
+                sock.close()
+                next_start = time.monotonic()  # a failure starts the next attempt at once
+
+    def _start(
+        self,
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, tuple[socket.AddressFamily, SockAddr]],
+    ) -> None:
+        family, sockaddr = candidate = self.candidates[self.started]
+        self.started += 1
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            error = sock.connect_ex(sockaddr)
+        except OSError as exc:
+            sock.close()
+            self.failures.append((sockaddr, exc.strerror or str(exc)))
+            return
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            sock.close()
+            self.failures.append((sockaddr, errno.errorcode.get(error, str(error))))
+            return
+        pending[sock] = candidate
+        selector.register(sock, selectors.EVENT_WRITE)
+
+
+DIRECT = Dialer()  # no overrides, no stats: for callers outside a running proxy

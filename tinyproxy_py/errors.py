@@ -34,6 +34,7 @@ class Cause(str, Enum):
     AUTH = "auth"
     FILTERED = "filtered"
     CONNECT_PORT = "connect-port"
+    DESTINATION = "destination"
     LOOP = "loop"
     # The proxy's own bounds and lifecycle
     OVERLOADED = "overloaded"

@@ -11,7 +11,7 @@ a 101 to a request that asked to upgrade.
 The one retry: an idempotent request without a body that failed on a reused pooled
 connection before any response byte arrived (the origin closed an idle connection as
 we sent on it). Nothing reached the origin's application, so sending again is safe.
-Imports: http1, http1_response, stream, clientconn, pool, config, errors, routes, chain,
+Imports: http1, http1_response, stream, clientconn, pool, config, errors, routes, chain, dialer,
 tunnel (its hub, for an upgrade).
 """
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .chain import auth_refused, label
 from .clientconn import ClientConnection
 from .config import Config
+from .dialer import DIRECT, Dialer
 from .errors import (
     Aborted,
     BadGateway,
@@ -99,14 +100,16 @@ def forward(
     client_ip: str,
     via: Parent | None,
     hub: TunnelHub,
+    dialer: Dialer = DIRECT,
 ) -> Outcome:
-    """Forward `head` (and its body) to the origin, through `via` if given, and relay the response."""
+    """Forward `head` (and its body) to the origin, through `via` if given, and relay the
+    response. `dialer` makes new connections (and judges them for this client)."""
     upgrade = _upgrade_token(head)
     if upgrade:
         _check_upgrade(head, hub)
     headers = _origin_headers(head, rewrite, client_ip, upgrade)
     with pool.slots.hold(origin_key(head.scheme, head.host, head.port)):
-        exchange = _exchange(head, headers, client, pool, via)
+        exchange = _exchange(head, headers, client, pool, via, dialer)
         clean = False
         try:
             if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and via:
@@ -165,12 +168,17 @@ def _request_bytes(head: RequestHead, headers: Headers, lease: Lease) -> bytes:
 
 
 def _exchange(
-    head: RequestHead, headers: Headers, client: ClientConnection, pool: OriginPool, via: Parent | None
+    head: RequestHead,
+    headers: Headers,
+    client: ClientConnection,
+    pool: OriginPool,
+    via: Parent | None,
+    dialer: Dialer,
 ) -> _Exchange:
     """Send the request and read up to its final response head, retrying once if allowed."""
     retry = head.method in IDEMPOTENT and not head.has_body
     peer = f"{head.host}:{head.port}" + (f" (via {label(via)})" if via is not None else "")
-    lease = pool.checkout(head.scheme, head.host, head.port, via)
+    lease = pool.checkout(head.scheme, head.host, head.port, via, dialer=dialer)
     while True:
         stream = Stream(lease.sock, client.sock)
         reader = _HeadReader(head, client, pool.config)
@@ -193,7 +201,7 @@ def _exchange(
             lease.release(False)
             raise
         retry = False
-        lease = pool.checkout(head.scheme, head.host, head.port, via, fresh=True)
+        lease = pool.checkout(head.scheme, head.host, head.port, via, fresh=True, dialer=dialer)
 
 
 class _HeadReader:

@@ -5,8 +5,8 @@ response has been sent yet. One exception: a 407 to a request with nothing left 
 keeps the connection for the client's retry with credentials. A CONNECT ends the loop
 too: the sockets go to the hub.
 The handler knows its server only as `Services`, the few things it uses of it.
-Imports: clientconn, forward, http1, errors, dialer, chain, accesslog, statspage
-(policy, pool, runtime, stats, tunnel for types only).
+Imports: clientconn, forward, http1, errors, chain, accesslog, statspage
+(dialer, policy, pool, runtime, stats, tunnel for types only).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from . import statspage
 from .accesslog import AccessRecord
 from .chain import connect_through
 from .clientconn import ClientConnection
-from .dialer import dial
 from .errors import Aborted, BadRequest, Cause, NotFound, Overloaded, ProxyAuthRequired, ProxyError, render
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
 
 if TYPE_CHECKING:
+    from .dialer import Dialer
     from .policy import Policy
     from .pool import OriginPool
     from .runtime import Runtime
@@ -120,10 +120,23 @@ class ClientHandler:
             return None
         via = runtime.routes.choose(head.host, head.port, head.scheme)
         self.parent = via.url if via is not None else ""
+        dialer = self._dialer(runtime)
         with self.server.stats.live("requests_in_flight"):
             return forward(
-                head, client, self.server.pool, runtime.rewrite, self.client_address[0], via, self.server.hub
+                head,
+                client,
+                self.server.pool,
+                runtime.rewrite,
+                self.client_address[0],
+                via,
+                self.server.hub,
+                dialer,
             )
+
+    def _dialer(self, runtime: Runtime) -> Dialer:
+        """The runtime's dialer, judging addresses by the destination policy for this client."""
+        judge = runtime.policy.destination_judge(self.client_address[0], self.server.addresses)
+        return runtime.dialer.judging(judge)
 
     def _admit(self, head: RequestHead, policy: Policy) -> None:
         """Apply the policy (policy.py gives the order) before anything is sent on."""
@@ -163,12 +176,15 @@ class ClientHandler:
             raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels})")
         via = runtime.routes.choose(head.host, head.port, "https")
         self.parent = via.url if via is not None else ""
+        dialer = self._dialer(runtime)
         if via is None:
-            target, early = dial((head.host, head.port), timeout), b""
+            target, early = dialer.dial((head.host, head.port), timeout), b""
         else:
             pseudonym = runtime.rewrite.pseudonym
             member = via_value(head.version, pseudonym) if pseudonym else ""
-            target, early = connect_through(via, head.host, head.port, timeout=timeout, via=member)
+            target, early = connect_through(
+                via, head.host, head.port, timeout=timeout, via=member, dialer=dialer
+            )
         label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
         record = self._record(head, Outcome(status=200), client, time.monotonic())
         client.hand_off(hub, target, label, CONNECTION_ESTABLISHED + early, tag=record)

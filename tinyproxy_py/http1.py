@@ -250,7 +250,7 @@ def parse_authority(authority: str, default_port: int | None) -> tuple[str, int]
         has_port = bool(colon)
         if not has_port:
             host = authority
-    if not host or not _HOST.fullmatch(host) or not _valid_ip_literal(host):
+    if not host or not _HOST.fullmatch(host) or not _valid_ip_literal(host) or not _valid_name(host):
         raise BadRequest(f"bad host in {authority!r}")
     if not has_port:
         if default_port is None:
@@ -270,6 +270,15 @@ def _valid_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _valid_name(host: str) -> bool:
+    """DNS's shape (RFC 1035 §2.3.4): labels of 1 to 63 octets, 253 in all. A name
+    that breaks it cannot be looked up (Python's IDNA codec refuses it): 400, not 502."""
+    if host.startswith("["):
+        return True
+    name = host[:-1] if host.endswith(".") else host
+    return len(name) <= 253 and all(0 < len(label) <= 63 for label in name.split("."))
 
 
 def _values(fields: dict[str, list[str]], name: str) -> list[str]:

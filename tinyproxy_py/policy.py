@@ -23,13 +23,14 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .config import Config, parse_credential
 from .errors import Cause, Forbidden, LoopDetected, ProxyAuthRequired
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 CLIENT_VERDICTS = 4096  # remembered client addresses; the table is emptied when full
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
@@ -99,6 +100,9 @@ class Policy:
         self.challenge = f'Basic realm="{config.auth_realm}"'
         self.via_token = via_token
         self._verdicts: dict[str, str] = {}  # client address -> refusal ("" admits)
+        self.local_clients = parse_networks(config.local_clients)
+        self.deny_destinations = parse_networks(config.deny_destinations)
+        self.allow_destinations = parse_networks(config.allow_destinations)
 
     @property
     def requires_auth(self) -> bool:
@@ -147,6 +151,37 @@ class Policy:
         if any(port == bound_port and _is_self(host, bound) for bound, bound_port in listening):
             raise LoopDetected(f"{host}:{port} is this proxy itself")
 
+    def destination_judge(
+        self, client: str, listening: Iterable[tuple[str, int]]
+    ) -> Callable[[Address, int], None]:
+        """What `client` may connect to, judged on each resolved address (dialer.py):
+
+        - an address this proxy listens on, with its port: 508 (any spelling of it);
+        - `deny_destinations`: 403 for every client;
+        - loopback, link-local, unspecified and the proxy's own addresses: 403 for a client
+          that is not on this machine (`local_clients`), unless `allow_destinations` says so.
+        """
+        local = any(_client_ip(client) in network for network in self.local_clients)
+        own = tuple((_plain(bound), port) for bound, port in listening)
+
+        def judge(address: Address, port: int) -> None:
+            address = _plain(address)
+            for bound, bound_port in own:
+                if port == bound_port and (
+                    address == bound or (bound.is_unspecified and _on_this_host(address))
+                ):
+                    raise LoopDetected(f"{address} port {port} is this proxy itself")
+            if any(address in network for network in self.deny_destinations):
+                raise Forbidden(f"connecting to {address} is not allowed", cause=Cause.DESTINATION)
+            if local or any(address in network for network in self.allow_destinations):
+                return
+            if _on_this_host(address) or address.is_link_local or any(address == b for b, _ in own):
+                raise Forbidden(
+                    f"connecting to {address} is not allowed from {client}", cause=Cause.DESTINATION
+                )
+
+        return judge
+
     def check_connect_port(self, port: int) -> None:
         """0 in the list allows every port; an empty list refuses CONNECT (ConnectPort 0)."""
         ports = self.config.connect_ports
@@ -179,6 +214,19 @@ def _decode_basic(header: str | None) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return (user, password) if colon else None
+
+
+def _plain(address: str | Address) -> Address:
+    """An address without zone, an IPv4-mapped IPv6 address as the IPv4 one."""
+    ip = ipaddress.ip_address(str(address).split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _on_this_host(address: Address) -> bool:
+    """Loopback, or unspecified (0.0.0.0 and :: reach this host when dialled)."""
+    return address.is_loopback or address.is_unspecified
 
 
 def _is_self(host: str, listening_host: str) -> bool:

@@ -33,7 +33,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .chain import connect_through, dial_parent, label
 from .config import Config
-from .dialer import dial
+from .dialer import DIRECT, Dialer
 from .errors import BadGateway, Cause, GatewayTimeout, Overloaded, ProxyError
 from .routes import Parent, join_host_port
 from .stats import Stats
@@ -88,6 +88,7 @@ class _DialingConnectionMixin:
     tracker: ConnectionTracker | None = None
     via: Parent | None = None
     to_proxy = False
+    dialer: Dialer = DIRECT  # set by checkout() for each connection it dials
     host: str
     port: int
     timeout: Any
@@ -95,10 +96,12 @@ class _DialingConnectionMixin:
 
     def _new_conn(self) -> socket.socket:
         if self.via is None:
-            return dial((self.host, self.port), self.timeout)
+            return self.dialer.dial((self.host, self.port), self.timeout)
         if self.to_proxy:
-            return dial_parent(self.via, self.timeout)
-        sock, early = connect_through(self.via, self.host, self.port, timeout=self.timeout)
+            return dial_parent(self.via, self.timeout, self.dialer)
+        sock, early = connect_through(
+            self.via, self.host, self.port, timeout=self.timeout, dialer=self.dialer
+        )
         if early:  # the origin speaks after we do: bytes now are not the origin's
             sock.close()
             raise BadGateway(f"{label(self.via)} sent bytes after its 200", cause=Cause.PARENT_PROTOCOL)
@@ -336,13 +339,22 @@ class OriginPool:
         return manager
 
     def checkout(
-        self, scheme: str, host: str, port: int, via: Parent | None, *, fresh: bool = False
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        via: Parent | None,
+        *,
+        fresh: bool = False,
+        dialer: Dialer = DIRECT,
     ) -> Lease:
         """A connected connection to origin (scheme, host, port), through `via` if given.
 
         An idle pooled one if there is one (urllib3 drops it if its origin closed it),
-        else a new one; `fresh` always dials anew. Dial and TLS failures raise the
-        ProxyError the client should see. The caller owns the lease.
+        else a new one dialled with `dialer`; `fresh` always dials anew. A pooled one was
+        dialled for another client, so `dialer` judges its address again (direct ones:
+        a parent resolves for itself). Dial and TLS failures raise the ProxyError the
+        client should see. The caller owns the lease.
         """
         if self._stop.is_set():  # a retry during stop() would otherwise dial again
             raise Overloaded("the proxy is shutting down", cause=Cause.SHUTDOWN)
@@ -357,7 +369,14 @@ class OriginPool:
         if fresh and conn.sock is not None:
             conn.close()  # the object and its slot are kept; it dials anew below
         reused = conn.sock is not None
+        if reused and via is None:
+            try:
+                dialer.check(conn.sock)
+            except BaseException:
+                pool._put_conn(conn)  # fine for clients allowed there: back to the pool
+                raise
         if not reused:
+            conn.dialer = dialer
             try:
                 conn.connect()
             except BaseException as exc:

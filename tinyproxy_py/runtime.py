@@ -2,7 +2,7 @@
 
 A reload builds a new `Runtime` and swaps one reference; a handler takes it once per
 request, so no request is admitted by one configuration and routed by another.
-Imports: config, forward, policy, routes.
+Imports: config, dialer, forward, policy, routes, stats.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .config import Config, load_credentials
+from .config import Config, load_credentials, parse_override
+from .dialer import DIRECT, Dialer, Resolver, system_resolver
 from .forward import Rewrite
 from .policy import Policy, check_exposure
 from .routes import Routes, parse_rules, rules_from_env, rules_from_options
+from .stats import Stats
 
 log = logging.getLogger(__name__)
 TINYPROXY_STAT_HOST = "tinyproxy.stats"
@@ -27,9 +29,12 @@ class Runtime:
     policy: Policy
     routes: Routes
     stat_hosts: frozenset[str] = frozenset()  # host names the proxy answers itself
+    dialer: Dialer = DIRECT  # the attempt delay and host overrides; judging() per client
 
     @classmethod
-    def compile(cls, config: Config, token: str) -> Runtime:
+    def compile(
+        cls, config: Config, token: str, stats: Stats | None = None, resolver: Resolver | None = None
+    ) -> Runtime:
         """Everything `config` implies; ValueError or OSError (credentials file) if invalid.
 
         `token` is unique to the proxy instance: carried in our Via member, it lets us
@@ -40,7 +45,18 @@ class Runtime:
         pseudonym = f"{config.via_name} ({token})" if config.via_name else ""
         policy = Policy(config, users=users, via_token=pseudonym)
         rewrite = Rewrite.from_config(config, pseudonym)
-        return cls(config, rewrite, policy, _routes(config), _stat_hosts(config.stat_host))
+        dialer = _dialer(config, stats, resolver)
+        return cls(config, rewrite, policy, _routes(config), _stat_hosts(config.stat_host), dialer)
+
+
+def _dialer(config: Config, stats: Stats | None, resolver: Resolver | None) -> Dialer:
+    resolve = dict(parse_override("resolve", line) for line in config.resolve)
+    connect_to = {key: (host, int(port)) for key, (host, port) in map(_connect_to, config.connect_to)}
+    return Dialer(config.attempt_delay, resolve, connect_to, resolver or system_resolver, stats)
+
+
+def _connect_to(line: str) -> tuple[tuple[str, int], tuple[str, ...]]:
+    return parse_override("connect_to", line)
 
 
 def _stat_hosts(stat_host: str) -> frozenset[str]:

@@ -34,6 +34,7 @@ from .stats import Stats
 from .tunnel import ClosedTunnel, TunnelHub
 
 if TYPE_CHECKING:
+    from .dialer import Resolver
     from .forward import Rewrite
     from .policy import Policy
     from .routes import Routes
@@ -149,21 +150,27 @@ class ProxyServer:
     """
 
     def __init__(
-        self, config: Config | None = None, on_access: Callable[[AccessRecord], None] | None = None
+        self,
+        config: Config | None = None,
+        on_access: Callable[[AccessRecord], None] | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         """Check the configuration (ValueError names what is wrong); nothing is opened yet.
 
         `on_access`, if given, is called with each request's and tunnel's AccessRecord
-        (from the thread that served it: keep it quick and thread-safe).
+        (from the thread that served it: keep it quick and thread-safe). `resolver`
+        replaces getaddrinfo for every connection the proxy makes: (host, port) → a list
+        of (family, sockaddr); tests use one that never asks DNS.
         """
+        self._resolver = resolver
         self.on_access = on_access
         # Set by `serve --workers`: this worker's share, published, and the others'.
         self.siblings: Siblings | None = None
         # A token unique to this instance, carried in our Via member: seeing it come
         # back in a request means the request looped through us.
         self._token = secrets.token_hex(4)
-        self.runtime = Runtime.compile(config or Config(), self._token)
         self.stats = Stats()
+        self.runtime = Runtime.compile(config or Config(), self._token, self.stats, resolver)
         self._listeners: list[tuple[_Listener, threading.Thread]] = []
         self._clients = _Clients(self.config.max_clients, self.stats)
         self.addresses: tuple[tuple[str, int], ...] = ()  # kept after stop: draining handlers read it
@@ -217,7 +224,7 @@ class ProxyServer:
         """
         kept = [name for name in self.RESTART_FIELDS if getattr(config, name) != getattr(self.config, name)]
         config = config.replace(**{name: getattr(self.config, name) for name in kept})
-        runtime = Runtime.compile(config, self._token)
+        runtime = Runtime.compile(config, self._token, self.stats, self._resolver)
         self.hub.config = self.pool.config = config
         self.runtime = runtime  # one assignment: a request sees all of it or none
         log.info(

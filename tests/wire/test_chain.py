@@ -24,8 +24,9 @@ from tinyproxy_py.errors import BadGateway, Cause, GatewayTimeout, ProxyError
 from tinyproxy_py.routes import Parent
 
 from ..kit.faults import echo
+from ..kit.procfs import open_fds
 from ..kit.servers import ScriptedServer, free_port, scripted_server
-from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE
+from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 from ..socks_server import socks_server
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -363,24 +364,17 @@ def test_a_parent_that_refuses_connections_is_named_without_its_password() -> No
     assert error.message == f"cannot connect to parent proxy socks5://alice:***@127.0.0.1:{parent.port}"
 
 
-def test_failed_handshake_closes_the_socket(monkeypatch: pytest.MonkeyPatch) -> None:
-    opened: list[socket.socket] = []
-    real = socket.create_connection
-
-    def spy(*args: object, **kwargs: object) -> socket.socket:
-        sock = real(*args, **kwargs)  # type: ignore[arg-type]
-        opened.append(sock)
-        return sock
-
-    monkeypatch.setattr(socket, "create_connection", spy)
+def test_failed_handshake_closes_the_socket() -> None:
     with socks_server(users={"alice": "s3cret"}) as socks:
         parent = Parent("socks5", *socks.address, "alice", "wrong")
+        before = open_fds()
         expect(
             BadGateway,
             Cause.PARENT_AUTH,
             lambda: connect_through(parent, "127.0.0.1", 9, timeout=MUST_NOT_EXPIRE),
         )
-    assert [sock.fileno() for sock in opened] == [-1]
+        # The socket connect_through dialled is closed (the server's end closes on its own thread).
+        assert wait_until(lambda: open_fds() == before)
 
 
 def test_a_parent_that_never_accepts_times_out_while_dialling() -> None:
