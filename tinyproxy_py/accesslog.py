@@ -20,8 +20,8 @@ class AccessRecord:
     `parent` is the parent proxy it went through (its URL without password), if any.
 
     A CONNECT's record is handed to `on_access` when the tunnel is established (status
-    200) and completed in place (bytes, duration, cause) when it closes; the access log
-    line is written then.
+    200, `ongoing`), then completed in place (bytes, duration, cause) when it closes and
+    handed over once more; the access log line is written then.
     """
 
     client: str
@@ -34,6 +34,7 @@ class AccessRecord:
     duration: float = 0.0
     cause: str = ""
     parent: str = ""
+    ongoing: bool = False  # a tunnel still open: bytes, duration and cause come at its close
     user: str = "-"
     referer: str = "-"
     user_agent: str = "-"

@@ -41,8 +41,9 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return _options(command, {}, frozenset())
 
 
-# `run` wraps one command on this machine: a free port, CONNECT to any port (local test
-# servers use ephemeral ones, as the pytest fixture allows), and no serve-only options.
+# `run` wraps one command on this machine: a free port always, and unless a file or the
+# environment says otherwise, CONNECT to any port (local test servers use ephemeral ones,
+# as the pytest fixture allows); no serve-only options.
 RUN_DEFAULTS: dict[str, Any] = {"port": 0, "connect_ports": (0,)}
 SERVE_ONLY = frozenset({"workers", "pid_file"})
 
@@ -92,14 +93,18 @@ def _spelled(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         raise click.BadParameter(str(exc)) from None
 
 
-def build_config(config_file: str | None, explicit: dict[str, Any]) -> tuple[Config, list[str]]:
-    """Merge defaults < file < environment < command line. Raises ValueError or OSError."""
+def build_config(
+    config_file: str | None, explicit: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> tuple[Config, list[str]]:
+    """Merge defaults < file < environment < command line. Raises ValueError or OSError.
+
+    `defaults` are the command's own (run's), over Config's."""
     file = load_file(config_file) if config_file else None
     environment = from_environment(os.environ)
     try:
         for name, value in explicit.items():
             check_setting(name, value)
-        merged = {**(file.values if file else {}), **environment, **explicit}
+        merged = {**(defaults or {}), **(file.values if file else {}), **environment, **explicit}
         config = Config(**merged)
         if file is None:
             return config, []
@@ -121,9 +126,11 @@ def _explicit(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
 
 
-def _load(config_file: str | None, explicit: dict[str, Any]) -> tuple[Config, list[str]]:
+def _load(
+    config_file: str | None, explicit: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> tuple[Config, list[str]]:
     try:
-        return build_config(config_file, explicit)
+        return build_config(config_file, explicit, defaults)
     except ConfigFileError as exc:
         raise click.UsageError(str(exc)) from exc
     except (ValueError, OSError) as exc:
@@ -306,11 +313,16 @@ class _LogSetup:
         # Access lines carry their own timestamp (CLF needs the bare line): no prefix, in
         # their own file or the log's stream. At INFO, so log_level "warning" silences them.
         self.access = logging.getLogger("tinyproxy_py.access")
-        self.bare: logging.Handler = (
-            _open_log(config.access_log, "access log")
-            if config.access_log
-            else _SharedStreamHandler(self.handler)
-        )
+        try:
+            self.bare: logging.Handler = (
+                _open_log(config.access_log, "access log")
+                if config.access_log
+                else _SharedStreamHandler(self.handler)
+            )
+        except BaseException:
+            root.removeHandler(self.handler)
+            self.handler.close()
+            raise
         self.access.addHandler(self.bare)
         self.access.propagate = False
 
@@ -423,14 +435,14 @@ def run(config_file: str | None, command: tuple[str, ...], **settings: Any) -> N
     loopback port, NO_PROXY is cleared for COMMAND so every request shows up, and the
     exit status is COMMAND's.
     """
-    explicit = {**RUN_DEFAULTS, **_explicit(settings)}
-    config, warnings = _load(config_file, explicit)
+    explicit = {"port": 0, **_explicit(settings)}  # a free port whatever a file says
+    config, warnings = _load(config_file, explicit, RUN_DEFAULTS)
     proxy = _make_proxy(config)
     logs = _LogSetup(config)
-    for warning in warnings:
-        log.warning("%s", warning)
-    _start(proxy)
     try:
+        for warning in warnings:
+            log.warning("%s", warning)
+        _start(proxy)
         url = _local_url(proxy)
         env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
         env |= {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url}

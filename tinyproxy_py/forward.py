@@ -434,14 +434,13 @@ def _stream_body(
             if not data:
                 reader.end_of_stream()
                 break
+        client.send(pending + LAST_CHUNK if chunked else pending)
+        return sent
     except (OSError, BadResponse) as exc:
         error = _broken_body(exc, head_sent=not pending)
         error.__cause__ = exc
     except Aborted as exc:  # the client went away (or the proxy stopped) mid-body
         error = exc
-    else:
-        client.send(pending + LAST_CHUNK if chunked else pending)
-        return sent
     if isinstance(error, Aborted):
         error.status_sent, error.bytes_sent = (0 if pending else status), sent
     raise error

@@ -65,7 +65,7 @@ class ClientHandler:
     The listener closes `request` after `handle()` returns, unless the hub took it.
     """
 
-    def __init__(self, request: socket.socket, client_address: tuple[str, int], server: Services) -> None:
+    def __init__(self, request: socket.socket, client_address: tuple[Any, ...], server: Services) -> None:
         self.request = request
         self.client_address = client_address
         self.server = server
@@ -190,6 +190,7 @@ class ClientHandler:
         client.hand_off(hub, target, label, CONNECTION_ESTABLISHED + early, tag=record)
         self.server.stats.count("responses.2xx")
         if record is not None:
+            record.ongoing = True
             self.server.tunnel_opened(record)  # its log line is written when it closes
 
     def _fail(
@@ -259,6 +260,7 @@ def _retry_expected(error: ProxyError, head: RequestHead | None, client: ClientC
     return (
         isinstance(error, ProxyAuthRequired)
         and head is not None
+        and head.method != "HEAD"  # the 407 carries a body, which a HEAD answer must not
         and not head.has_body
         and head.keep_alive
         and not client.draining.is_set()

@@ -34,16 +34,24 @@ class RecordingProxy(ProxyServer):
 
     def _remember(self, record: AccessRecord) -> None:
         with self._requests_changed:
-            self.requests.append(record)
+            if not any(known is record for known in self.requests):  # a tunnel comes twice
+                self.requests.append(record)
             self._requests_changed.notify_all()
 
-    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[AccessRecord]:
+    def wait_for_requests(
+        self, count: int, timeout: float = 10.0, *, done: bool = False
+    ) -> list[AccessRecord]:
         """The records once `count` exchanges are recorded (a client can have its whole
         response a moment before the proxy has logged it; a tunnel counts once it is
-        open). Raises TimeoutError."""
+        open). With `done`, also wait until every tunnel among them has closed (its bytes
+        and cause are in). Raises TimeoutError."""
+
+        def ready() -> bool:
+            return len(self.requests) >= count and not (done and any(r.ongoing for r in self.requests))
+
         with self._requests_changed:
-            if not self._requests_changed.wait_for(lambda: len(self.requests) >= count, timeout):
-                raise TimeoutError(f"{len(self.requests)} of {count} requests finished in {timeout} s")
+            if not self._requests_changed.wait_for(ready, timeout):
+                raise TimeoutError(f"{len(self.requests)} of {count} requests recorded in {timeout} s")
             return list(self.requests)
 
 

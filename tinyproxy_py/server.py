@@ -10,6 +10,7 @@ Imports: handler, runtime, clientconn, tunnel, pool, accesslog, config, stats, e
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -97,9 +98,17 @@ class _Listener(socketserver.ThreadingTCPServer):
     def __init__(self, address: tuple[str, int], services: ProxyServer, clients: _Clients) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.allow_reuse_port = services.config.workers > 1  # sibling workers share the port
+        # With several addresses, `::` is IPv6 only (as tinyproxy does): `Listen ::` and
+        # `Listen 0.0.0.0` together must not collide. A lone `::` stays dual-stack.
+        self.v6only = len(services.config.host) > 1
         self.services, self.clients = services, clients
         # finish_request builds the handler, with the services instead of this server
         super().__init__(address, socketserver.BaseRequestHandler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.v6only:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.clients.take_slot():
@@ -259,15 +268,9 @@ class ProxyServer:
         nothing stays open."""
         self.pool = OriginPool(self.config, self.stats)
         self.hub = TunnelHub(self.config, self.stats, on_close=self._tunnel_closed)
-        listeners: list[_Listener] = []
         try:
-            port = self.config.port
-            for host in self.config.host:
-                listeners.append(_bind(host, port, self, self._clients))
-                port = listeners[0].server_address[1]
+            listeners = self._bind_all()
         except BaseException:
-            for listener in listeners:
-                listener.server_close()
             self.hub.close()
             raise
         self.addresses = tuple((str(ls.server_address[0]), int(ls.server_address[1])) for ls in listeners)
@@ -283,6 +286,25 @@ class ProxyServer:
             thread.start()
             self._listeners.append((listener, thread))
         log.info("listening on %s", ", ".join(map(_url, self.addresses)))
+
+    def _bind_all(self, tries: int = 5) -> list[_Listener]:
+        """A listener per address, all on one port; with port 0 the first picks it, and if
+        another address has that port taken already, the whole set tries again."""
+        for attempt in range(tries):
+            listeners: list[_Listener] = []
+            try:
+                port = self.config.port
+                for host in self.config.host:
+                    listeners.append(_bind(host, port, self, self._clients))
+                    port = listeners[0].server_address[1]
+                return listeners
+            except OSError as exc:
+                for listener in listeners:
+                    listener.server_close()
+                chosen = self.config.port == 0 and len(listeners) > 0
+                if not (chosen and exc.errno == errno.EADDRINUSE and attempt < tries - 1):
+                    raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close everything."""
@@ -330,16 +352,15 @@ class ProxyServer:
     def _tunnel_closed(self, tunnel: ClosedTunnel) -> None:
         """The access log line of a tunnel, written when it closes (with bytes and reason).
 
-        A CONNECT's record was handed out when it opened and is completed in place; an
-        upgraded connection (its 101 already logged) gets a record of its own now.
+        A CONNECT's record was handed out when it opened; it is completed in place and
+        handed over again. An upgraded connection (its 101 already logged) gets a record
+        of its own now.
         """
         opened = tunnel.tag if isinstance(tunnel.tag, AccessRecord) else None
         record = opened or AccessRecord(tunnel.client.rsplit(":", 1)[0], "CONNECT", tunnel.target, status=200)
         record.bytes_up, record.bytes_down = tunnel.bytes_up, tunnel.bytes_down
-        record.duration, record.cause = tunnel.duration, tunnel.reason
-        emit(record, self.config.access_log_format)
-        if opened is None and self.on_access is not None:
-            self.on_access(record)
+        record.duration, record.cause, record.ongoing = tunnel.duration, tunnel.reason, False
+        self.record_access(record)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the stats pages show, as plain data (statspage.py renders it),
@@ -397,7 +418,9 @@ def _bind(host: str, port: int, services: ProxyServer, clients: _Clients) -> _Li
     try:
         return _Listener((host, port), services, clients)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, f"{host}:{port}") from exc
+        raise OSError(
+            exc.errno, exc.strerror, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        ) from exc
 
 
 def _url(address: tuple[str, int]) -> str:

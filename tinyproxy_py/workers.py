@@ -129,6 +129,7 @@ class SharedStats:
         self._thread: threading.Thread | None = None
         self._proxy: ProxyServer | None = None
         self._lock = threading.Lock()  # a snapshot is written before any later one
+        self._failed = False  # the last write failed (said once, not every second)
 
     def attach(self, proxy: ProxyServer) -> None:
         """Publish `proxy`'s snapshot every second, and let its stats pages add up every worker's."""
@@ -153,8 +154,15 @@ class SharedStats:
         with self._lock:
             snapshot = self._proxy.local_snapshot()
             scratch = target.with_suffix(".tmp")
-            scratch.write_text(json.dumps(snapshot))
-            scratch.replace(target)  # atomic: readers never see half a file
+            try:
+                scratch.write_text(json.dumps(snapshot))
+                scratch.replace(target)  # atomic: readers never see half a file
+            except OSError as exc:  # the page is still answered; the others see an older share
+                if not self._failed:
+                    log.warning("cannot share this worker's stats in %s: %s", self.folder, exc)
+                self._failed = True
+            else:
+                self._failed = False
         return snapshot
 
     def read_others(self) -> list[dict[str, Any]]:

@@ -67,7 +67,8 @@ class Hop:
 
     def _remember(self, record: AccessRecord) -> None:
         with self._changed:
-            self.records.append(record)
+            if not any(known is record for known in self.records):  # a tunnel comes twice
+                self.records.append(record)
             self._changed.notify_all()
 
     @property
@@ -397,7 +398,7 @@ def test_https_through_a_and_b_with_python_ssl(
     assert b.saw_tunnel(target)
     for proxy in (a, b):
         record = proxy.wait_for("CONNECT", target)  # handed out when the tunnel opened
-        assert wait_until(lambda record=record: bool(record.cause))  # completed when it closed
+        assert wait_until(lambda record=record: not record.ongoing)  # completed when it closed
         assert record.bytes_down > 300_000
 
 

@@ -74,6 +74,19 @@ def test_connect_port_means_what_tinyproxy_conf_5_says(
         assert Response(sock).body == pattern_bytes(10)  # the tunnel reaches the origin's port
 
 
+def test_run_keeps_the_files_connect_ports(tmp_path: Path) -> None:
+    """run's own defaults (any CONNECT port) are the lowest layer: a file's ConnectPort wins."""
+    conf = tinyproxy_conf(tmp_path, "ConnectPort 443\n")
+    probe = (
+        "import os, socket, urllib.parse as u; p = u.urlsplit(os.environ['HTTPS_PROXY']);"
+        "s = socket.create_connection((p.hostname, p.port));"
+        "s.sendall(b'CONNECT 127.0.0.1:1 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n');"
+        "print(s.recv(100).split()[1].decode())"
+    )
+    result = run("run", "--config", str(conf), "--", sys.executable, "-c", probe)
+    assert result.stdout.strip() == "403", result.stdout + result.stderr
+
+
 def test_check_config_says_what_a_missing_directive_means_here(tmp_path: Path) -> None:
     conf = tinyproxy_conf(tmp_path)  # Debian's: no Listen line, ConnectPort commented out
     result = run("check-config", str(conf))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,9 @@ import pytest
 
 from tinyproxy_py.pytest_plugin import RecordingProxy, tinyproxy_config
 
+from ..kit.clients import recv_head
 from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import Response
 from ..kit.waits import MUST_NOT_EXPIRE
 from ..support import client_env
 
@@ -157,6 +160,19 @@ def test_vendored_copy_serves_without_click(tmp_path: Path, origin: OriginServer
     assert result.stdout.strip() == pattern_bytes(7).hex()
 
 
+def test_ipv6_any_and_ipv4_any_listen_side_by_side(no_leaks: None) -> None:
+    """`Listen ::` and `Listen 0.0.0.0` together: the IPv6 socket is made IPv6-only, as
+    tinyproxy does, so the IPv4 one can bind the same port."""
+    config = tinyproxy_config.__wrapped__().replace(host=("::", "0.0.0.0"), basic_auth=("u:p",))  # type: ignore[attr-defined]
+    with RecordingProxy(config) as proxy:
+        (v6, port), (v4, same) = proxy.addresses
+        assert (v6, v4, same) == ("::", "0.0.0.0", port)
+        for loopback in ("127.0.0.1", "::1"):
+            with socket.create_connection((loopback, port), timeout=MUST_NOT_EXPIRE) as sock:
+                sock.sendall(b"GET http://tinyproxy-py.stats/json HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert Response(sock).status == 407  # served (and guarded) on both
+
+
 def test_a_failed_start_leaves_nothing_open(no_leaks: None) -> None:
     """The second address cannot be bound: the first listener, hub and pool are closed."""
     config = tinyproxy_config.__wrapped__().replace(host=("127.0.0.1", "192.0.2.1"), allow=("0.0.0.0/0",))  # type: ignore[attr-defined]
@@ -164,3 +180,20 @@ def test_a_failed_start_leaves_nothing_open(no_leaks: None) -> None:
     with pytest.raises(OSError) as caught:
         proxy.start()
     assert caught.value.filename.startswith("192.0.2.1:")
+
+
+def test_a_tunnels_record_comes_when_it_opens_and_again_complete_when_it_closes(
+    no_leaks: None, origin: OriginServer
+) -> None:
+    config = tinyproxy_config.__wrapped__()  # type: ignore[attr-defined]
+    with RecordingProxy(config) as proxy:
+        with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+            sock.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert recv_head(sock).startswith(b"HTTP/1.1 200")
+            (opened,) = proxy.wait_for_requests(1)
+            assert (opened.method, opened.status, opened.ongoing, opened.cause) == ("CONNECT", 200, True, "")
+            sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert Response(sock).body == pattern_bytes(10)
+        (closed,) = proxy.wait_for_requests(1, done=True)
+        assert closed is opened and not closed.ongoing
+        assert (closed.cause, closed.bytes_down > 10) == ("eof", True)

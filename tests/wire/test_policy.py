@@ -86,6 +86,7 @@ def test_a_407_keeps_the_connection_for_the_retry_with_credentials(
     [
         "POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",  # a body left unread
         "GET {url} HTTP/1.0\r\nHost: x\r\n\r\n",  # no keep-alive
+        "HEAD {url} HTTP/1.1\r\nHost: x\r\n\r\n",  # the 407's body would break the next answer
     ],
 )
 def test_a_407_closes_when_the_connection_cannot_go_on(
