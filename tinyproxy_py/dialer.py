@@ -133,6 +133,17 @@ class Dialer:
             self.stats.count("connect_fallbacks")
 
 
+def is_local_address(address: Address) -> bool:
+    """Whether `address` is one of this host's: only a local address can be bound."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
+
+
 def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 

@@ -5,8 +5,8 @@ response has been sent yet. One exception: a 407 to a request with nothing left 
 keeps the connection for the client's retry with credentials. A CONNECT ends the loop
 too: the sockets go to the hub.
 The handler knows its server only as `Services`, the few things it uses of it.
-Imports: clientconn, forward, http1, errors, chain, accesslog, statspage
-(dialer, policy, pool, runtime, stats, tunnel for types only).
+Imports: clientconn, forward, http1, errors, chain, dialer, accesslog, statspage
+(policy, pool, runtime, stats, tunnel for types only).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from . import statspage
 from .accesslog import AccessRecord
 from .chain import connect_through
 from .clientconn import ClientConnection
+from .dialer import Dialer, is_local_address
 from .errors import Aborted, BadRequest, Cause, NotFound, Overloaded, ProxyAuthRequired, ProxyError, render
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
 
 if TYPE_CHECKING:
-    from .dialer import Dialer
     from .policy import Policy
     from .pool import OriginPool
     from .runtime import Runtime
@@ -135,7 +135,9 @@ class ClientHandler:
 
     def _dialer(self, runtime: Runtime) -> Dialer:
         """The runtime's dialer, judging addresses by the destination policy for this client."""
-        judge = runtime.policy.destination_judge(self.client_address[0], self.server.addresses)
+        judge = runtime.policy.destination_judge(
+            self.client_address[0], self.server.addresses, is_local_address
+        )
         return runtime.dialer.judging(judge)
 
     def _admit(self, head: RequestHead, policy: Policy) -> None:

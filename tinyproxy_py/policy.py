@@ -152,7 +152,10 @@ class Policy:
             raise LoopDetected(f"{host}:{port} is this proxy itself")
 
     def destination_judge(
-        self, client: str, listening: Iterable[tuple[str, int]]
+        self,
+        client: str,
+        listening: Iterable[tuple[str, int]],
+        is_local: Callable[[Address], bool] = lambda address: False,
     ) -> Callable[[Address, int], None]:
         """What `client` may connect to, judged on each resolved address (dialer.py):
 
@@ -160,6 +163,9 @@ class Policy:
         - `deny_destinations`: 403 for every client;
         - loopback, link-local, unspecified and the proxy's own addresses: 403 for a client
           that is not on this machine (`local_clients`), unless `allow_destinations` says so.
+
+        `is_local` says whether an address belongs to this host (dialer.is_local_address):
+        a wildcard listener answers on all of them.
         """
         local = any(_client_ip(client) in network for network in self.local_clients)
         own = tuple((_plain(bound), port) for bound, port in listening)
@@ -167,15 +173,14 @@ class Policy:
         def judge(address: Address, port: int) -> None:
             address = _plain(address)
             for bound, bound_port in own:
-                if port == bound_port and (
-                    address == bound or (bound.is_unspecified and _on_this_host(address))
-                ):
+                wildcard_reaches = bound.is_unspecified and is_local(address)
+                if port == bound_port and (_same_host(address, bound) or wildcard_reaches):
                     raise LoopDetected(f"{address} port {port} is this proxy itself")
             if any(address in network for network in self.deny_destinations):
                 raise Forbidden(f"connecting to {address} is not allowed", cause=Cause.DESTINATION)
             if local or any(address in network for network in self.allow_destinations):
                 return
-            if _on_this_host(address) or address.is_link_local or any(address == b for b, _ in own):
+            if _on_this_host(address) or address.is_link_local or is_local(address):
                 raise Forbidden(
                     f"connecting to {address} is not allowed from {client}", cause=Cause.DESTINATION
                 )
@@ -222,6 +227,16 @@ def _plain(address: str | Address) -> Address:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def _same_host(address: Address, bound: Address) -> bool:
+    """Whether dialling `address` reaches a socket bound to `bound` on this host: the same
+    address, anything local for a wildcard listener, loopback for a wildcard dial."""
+    if address == bound:
+        return True
+    if bound.is_unspecified:
+        return _on_this_host(address)
+    return address.is_unspecified and bound.is_loopback and address.version == bound.version
 
 
 def _on_this_host(address: Address) -> bool:

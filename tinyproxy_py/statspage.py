@@ -55,6 +55,8 @@ def render_metrics(snapshot: Snapshot) -> str:
         "Tunnels (CONNECT and upgrades) closed, by reason.",
         [({"reason": k}, v) for k, v in _prefixed(counters, "tunnels_closed.").items()],
     )
+    for name, help_text in COUNTERS.items():
+        metric(f"{name}_total", "counter", help_text, [({}, counters.get(name, 0))])
     for name, help_text in GAUGES.items():
         metric(name, "gauge", help_text, [({}, gauges.get(name, 0))])
     metric(
@@ -79,6 +81,10 @@ def render_metrics(snapshot: Snapshot) -> str:
     return "\n".join(out) + "\n"
 
 
+COUNTERS = {
+    "connect_attempts": "TCP connects started to origins, targets and parent proxies (each address tried).",
+    "connect_fallbacks": "Connections won by an address of another family than the first (Happy Eyeballs).",
+}
 GAUGES = {
     "clients": "Open client connections.",
     "handler_threads": "Threads serving client connections.",

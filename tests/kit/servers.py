@@ -90,19 +90,20 @@ def scripted_server(script: Callable[[socket.socket], None]) -> Iterator[Scripte
         server.close()
 
 
-def stalled_listener(stack: ExitStack, accept_queue_full: bool = True) -> int:
+def stalled_listener(stack: ExitStack, accept_queue_full: bool = True, host: str = "127.0.0.1") -> int:
     """A loopback port that never answers: its accept queue full (connect hangs), or
     connections completed by the kernel but never accepted (the handshake hangs).
     Everything it opens is closed by `stack`."""
-    listener = stack.enter_context(socket.socket())
-    listener.bind(("127.0.0.1", 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = stack.enter_context(socket.socket(family))
+    listener.bind((host, 0))
     listener.listen(0)
     port = int(listener.getsockname()[1])
     if accept_queue_full:
         for _ in range(3):
-            filler = stack.enter_context(socket.socket())
+            filler = stack.enter_context(socket.socket(family))
             filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
+            filler.connect_ex((host, port))
     return port
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 
 import pytest
 
@@ -198,3 +199,59 @@ def test_credentials_without_an_allow_list_let_any_address_try() -> None:
         Policy(Config()).check_client("192.0.2.7")  # no credentials: loopback only
     with pytest.raises(ProxyError, match="not in the allow list"):  # an explicit list still rules
         Policy(Config(allow=("10.0.0.0/8",), basic_auth=("u:p",))).check_client("192.0.2.7")
+
+
+OWN = [("127.0.0.1", 8888), ("::", 3128)]
+
+
+@pytest.mark.parametrize(
+    ("client", "address", "port", "verdict"),
+    [
+        # Loops: any address that reaches a listener, with its port, for any client.
+        ("127.0.0.1", "127.0.0.1", 8888, LoopDetected),
+        ("127.0.0.1", "0.0.0.0", 8888, LoopDetected),  # dialling 0.0.0.0 reaches loopback
+        ("127.0.0.1", "::ffff:127.0.0.1", 8888, LoopDetected),
+        ("127.0.0.1", "::1", 3128, LoopDetected),  # the wildcard listener answers on ::1
+        ("127.0.0.1", "127.0.0.1", 8889, None),
+        # A client on this machine may reach its local services.
+        ("127.0.0.1", "127.0.0.1", 80, None),
+        ("::1", "169.254.1.1", 80, None),
+        # Another machine may not: loopback, link-local (metadata), unspecified.
+        ("10.0.0.7", "127.0.0.1", 80, Forbidden),
+        ("10.0.0.7", "::1", 80, Forbidden),
+        ("10.0.0.7", "169.254.169.254", 80, Forbidden),
+        ("10.0.0.7", "fe80::1", 80, Forbidden),
+        ("10.0.0.7", "0.0.0.0", 80, Forbidden),
+        ("10.0.0.7", "93.184.215.14", 80, None),
+        ("10.0.0.7", "10.0.0.8", 80, None),
+    ],
+)
+def test_destination_judge(client: str, address: str, port: int, verdict: type[Exception] | None) -> None:
+    judge = Policy(Config()).destination_judge(client, OWN)
+    if verdict is None:
+        judge(ipaddress.ip_address(address), port)
+    else:
+        with pytest.raises(verdict):
+            judge(ipaddress.ip_address(address), port)
+
+
+def test_destination_settings_deny_more_and_allow_what_the_default_refuses() -> None:
+    config = Config(deny_destinations=("10.0.0.0/8",), allow_destinations=("169.254.169.254",))
+    judge = Policy(config).destination_judge("192.0.2.9", OWN)
+    with pytest.raises(Forbidden):
+        judge(ipaddress.ip_address("10.1.2.3"), 80)
+    judge(ipaddress.ip_address("169.254.169.254"), 80)
+    with pytest.raises(Forbidden):
+        Policy(config).destination_judge("127.0.0.1", OWN)(ipaddress.ip_address("10.1.2.3"), 80)
+
+
+def test_a_wildcard_listener_answers_on_every_address_of_this_host() -> None:
+    """Own addresses come from the dialer (it can bind only local ones): the policy asks."""
+    lan = ipaddress.ip_address("192.0.2.5")
+    policy = Policy(Config())
+    judge = policy.destination_judge("127.0.0.1", [("0.0.0.0", 8888)], is_local=lambda a: a == lan)
+    with pytest.raises(LoopDetected):
+        judge(lan, 8888)
+    judge(lan, 80)  # a local client may reach the host's other services
+    with pytest.raises(Forbidden):
+        policy.destination_judge("10.0.0.7", [("0.0.0.0", 8888)], is_local=lambda a: a == lan)(lan, 80)

@@ -1,0 +1,224 @@
+"""Where the proxy connects, and how (issue 15): Happy Eyeballs, the destination policy on
+resolved addresses, loops in any spelling, malformed names, host overrides.
+
+No DNS: every proxy here resolves with tests/kit/resolver.py, whose table stands in for
+a name server (a black hole first, a working address second, a metadata address).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import pytest
+
+from tinyproxy_py import ProxyServer
+
+from ..kit.clients import recv_head
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.resolver import offline_resolver
+from ..kit.responses import Response, get
+from ..kit.servers import stalled_listener
+from ..kit.waits import MUST_NOT_EXPIRE
+from ..support import client_env
+
+DELAY = 0.25  # the attempt delay; the connect timeout of these proxies is 2 s
+
+
+@pytest.fixture
+def black_hole() -> Iterator[Callable[[str], int]]:
+    """Ports on loopback whose accept queue is full: a connect there is never answered."""
+    with ExitStack() as stack:
+        yield lambda host="127.0.0.1": stalled_listener(stack, host=host)
+
+
+def connect_status(address: tuple[str, int], target: str, source: str = "127.0.0.1") -> int:
+    with client_from(source, address) as sock:
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        return int(recv_head(sock).split(b" ", 2)[1])
+
+
+@contextmanager
+def client_from(source: str, address: tuple[str, int]) -> Iterator[socket.socket]:
+    """A client connection from `source` (127.0.0.2 is "another machine" to a proxy whose
+    local clients are 127.0.0.1 only)."""
+    sock = socket.create_connection(address, timeout=MUST_NOT_EXPIRE, source_address=(source, 0))
+    with sock:
+        yield sock
+
+
+# --- Happy Eyeballs ----------------------------------------------------------------------------
+
+
+def test_curl_through_a_name_whose_first_address_black_holes_answers_in_the_attempt_delay(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, black_hole: Callable[..., int]
+) -> None:
+    table = {"dual.test": [("127.0.0.1", black_hole()), ("127.0.0.1", origin.port)]}
+    proxy = make_proxy(resolver=offline_resolver(table), attempt_delay=DELAY)
+    started = time.monotonic()
+    fetched = subprocess.run(
+        ["curl", "-sS", "-x", proxy.url, f"http://dual.test:{origin.port}/bytes/10"],
+        capture_output=True,
+        timeout=MUST_NOT_EXPIRE,
+        env=client_env(),
+        check=True,
+    )
+    elapsed = time.monotonic() - started
+    print(f"curl through dual.test (first address a black hole): {elapsed:.3f} s")
+    assert fetched.stdout == pattern_bytes(10)
+    assert DELAY <= elapsed < 1.0  # the attempt delay, not the 2 s connect timeout
+    assert proxy.stats.counter("connect_attempts") == 2
+
+
+def test_a_connect_target_and_a_parent_proxy_are_raced_the_same_way(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, black_hole: Callable[..., int]
+) -> None:
+    parent = make_proxy()
+    table = {
+        "dual.test": [("127.0.0.1", black_hole()), ("127.0.0.1", origin.port)],
+        "parent.test": [("127.0.0.1", black_hole()), parent.address],
+    }
+    direct = make_proxy(resolver=offline_resolver(table), attempt_delay=DELAY)
+    chained = make_proxy(
+        resolver=offline_resolver(table), attempt_delay=DELAY, upstream=("http://parent.test:3128",)
+    )
+    for proxy in (direct, chained):
+        started = time.monotonic()
+        assert (
+            connect_status(proxy.address, f"127.0.0.1:{origin.port}" if proxy is chained else "dual.test:1")
+            == 200
+        )
+        assert time.monotonic() - started < 1.0
+
+
+def test_broken_ipv6_falls_back_to_ipv4_and_is_counted(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, black_hole: Callable[..., int]
+) -> None:
+    table = {"dual.test": [("::1", black_hole("::1")), ("127.0.0.1", origin.port)]}
+    proxy = make_proxy(resolver=offline_resolver(table), attempt_delay=DELAY)
+    started = time.monotonic()
+    assert get(proxy.address, "http://dual.test/bytes/3").body == pattern_bytes(3)
+    assert time.monotonic() - started < 1.0
+    assert proxy.stats.counter("connect_fallbacks") == 1
+    metrics = get(proxy.address, "http://tinyproxy-py.stats/metrics").body.decode()
+    assert "tinyproxy_py_connect_fallbacks_total 1" in metrics
+
+
+def test_every_address_black_holed_is_504_at_the_connect_timeout(
+    make_proxy: Callable[..., ProxyServer], black_hole: Callable[..., int]
+) -> None:
+    table = {"dual.test": [("127.0.0.1", black_hole()), ("127.0.0.1", black_hole())]}
+    proxy = make_proxy(resolver=offline_resolver(table), attempt_delay=DELAY, connect_timeout=0.8)
+    started = time.monotonic()
+    response = get(proxy.address, "http://dual.test/")
+    assert (response.status, response.header("X-Tinyproxy-Py-Cause")) == (504, "connect-timeout")
+    assert 0.8 <= time.monotonic() - started < 0.8 + 1.0
+
+
+# --- the destination policy --------------------------------------------------------------------
+
+REFUSED_FROM_AFAR = ["127.0.0.1", "localhost", "local.test", "meta.test", "[::ffff:127.0.0.1]"]
+
+
+@pytest.mark.parametrize("host", REFUSED_FROM_AFAR)
+def test_a_client_from_another_machine_cannot_reach_loopback_or_metadata(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, host: str
+) -> None:
+    table = {"local.test": ["127.0.0.1"], "meta.test": ["169.254.169.254"]}
+    proxy = make_proxy(resolver=offline_resolver(table), local_clients=("127.0.0.1/32",))
+    target = f"{host}:{origin.port}"
+    assert connect_status(proxy.address, target, source="127.0.0.2") == 403
+    with client_from("127.0.0.2", proxy.address) as sock:
+        sock.sendall(f"GET http://{target}/bytes/3 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        refused = Response(sock)
+    assert (refused.status, refused.header("X-Tinyproxy-Py-Cause")) == (403, "destination")
+    assert connect_status(proxy.address, f"127.0.0.1:{origin.port}") == 200  # a local client may
+    assert origin.requests == []
+    assert proxy.stats.counter("errors.destination") == 2
+
+
+def test_allow_destination_opens_what_the_default_refuses(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(local_clients=("127.0.0.1/32",), allow_destinations=("127.0.0.0/8",))
+    assert connect_status(proxy.address, f"127.0.0.1:{origin.port}", source="127.0.0.2") == 200
+
+
+def test_deny_destination_applies_to_every_client(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(deny_destinations=("127.0.0.1/32",))
+    assert connect_status(proxy.address, f"127.0.0.1:{origin.port}") == 403
+
+
+def test_a_pooled_connection_is_judged_again_for_the_next_client(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    """A local client's idle connection to a loopback origin is no way in for another."""
+    proxy = make_proxy(local_clients=("127.0.0.1/32",))
+    assert get(proxy.address, origin.url("/bytes/3")).status == 200  # pooled now
+    with client_from("127.0.0.2", proxy.address) as sock:
+        sock.sendall(f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert Response(sock).status == 403
+    assert len(origin.requests) == 1
+
+
+# --- loops in any spelling, malformed names -------------------------------------------------------
+
+LOOP_SPELLINGS = [
+    "127.0.0.1",
+    "localhost",
+    "2130706433",
+    "127.1",
+    "0x7f000001",
+    "0.0.0.0",
+    "[::ffff:127.0.0.1]",
+]
+
+
+@pytest.mark.parametrize("spelling", LOOP_SPELLINGS)
+def test_every_spelling_of_the_proxy_itself_is_508(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, spelling: str
+) -> None:
+    proxy = make_proxy()
+    assert connect_status(proxy.address, f"{spelling}:{proxy.address[1]}") == 508
+    assert get(proxy.address, f"http://{spelling}:{proxy.address[1]}/").status == 508
+    assert get(proxy.address, origin.url("/bytes/3")).body == pattern_bytes(3)  # still serving
+
+
+@pytest.mark.parametrize("host", ["a..b", ".a", "a" * 64 + ".test", "a." * 127 + "test"])
+def test_a_malformed_name_is_400_for_connect_and_plain_http(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, host: str
+) -> None:
+    proxy = make_proxy()
+    assert connect_status(proxy.address, f"{host}:443") == 400
+    assert get(proxy.address, f"http://{host}/").status == 400
+    assert get(proxy.address, origin.url("/bytes/3")).body == pattern_bytes(3)  # still serving
+
+
+# --- host overrides ----------------------------------------------------------------------------
+
+
+def test_resolve_and_connect_to_point_a_name_at_a_local_server_on_every_path(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(
+        resolve=(f"api.test:{origin.port}:127.0.0.1",),
+        connect_to=(f"web.test:80:127.0.0.1:{origin.port}",),
+    )
+    assert get(proxy.address, f"http://api.test:{origin.port}/bytes/4").body == pattern_bytes(4)
+    response = get(proxy.address, "http://web.test/headers")
+    assert dict(json.loads(response.body)["headers"])["Host"] == "web.test"  # the name is kept
+    assert connect_status(proxy.address, f"api.test:{origin.port}") == 200
+    assert connect_status(proxy.address, "web.test:80") == 200
+
+
+def test_the_policy_judges_the_address_an_override_dials(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(connect_to=(f"web.test:80:127.0.0.1:{origin.port}",), local_clients=("127.0.0.1/32",))
+    assert connect_status(proxy.address, "web.test:80", source="127.0.0.2") == 403
