@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from .errors import BadGateway, Cause, GatewayTimeout, ProxyError
 from .stats import Stats
@@ -61,16 +62,31 @@ class Dialer:
     resolver: Resolver = system_resolver
     stats: Stats | None = None
     judge: Judge | None = None  # one client's destination policy: see judging()
+    recheck: bool = True  # judge pooled connections again (False: the judge only finds loops)
 
-    def judging(self, judge: Judge | None) -> Dialer:
-        """This dialer, judging every address for one client's request."""
-        return dataclasses.replace(self, judge=judge)
+    def judging(self, judge: Judge | None, recheck: bool = True) -> Dialer:
+        """This dialer, judging every address for one client (`recheck`: also the pooled
+        connections it is given, which were judged for another client when dialled)."""
+        return dataclasses.replace(self, judge=judge, recheck=recheck)
 
     def check(self, sock: socket.socket) -> None:
-        """Judge a connection made for someone else (a pooled one) before this client uses it."""
-        if self.judge is not None:
+        """Judge a connection made for someone else (a pooled one) before this client uses
+        it; OSError if it has just been reset (the caller dials anew)."""
+        if self.judge is not None and self.recheck:
             host, port = sock.getpeername()[:2]
             self.judge(ipaddress.ip_address(host.split("%", 1)[0]), port)
+
+    def judge_literal(self, host: str, port: int) -> None:
+        """Judge a target that is an address in any spelling (127.1 too) though a parent
+        proxy will dial it: a parent on this host must not open its loopback to others.
+        A name is the parent's to resolve, and to judge."""
+        if self.judge is None:
+            return
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        except (OSError, UnicodeError):
+            return  # a name
+        _judged([(socket.AddressFamily(f), (str(a[0]), int(a[1]))) for f, _, _, _, a in infos], self.judge)
 
     def dial(
         self,
@@ -93,11 +109,14 @@ class Dialer:
         name = name or f"{host}:{port}"
         timed_out, unresolvable, refused = causes
         candidates = self._addresses(host, port, name, unresolvable)
-        if judge is not None:
-            candidates = _judged(candidates, judge)
-        attempt = _Attempts(_interleaved(candidates), self.attempt_delay, deadline)
+        attempt = _Attempts([], self.attempt_delay, deadline)
         try:
+            if judge is not None:
+                candidates = _judged(candidates, judge)
+            attempt.candidates = _interleaved(candidates)
             sock = attempt.run()
+        except OSError as exc:  # no selector, no socket (EMFILE): the connect failed here
+            raise BadGateway(f"cannot connect to {name}", cause=refused) from exc
         finally:
             self._count(attempt)
         if sock is None:
@@ -106,15 +125,19 @@ class Dialer:
             if attempt.timed_out:
                 raise GatewayTimeout(f"connecting to {name} timed out", cause=timed_out)
             raise BadGateway(f"cannot connect to {name}", cause=refused)
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.settimeout(timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     def _addresses(
         self, host: str, port: int, name: str, unresolvable: Cause
     ) -> list[tuple[socket.AddressFamily, SockAddr]]:
-        host, port = self.connect_to.get((host.lower(), port), (host, port))
-        pinned = self.resolve.get((host.lower(), port))
+        host, port = self.connect_to.get((host.lower().rstrip("."), port), (host, port))
+        pinned = self.resolve.get((host.lower().rstrip("."), port))
         if pinned is not None:
             return [(_family(a), (a, port)) for a in pinned]
         try:
@@ -134,14 +157,15 @@ class Dialer:
 
 
 def is_local_address(address: Address) -> bool:
-    """Whether `address` is one of this host's: only a local address can be bound."""
+    """Whether `address` is one of this host's: the kernel routes to it from itself (a
+    UDP connect sends nothing). Binding would not tell: ip_nonlocal_bind allows any."""
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((str(address), 0))
-        except OSError:
-            return False
-    return True
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((str(address), 9))
+            return bool(ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0]) == address)
+    except OSError:
+        return False
 
 
 def _family(address: str) -> socket.AddressFamily:
@@ -225,8 +249,7 @@ class _Attempts:
                 return None  # every address failed
             until = self.deadline if self.started == len(self.candidates) else min(next_start, self.deadline)
             for key, _ in selector.select(max(until - now, 0.0)):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                sock = cast(socket.socket, key.fileobj)  # what _start registered
                 selector.unregister(sock)
                 candidate = pending.pop(sock)
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -245,7 +268,11 @@ class _Attempts:
     ) -> None:
         family, sockaddr = candidate = self.candidates[self.started]
         self.started += 1
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)  # EAFNOSUPPORT without IPv6, EMFILE
+        except OSError as exc:
+            self.failures.append((sockaddr, exc.strerror or str(exc)))
+            return
         try:
             sock.setblocking(False)
             error = sock.connect_ex(sockaddr)

@@ -21,7 +21,7 @@ from . import statspage
 from .accesslog import AccessRecord
 from .chain import connect_through
 from .clientconn import ClientConnection
-from .dialer import Dialer, is_local_address
+from .dialer import DIRECT, Dialer, is_local_address
 from .errors import Aborted, BadRequest, Cause, NotFound, Overloaded, ProxyAuthRequired, ProxyError, render
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
@@ -70,6 +70,7 @@ class ClientHandler:
         self.client_address = client_address
         self.server = server
         self.parent = ""  # the parent proxy the current request goes through (its URL)
+        self._dialing: tuple[Runtime | None, Dialer] = (None, DIRECT)
 
     def handle(self) -> None:
         runtime = self.server.runtime
@@ -121,6 +122,8 @@ class ClientHandler:
         via = runtime.routes.choose(head.host, head.port, head.scheme)
         self.parent = via.url if via is not None else ""
         dialer = self._dialer(runtime)
+        if via is not None:
+            dialer.judge_literal(head.host, head.port)  # a parent on this host is no way around
         with self.server.stats.live("requests_in_flight"):
             return forward(
                 head,
@@ -134,11 +137,13 @@ class ClientHandler:
             )
 
     def _dialer(self, runtime: Runtime) -> Dialer:
-        """The runtime's dialer, judging addresses by the destination policy for this client."""
-        judge = runtime.policy.destination_judge(
-            self.client_address[0], self.server.addresses, is_local_address
-        )
-        return runtime.dialer.judging(judge)
+        """The runtime's dialer, judging addresses by the destination policy for this
+        client: made once per connection and runtime (keep-alive requests reuse it)."""
+        if self._dialing[0] is not runtime:
+            client, policy = self.client_address[0], runtime.policy
+            judge = policy.destination_judge(client, self.server.addresses, is_local_address)
+            self._dialing = (runtime, runtime.dialer.judging(judge, recheck=not policy.only_loops(client)))
+        return self._dialing[1]
 
     def _admit(self, head: RequestHead, policy: Policy) -> None:
         """Apply the policy (policy.py gives the order) before anything is sent on."""
@@ -182,6 +187,7 @@ class ClientHandler:
         if via is None:
             target, early = dialer.dial((head.host, head.port), timeout), b""
         else:
+            dialer.judge_literal(head.host, head.port)  # a parent on this host is no way around
             pseudonym = runtime.rewrite.pseudonym
             member = via_value(head.version, pseudonym) if pseudonym else ""
             target, early = connect_through(

@@ -167,14 +167,15 @@ class Policy:
         `is_local` says whether an address belongs to this host (dialer.is_local_address):
         a wildcard listener answers on all of them.
         """
-        local = any(_client_ip(client) in network for network in self.local_clients)
+        local = self.is_local_client(client)
         own = tuple((_plain(bound), port) for bound, port in listening)
 
         def judge(address: Address, port: int) -> None:
             address = _plain(address)
             for bound, bound_port in own:
-                wildcard_reaches = bound.is_unspecified and is_local(address)
-                if port == bound_port and (_same_host(address, bound) or wildcard_reaches):
+                if port != bound_port:
+                    continue
+                if _same_host(address, bound) or (bound.is_unspecified and is_local(address)):
                     raise LoopDetected(f"{address} port {port} is this proxy itself")
             if any(address in network for network in self.deny_destinations):
                 raise Forbidden(f"connecting to {address} is not allowed", cause=Cause.DESTINATION)
@@ -186,6 +187,15 @@ class Policy:
                 )
 
         return judge
+
+    def is_local_client(self, client: str) -> bool:
+        """A client on this machine (`local_clients`): it may reach its local services."""
+        return any(_client_ip(client) in network for network in self.local_clients)
+
+    def only_loops(self, client: str) -> bool:
+        """Whether `client`'s destination judge can refuse nothing but loops (which do not
+        depend on the client): then a pooled connection need not be judged again."""
+        return self.is_local_client(client) and not self.deny_destinations
 
     def check_connect_port(self, port: int) -> None:
         """0 in the list allows every port; an empty list refuses CONNECT (ConnectPort 0)."""
@@ -234,8 +244,8 @@ def _same_host(address: Address, bound: Address) -> bool:
     address, anything local for a wildcard listener, loopback for a wildcard dial."""
     if address == bound:
         return True
-    if bound.is_unspecified:
-        return _on_this_host(address)
+    if bound.is_unspecified:  # an IPv4 wildcard does not answer on ::1; `::` answers both
+        return _on_this_host(address) and (bound.version == 6 or address.version == 4)
     return address.is_unspecified and bound.is_loopback and address.version == bound.version
 
 

@@ -372,6 +372,9 @@ class OriginPool:
         if reused and via is None:
             try:
                 dialer.check(conn.sock)
+            except OSError:  # reset since urllib3 looked: dial anew below
+                conn.close()
+                reused = False
             except BaseException:
                 pool._put_conn(conn)  # fine for clients allowed there: back to the pool
                 raise
@@ -438,6 +441,11 @@ class OriginPool:
         for origin, count in self.slots.in_use().items():
             usage.setdefault(origin, {"in_use": 0, "idle": 0})["in_use"] = count
         return usage
+
+    def drop_idle(self) -> None:
+        """Close every idle connection (the host overrides changed: they may go elsewhere)."""
+        for pool in self._pools():
+            pool.close_idle()
 
     def close(self) -> None:
         """Stop the reaper, close idle connections and abort those in use (their threads fail fast)."""

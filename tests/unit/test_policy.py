@@ -255,3 +255,14 @@ def test_a_wildcard_listener_answers_on_every_address_of_this_host() -> None:
     judge(lan, 80)  # a local client may reach the host's other services
     with pytest.raises(Forbidden):
         policy.destination_judge("10.0.0.7", [("0.0.0.0", 8888)], is_local=lambda a: a == lan)(lan, 80)
+
+
+def test_an_ipv4_wildcard_does_not_answer_on_ipv6_loopback() -> None:
+    judge = Policy(Config()).destination_judge("127.0.0.1", [("0.0.0.0", 8888)])
+    judge(ipaddress.ip_address("::1"), 8888)  # nothing listens there: no loop
+    with pytest.raises(LoopDetected):
+        judge(ipaddress.ip_address("127.0.0.9"), 8888)
+    with pytest.raises(LoopDetected):
+        Policy(Config()).destination_judge("127.0.0.1", [("::", 8888)])(
+            ipaddress.ip_address("127.0.0.1"), 8888
+        )

@@ -7,6 +7,7 @@ a name server (a black hole first, a working address second, a metadata address)
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from contextlib import ExitStack, contextmanager
 import pytest
 
 from tinyproxy_py import ProxyServer
+from tinyproxy_py.dialer import Dialer
+from tinyproxy_py.errors import BadGateway
 
 from ..kit.clients import recv_head
 from ..kit.origins import OriginServer, pattern_bytes
@@ -222,3 +225,70 @@ def test_the_policy_judges_the_address_an_override_dials(
 ) -> None:
     proxy = make_proxy(connect_to=(f"web.test:80:127.0.0.1:{origin.port}",), local_clients=("127.0.0.1/32",))
     assert connect_status(proxy.address, "web.test:80", source="127.0.0.2") == 403
+
+
+# --- failures on the way out --------------------------------------------------------------------
+
+
+def test_a_family_the_kernel_lacks_is_skipped_and_the_next_address_is_tried(
+    monkeypatch: pytest.MonkeyPatch, origin: OriginServer
+) -> None:
+    """A kernel without IPv6 still returns AAAA answers: socket() fails (EAFNOSUPPORT)."""
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object, **kwargs: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)  # type: ignore[arg-type]
+
+    dialer = Dialer(resolver=offline_resolver({"dual.test": ["::1", "127.0.0.1"]}))
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    sock = dialer.dial(("dual.test", origin.port), MUST_NOT_EXPIRE)
+    monkeypatch.undo()
+    with sock:
+        assert sock.getpeername()[:2] == ("127.0.0.1", origin.port)
+
+
+def test_no_socket_at_all_is_a_502(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(*args: object, **kwargs: object) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    dialer = Dialer(resolver=offline_resolver())
+    monkeypatch.setattr(socket, "socket", exhausted)
+    with pytest.raises(BadGateway) as caught:
+        dialer.dial(("127.0.0.1", 9), MUST_NOT_EXPIRE)
+    assert caught.value.cause == "refused"
+
+
+def test_a_parent_on_this_host_does_not_open_its_loopback_to_others(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    parent = make_proxy()  # say cntlm or ssh -D on the proxy's host
+    proxy = make_proxy(upstream=(parent.url,), local_clients=("127.0.0.1/32",))
+    for spelling in ("127.0.0.1", "127.1"):
+        assert connect_status(proxy.address, f"{spelling}:{origin.port}", source="127.0.0.2") == 403
+        with client_from("127.0.0.2", proxy.address) as sock:
+            sock.sendall(f"GET http://{spelling}:{origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert Response(sock).status == 403
+    assert origin.requests == []
+
+
+def test_overrides_match_a_name_with_its_trailing_dot(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(resolve=(f"api.test:{origin.port}:127.0.0.1",))
+    assert get(proxy.address, f"http://api.test.:{origin.port}/bytes/2").body == pattern_bytes(2)
+
+
+def test_a_reload_that_moves_a_name_closes_the_idle_connections_to_its_old_address(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    other = OriginServer()
+    try:
+        proxy = make_proxy(connect_to=(f"web.test:80:127.0.0.1:{origin.port}",))
+        assert get(proxy.address, "http://web.test/bytes/2").status == 200  # pooled now
+        proxy.reload(proxy.config.replace(connect_to=(f"web.test:80:127.0.0.1:{other.port}",)))
+        assert get(proxy.address, "http://web.test/bytes/2").status == 200
+        assert (len(origin.requests), len(other.requests)) == (1, 1)
+    finally:
+        other.stop()
