@@ -76,6 +76,12 @@ class Dialer:
             host, port = sock.getpeername()[:2]
             self.judge(ipaddress.ip_address(host.split("%", 1)[0]), port)
 
+    def same_overrides(self, other: Dialer) -> bool:
+        """Whether a connection this dialer made still goes where `other` would dial."""
+        if self.resolve is other.resolve and self.connect_to is other.connect_to:
+            return True
+        return (self.resolve, self.connect_to) == (other.resolve, other.connect_to)
+
     def judge_literal(self, host: str, port: int) -> None:
         """Judge a target that is an address in any spelling (127.1 too) though a parent
         proxy will dial it: a parent on this host must not open its loopback to others.
@@ -222,8 +228,11 @@ class _Attempts:
         self.fell_back = False  # the winner is not of the first family
 
     def run(self) -> socket.socket | None:
+        if len(self.candidates) == 1:
+            return self._only()
         pending: dict[socket.socket, tuple[socket.AddressFamily, SockAddr]] = {}
-        with selectors.DefaultSelector() as selector:
+        # poll(2): no kernel object to create and close per dial, unlike epoll
+        with selectors.PollSelector() as selector:
             try:
                 return self._race(selector, pending)
             finally:
@@ -260,6 +269,36 @@ class _Attempts:
                 self.failures.append((candidate[1], errno.errorcode.get(error, str(error))))
                 sock.close()
                 next_start = time.monotonic()  # a failure starts the next attempt at once
+
+    def _only(self) -> socket.socket | None:
+        """One address: nothing to race, a plain connect under the deadline (the common
+        case, at the cost of one socket and one connect)."""
+        family, sockaddr = self.candidates[0]
+        self.started = 1
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self.timed_out = True
+            return None
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.failures.append((sockaddr, exc.strerror or str(exc)))
+            return None
+        try:
+            sock.settimeout(remaining)
+            sock.connect(sockaddr)
+        except TimeoutError:
+            sock.close()
+            self.timed_out = True
+            return None
+        except OSError as exc:
+            sock.close()
+            self.failures.append((sockaddr, exc.strerror or str(exc)))
+            return None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def _start(
         self,

@@ -101,6 +101,7 @@ class Policy:
         self.via_token = via_token
         self._verdicts: dict[str, str] = {}  # client address -> refusal ("" admits)
         self.local_clients = parse_networks(config.local_clients)
+        self._local_verdicts: dict[str, bool] = {}  # client address -> on this machine
         self.deny_destinations = parse_networks(config.deny_destinations)
         self.allow_destinations = parse_networks(config.allow_destinations)
 
@@ -190,7 +191,13 @@ class Policy:
 
     def is_local_client(self, client: str) -> bool:
         """A client on this machine (`local_clients`): it may reach its local services."""
-        return any(_client_ip(client) in network for network in self.local_clients)
+        local = self._local_verdicts.get(client)
+        if local is None:
+            local = any(_client_ip(client) in network for network in self.local_clients)
+            if len(self._local_verdicts) >= CLIENT_VERDICTS:
+                self._local_verdicts.clear()
+            self._local_verdicts[client] = local
+        return local
 
     def only_loops(self, client: str) -> bool:
         """Whether `client`'s destination judge can refuse nothing but loops (which do not

@@ -368,6 +368,8 @@ class OriginPool:
         conn: Any = pool._get_conn()  # takes one of the pool's slots, filled or empty
         if fresh and conn.sock is not None:
             conn.close()  # the object and its slot are kept; it dials anew below
+        if conn.sock is not None and not conn.dialer.same_overrides(dialer):
+            conn.close()  # dialled before a reload moved its name: it may go elsewhere now
         reused = conn.sock is not None
         if reused and via is None:
             try:
@@ -441,11 +443,6 @@ class OriginPool:
         for origin, count in self.slots.in_use().items():
             usage.setdefault(origin, {"in_use": 0, "idle": 0})["in_use"] = count
         return usage
-
-    def drop_idle(self) -> None:
-        """Close every idle connection (the host overrides changed: they may go elsewhere)."""
-        for pool in self._pools():
-            pool.close_idle()
 
     def close(self) -> None:
         """Stop the reaper, close idle connections and abort those in use (their threads fail fast)."""

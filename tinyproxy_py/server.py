@@ -235,9 +235,6 @@ class ProxyServer:
         config = config.replace(**{name: getattr(self.config, name) for name in kept})
         runtime = Runtime.compile(config, self._token, self.stats, self._resolver)
         self.hub.config = self.pool.config = config
-        old = self.runtime.dialer
-        if (old.resolve, old.connect_to) != (runtime.dialer.resolve, runtime.dialer.connect_to):
-            self.pool.drop_idle()  # pooled by name, they would still go where the old ones said
         self.runtime = runtime  # one assignment: a request sees all of it or none
         log.info(
             "configuration reloaded%s", f"; a restart is needed to change {', '.join(kept)}" if kept else ""
