@@ -5,7 +5,7 @@ keep-alive idle timeout before a request starts, the header deadline for the who
 (counted from its first byte, so a client dribbling bytes is still cut off), the read
 timeout for body bytes and for sends to a client that stopped reading. Socket errors become Aborted,
 which is not an OSError, so urllib3 never mistakes a client failure for an origin's.
-Imports: http1, stream, errors, config (tunnel for its type only).
+Imports: http1, proxyprotocol, stream, errors, config (tunnel for its type only).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from .config import Config
 from .errors import Aborted, Cause, ProxyError, RequestTimeout, render
 from .http1 import ChunkedDecoder, RequestHead, parse_request_head
+from .proxyprotocol import BadProxyHeader, ProxyHeader
+from .proxyprotocol import parse as parse_proxy_header
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -75,6 +77,22 @@ class ClientConnection:
                 return None
             self.buffer += data
             fresh = data
+
+    def read_proxy_header(self, accept: str) -> ProxyHeader:
+        """The PROXY protocol header a load balancer sends first, under the header
+        deadline. Raises BadProxyHeader (also for a close or the deadline): the caller
+        closes the connection, as the spec says, without guessing."""
+        deadline = time.monotonic() + self.config.header_timeout
+        while (header := parse_proxy_header(self.buffer, accept)) is None:
+            try:
+                data = self.stream.recv(RECV_SIZE, deadline)
+            except (OSError, TimeoutError) as exc:  # TimeoutError is an OSError too
+                raise BadProxyHeader(f"no complete PROXY header ({exc.__class__.__name__})") from exc
+            if not data:
+                raise BadProxyHeader("closed before a complete PROXY header")
+            self.buffer += data
+        del self.buffer[: header.length]
+        return header
 
     def _worth_parsing(self, fresh: bytes | None) -> bool:
         """Whether the parser could decide more now than before `fresh` arrived.

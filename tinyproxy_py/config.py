@@ -16,6 +16,7 @@ from typing import Any
 
 SPELLED = frozenset({"connect_ports"})  # settings whose text is more than a number: see coerce
 CHOICES = {
+    "proxy_protocol": ("off", "v1", "v2", "any"),
     "filter_mode": ("deny", "allow"),
     "log_level": ("debug", "info", "warning", "error"),
     "access_log_format": ("default", "common", "combined"),
@@ -137,6 +138,16 @@ class Config:
     basic_auth: tuple[str, ...] = _opt((), "USER:PASSWORD for proxy Basic authentication (repeatable).")
     auth_file: str | None = _opt(None, "File of USER:PASSWORD lines for proxy Basic authentication.")
     auth_realm: str = _opt("tinyproxy-py", "Realm named in the 407 challenge.")
+    proxy_protocol: str = _opt(
+        "off",
+        "Expect a PROXY protocol header (HAProxy's, v1, v2 or any) first on every connection: the "
+        "client address it carries is used everywhere. Needs --proxy-protocol-from.",
+    )
+    proxy_protocol_from: tuple[str, ...] = _opt(
+        (),
+        "Address or CIDR block of a load balancer allowed to send PROXY headers (repeatable); "
+        "connections from elsewhere are closed.",
+    )
     local_clients: tuple[str, ...] = _opt(
         ("127.0.0.0/8", "::1"),
         "Client address or CIDR block on this machine (repeatable): such clients may reach its "
@@ -217,6 +228,9 @@ class Config:
             check_setting(f.name, getattr(self, f.name))
         if self.max_head_bytes < self.max_line_bytes:
             raise SettingError("max_head_bytes", "must be at least max_line_bytes (--max-line-bytes)")
+        if self.proxy_protocol != "off" and not self.proxy_protocol_from:
+            reason = "needs --proxy-protocol-from: the balancers that may send the header"
+            raise SettingError("proxy_protocol", reason)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -266,7 +280,14 @@ def _why_not(name: str, kind: str, value: Any) -> str:
         return _listen_problem(value)
     if name in ("resolve", "connect_to"):
         return next((problem for line in value if (problem := _override_problem(name, line))), "")
-    if name in ("allow", "deny", "local_clients", "deny_destinations", "allow_destinations"):
+    if name in (
+        "allow",
+        "deny",
+        "local_clients",
+        "deny_destinations",
+        "allow_destinations",
+        "proxy_protocol_from",
+    ):
         bad = [rule for rule in value if not _is_network(rule)]
         return f"{bad[0]!r} is not an address or CIDR block" if bad else ""
     return ""

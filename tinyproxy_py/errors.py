@@ -29,6 +29,7 @@ class Cause(str, Enum):
     NOT_FOUND = "not-found"
     CLIENT_ABORT = "client-abort"
     CLIENT_TIMEOUT = "client-timeout"
+    BAD_PROXY_HEADER = "bad-proxy-header"  # closed: no valid PROXY header from a balancer
     # The proxy's policy
     ACL = "acl"
     AUTH = "auth"

@@ -5,7 +5,7 @@ response has been sent yet. One exception: a 407 to a request with nothing left 
 keeps the connection for the client's retry with credentials. A CONNECT ends the loop
 too: the sockets go to the hub.
 The handler knows its server only as `Services`, the few things it uses of it.
-Imports: clientconn, forward, http1, errors, chain, dialer, accesslog, statspage
+Imports: clientconn, forward, http1, proxyprotocol, errors, chain, dialer, accesslog, statspage
 (policy, pool, runtime, stats, tunnel for types only).
 """
 
@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import statspage
@@ -25,6 +26,7 @@ from .dialer import DIRECT, Dialer, is_local_address
 from .errors import Aborted, BadRequest, Cause, NotFound, Overloaded, ProxyAuthRequired, ProxyError, render
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
+from .proxyprotocol import BadProxyHeader
 
 if TYPE_CHECKING:
     from .policy import Policy
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONNECTION_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+PROBES = frozenset({"/healthz", "/readyz"})
 
 
 class Services(Protocol):
@@ -76,6 +79,8 @@ class ClientHandler:
         runtime = self.server.runtime
         client = ClientConnection(self.request, runtime.config, self.server.draining)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if runtime.config.proxy_protocol != "off" and not self._behind_balancer(client, runtime):
+            return
         try:
             runtime.policy.check_client(self.client_address[0])  # before reading a byte
         except ProxyError as error:
@@ -110,9 +115,28 @@ class ClientHandler:
                 return
             idle_timeout = runtime.config.client_idle_timeout
 
+    def _behind_balancer(self, client: ClientConnection, runtime: Runtime) -> bool:
+        """Take the client's address from the PROXY header a trusted balancer sends first.
+        False: the connection is to be closed, unanswered (the spec forbids guessing)."""
+        peer = self.client_address[0]
+        if not runtime.policy.may_send_proxy_header(peer):
+            log.warning("closing %s: not a --proxy-protocol-from address", peer)
+            return False
+        try:
+            header = client.read_proxy_header(runtime.config.proxy_protocol)
+        except BadProxyHeader as exc:
+            log.warning("closing %s: %s", peer, exc)
+            self.server.stats.count("errors.bad-proxy-header")
+            return False
+        if header.source is not None:  # LOCAL (a health check) or UNKNOWN: the peer it is
+            self.client_address = header.source
+        return True
+
     def _dispatch(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> Outcome | None:
         policy = runtime.policy
         if head.form == "origin" or head.host.lower() in runtime.stat_hosts:
+            if head.path in PROBES:  # load balancers probe without credentials; the ACL held
+                return self._answer_probe(head, client)
             policy.check_credentials(head.get("Proxy-Authorization"))
             return self._answer_stats(head, client)
         self._admit(head, policy)
@@ -164,13 +188,16 @@ class ClientHandler:
         if page is None:
             raise NotFound(f"no stats page at {head.path} (try /, /metrics or /json)")
         content_type, body = page
-        keep_alive = head.keep_alive and not client.draining.is_set()
-        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        headers += [("Cache-Control", "no-store")] + ([] if keep_alive else [("Connection", "close")])
-        if head.method == "HEAD":
-            body = b""
-        client.send(response_head(200, "OK", headers) + body)
-        return Outcome(status=200, keep_alive=keep_alive, bytes_down=len(body))
+        return _answer(head, client, 200, content_type, body)
+
+    def _answer_probe(self, head: RequestHead, client: ClientConnection) -> Outcome:
+        """/healthz: the process serves. /readyz: it takes new work; 503 once a drain began
+        (open requests and tunnels still finish). Cheap: no stats snapshot."""
+        if head.has_body or head.method not in ("GET", "HEAD"):
+            raise BadRequest("health probes take GET or HEAD without a body")
+        if head.path == "/readyz" and self.server.draining.is_set():
+            return _answer(head, client, 503, "text/plain; charset=utf-8", b"draining\n")
+        return _answer(head, client, 200, "text/plain; charset=utf-8", b"ok\n")
 
     def _tunnel(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> None:
         """Dial the target (directly or through a parent proxy) and hand both sockets to the hub.
@@ -273,3 +300,16 @@ def _retry_expected(error: ProxyError, head: RequestHead | None, client: ClientC
         and head.keep_alive
         and not client.draining.is_set()
     )
+
+
+def _answer(
+    head: RequestHead, client: ClientConnection, status: int, content_type: str, body: bytes
+) -> Outcome:
+    """One of the proxy's own answers (stats pages, probes), never cached."""
+    keep_alive = head.keep_alive and not client.draining.is_set()
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    headers += [("Cache-Control", "no-store")] + ([] if keep_alive else [("Connection", "close")])
+    if head.method == "HEAD":
+        body = b""
+    client.send(response_head(status, HTTPStatus(status).phrase, headers) + body)
+    return Outcome(status=status, keep_alive=keep_alive, bytes_down=len(body))

@@ -101,6 +101,7 @@ class Policy:
         self.via_token = via_token
         self._verdicts: dict[str, str] = {}  # client address -> refusal ("" admits)
         self.local_clients = parse_networks(config.local_clients)
+        self.balancers = parse_networks(config.proxy_protocol_from)
         self._local_verdicts: dict[str, bool] = {}  # client address -> on this machine
         self.deny_destinations = parse_networks(config.deny_destinations)
         self.allow_destinations = parse_networks(config.allow_destinations)
@@ -198,6 +199,10 @@ class Policy:
                 self._local_verdicts.clear()
             self._local_verdicts[client] = local
         return local
+
+    def may_send_proxy_header(self, peer: str) -> bool:
+        """Whether `peer` is a load balancer trusted to name the client (--proxy-protocol-from)."""
+        return any(_client_ip(peer) in network for network in self.balancers)
 
     def only_loops(self, client: str) -> bool:
         """Whether `client`'s destination judge can refuse nothing but loops (which do not

@@ -53,3 +53,9 @@ def test_invalid_values_are_refused_with_the_field_name(changes: dict[str, objec
 def test_every_setting_is_described() -> None:
     names = [name for name, _, _, help_text in describe() if help_text]
     assert names == list(Config.__dataclass_fields__)
+
+
+def test_proxy_protocol_needs_the_balancers_named() -> None:
+    with pytest.raises(ValueError, match="proxy_protocol needs --proxy-protocol-from"):
+        Config(proxy_protocol="v2")
+    assert Config(proxy_protocol="any", proxy_protocol_from=("10.0.0.0/8",)).proxy_protocol == "any"

@@ -19,7 +19,7 @@ from tinyproxy_py import ProxyServer
 
 from ..kit.clients import recv_all, recv_head
 from ..kit.origins import OriginServer
-from ..kit.responses import get
+from ..kit.responses import Response, get
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..support import client_env, proxy_process
 
@@ -196,3 +196,32 @@ def test_headless_chromium_renders_the_stats_page(
     assert f"<td>127.0.0.1:{origin.port}</td>" in dom.stdout  # the open tunnel's target
     assert f"http://127.0.0.1:{origin.port}" in dom.stdout
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("url", ["http://tinyproxy-py.stats/healthz", "http://tinyproxy-py.stats/readyz"])
+def test_health_probes_answer_without_credentials_but_within_the_acl(
+    make_proxy: Callable[..., ProxyServer], url: str
+) -> None:
+    """Load balancers probe them: no credentials, cheap, and still only for allowed clients."""
+    proxy = make_proxy(basic_auth=("u:p",))
+    assert (get(proxy.address, url).status, get(proxy.address, url).body) == (200, b"ok\n")
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        path = "/" + url.rsplit("/", 1)[1]
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert Response(sock).status == 200  # origin-form, straight to the proxy
+    assert get(proxy.address, "http://tinyproxy-py.stats/json").status == 407  # the rest needs them
+    denied = make_proxy(deny=("127.0.0.1",))
+    assert get(denied.address, url).status == 403
+
+
+def test_readyz_is_503_once_the_drain_begins_while_healthz_stays_200(
+    make_proxy: Callable[..., ProxyServer],
+) -> None:
+    proxy = make_proxy()
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        request = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request)
+        assert Response(sock).status == 200
+        proxy.draining.set()  # what stop() (SIGTERM) does first
+        sock.sendall(request)
+        assert Response(sock).status == 503
