@@ -140,6 +140,9 @@ class Tunnel:
     masks: list[int] = field(default_factory=lambda: [0, 0])  # registered: client, target
     closed: bool = False
     tag: object = None
+    # The client went away with everything delivered: (until when, why) the hub waits for
+    # the target's own end, to tell a finished exchange from a cut one.
+    awaiting: tuple[float, str] | None = None
 
     def sides(self, sock: socket.socket) -> tuple[Flow, Flow, socket.socket]:
         """(the flow `sock` feeds, the flow that feeds `sock`, the other socket)."""
@@ -163,6 +166,7 @@ class ClosedTunnel:
 
 
 RECENT_CLOSED = 50  # closed tunnels kept for the stats page
+END_GRACE = 0.5  # how long a target may take to end after its client went away (seconds)
 
 
 class TunnelHub:
@@ -358,6 +362,9 @@ class TunnelHub:
 
     def _service(self, tunnel: Tunnel, sock: socket.socket, mask: int) -> None:
         """Move the bytes `mask` allows, then close the tunnel or update what it waits for."""
+        if tunnel.awaiting is not None:
+            self._target_ended(tunnel)
+            return
         inbound, outbound, other = tunnel.sides(sock)
         state = tunnel.state
         held = state.held
@@ -372,9 +379,14 @@ class TunnelHub:
             # A reset after the target finished and everything was delivered is an end.
             # After its own failure a socket reads as EOF, so only a live target is asked.
             waiting_eof = failed.sock is not tunnel.target and _ended(tunnel.target)
-            reason = Cause.EOF if state.delivered(waiting_eof) else Cause.RESET
             exc = failed.error
-            self._close(tunnel, reason, f"{exc.__class__.__name__}: {exc.strerror or exc}")
+            detail = f"{exc.__class__.__name__}: {exc.strerror or exc}"
+            if state.delivered(waiting_eof):
+                self._close(tunnel, Cause.EOF, detail)
+            elif failed.sock is tunnel.client and state.held == 0 and not state.down.eof:
+                self._await_target_end(tunnel, detail)  # its FIN may be a moment behind
+            else:
+                self._close(tunnel, Cause.RESET, detail)
             return
         finally:
             self._buffered += state.held - held  # relative, so right before or after a close
@@ -430,9 +442,28 @@ class TunnelHub:
                 raise _SideFailed(dst, exc) from exc
             flow.shut = True
 
+    def _await_target_end(self, tunnel: Tunnel, detail: str) -> None:
+        """The client is gone and nothing was left undelivered: close its side now and
+        give the target a moment to end too (eof), else it was cut (reset)."""
+        self._release(tunnel.client, tunnel.masks[0], abort=True)
+        tunnel.masks[0] = 0
+        tunnel.awaiting = (time.monotonic() + END_GRACE, detail)
+        self._update_interest(tunnel)
+
+    def _target_ended(self, tunnel: Tunnel) -> None:
+        assert tunnel.awaiting is not None
+        try:
+            ended = tunnel.target.recv(1) == b""
+        except BlockingIOError:
+            return
+        except OSError:
+            ended = False
+        self._close(tunnel, Cause.EOF if ended else Cause.RESET, tunnel.awaiting[1])
+
     def _update_interest(self, tunnel: Tunnel) -> None:
         socks = (tunnel.client, tunnel.target)
-        for i, mask in enumerate(tunnel.state.interest()):
+        interest = (0, READ) if tunnel.awaiting is not None else tunnel.state.interest()
+        for i, mask in enumerate(interest):
             old = tunnel.masks[i]
             if mask == old:
                 continue
@@ -446,6 +477,9 @@ class TunnelHub:
 
     def _sweep(self, now: float) -> None:
         idle, linger = self.config.tunnel_idle_timeout, self.config.tunnel_linger
+        for tunnel in [t for t in self._tunnels if t.awaiting is not None and now >= t.awaiting[0]]:
+            assert tunnel.awaiting is not None
+            self._close(tunnel, Cause.RESET, tunnel.awaiting[1])  # the target went on: a cut
         for tunnel in [t for t in self._tunnels if t.state.expired(now, idle, linger)]:
             detail = f"half-closed, linger {linger:g} s" if tunnel.state.half_closed else f"{idle:g} s"
             self._close(tunnel, Cause.IDLE, detail)

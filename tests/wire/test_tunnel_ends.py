@@ -25,7 +25,7 @@ import trustme
 
 from tinyproxy_py import ProxyServer
 
-from ..kit.clients import recv_head
+from ..kit.clients import abort, recv_head
 from ..kit.servers import scripted_server
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..support import client_env
@@ -132,3 +132,28 @@ def test_a_target_that_resets_mid_transfer_is_recorded_as_a_reset(
         client.sendall(f"CONNECT 127.0.0.1:{target.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert recv_head(client).startswith(b"HTTP/1.1 200")
         assert reasons(proxy, 1) == ["reset"]
+
+
+@pytest.mark.parametrize(("target_ends", "reason"), [(True, "eof"), (False, "reset")])
+def test_a_client_that_resets_after_everything_was_delivered_waits_for_the_target(
+    make_proxy: Callable[..., ProxyServer], target_ends: bool, reason: str
+) -> None:
+    """The client's RST can beat the target's FIN by a moment (that race is what made some
+    healthy urllib fetches look reset): if the target ends soon after, it was an end."""
+
+    def answer(sock: socket.socket) -> None:
+        sock.sendall(b"hello")
+        if target_ends:
+            time.sleep(0.1)  # its FIN comes after the client has already gone
+        else:
+            target.release.wait(MUST_NOT_EXPIRE)  # it would have gone on
+
+    proxy = make_proxy()
+    with scripted_server(answer) as target:
+        client = socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE)
+        client.sendall(f"CONNECT 127.0.0.1:{target.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = recv_head(client)
+        while not received.endswith(b"hello"):
+            received += client.recv(100)
+        abort(client)  # an RST, with nothing left undelivered either way
+        assert reasons(proxy, 1) == [reason]
