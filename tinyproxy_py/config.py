@@ -92,13 +92,13 @@ class Config:
         unit="seconds",
     )
     pool_idle_timeout: float = _opt(
-        90.0, "Idle upstream connections older than this are closed.", unit="seconds"
+        90.0, "Idle pooled connections older than this are closed.", unit="seconds"
     )
     pool_hosts: int = _opt(100, "Origin hosts whose connection pools are kept (LRU).")
-    pool_idle_per_host: int = _opt(10, "Idle upstream connections kept per origin host.")
+    pool_idle_per_host: int = _opt(10, "Idle pooled connections kept per origin host.")
     max_conns_per_host: int = _opt(
         0,
-        "Upstream connections in use per origin host (0: no cap); waits up to the connect timeout, then 503.",
+        "Connections in use per origin host (0: no cap); waits up to the connect timeout, then 503.",
     )
     header_timeout: float = _opt(
         10.0, "Deadline for a client's whole request head, from its first byte.", unit="seconds"

@@ -29,12 +29,14 @@ class RecordingProxy(ProxyServer):
 
     def __init__(self, config: Config) -> None:
         self.requests: list[AccessRecord] = []
+        self._known: set[int] = set()  # ids of the records in `requests` (kept alive there)
         self._requests_changed = threading.Condition()
         super().__init__(config, on_access=self._remember)
 
     def _remember(self, record: AccessRecord) -> None:
         with self._requests_changed:
-            if not any(known is record for known in self.requests):  # a tunnel comes twice
+            if id(record) not in self._known:  # a tunnel's record comes twice: open, closed
+                self._known.add(id(record))
                 self.requests.append(record)
             self._requests_changed.notify_all()
 

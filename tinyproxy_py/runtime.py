@@ -51,12 +51,9 @@ class Runtime:
 
 def _dialer(config: Config, stats: Stats | None, resolver: Resolver | None) -> Dialer:
     resolve = dict(parse_override("resolve", line) for line in config.resolve)
-    connect_to = {key: (host, int(port)) for key, (host, port) in map(_connect_to, config.connect_to)}
+    moved = (parse_override("connect_to", line) for line in config.connect_to)
+    connect_to = {key: (host, int(port)) for key, (host, port) in moved}
     return Dialer(config.attempt_delay, resolve, connect_to, resolver or system_resolver, stats)
-
-
-def _connect_to(line: str) -> tuple[tuple[str, int], tuple[str, ...]]:
-    return parse_override("connect_to", line)
 
 
 def _stat_hosts(stat_host: str) -> frozenset[str]:
