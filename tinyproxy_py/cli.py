@@ -149,7 +149,8 @@ def serve(config_file: str | None, **settings: Any) -> None:
     """Run the proxy until Ctrl-C or SIGTERM (a second signal exits at once).
 
     SIGHUP or SIGUSR1 reloads the config file (ACL, auth, filters, timeouts) without
-    dropping connections, and reopens the log file.
+    dropping connections, and reopens the log file. SIGUSR2 starts a drain: /readyz
+    answers 503 while the proxy goes on serving (see --drain-delay).
     """
     explicit = _explicit(settings)
     config, warnings = _load(config_file, explicit)
@@ -239,6 +240,9 @@ def _serve_until_stopped(
         if signum in (signal.SIGINT, signal.SIGTERM):
             log.info("%s: stopping", signal.Signals(signum).name)
             return
+        if signum == signal.SIGUSR2:
+            proxy.drain()
+            continue
         logs.reopen()
         _reload(proxy, reload)  # SIGHUP, or SIGUSR1 as tinyproxy users expect
 
@@ -269,7 +273,7 @@ def _signal_events() -> queue.Queue[int]:
         except queue.Full:
             pass
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, handler)
     return events
 

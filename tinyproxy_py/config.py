@@ -124,8 +124,17 @@ class Config:
         65_536, "Largest response head an origin may send; 502 beyond.", unit="bytes"
     )
     max_response_headers: int = _opt(100, "Most header fields in an origin's response head; 502 beyond.")
+    drain_delay: float = _opt(
+        0.0,
+        "On SIGTERM (or from SIGUSR2), keep accepting this long while /readyz answers 503, so "
+        "a balancer's health check takes the instance out before its listener closes.",
+        unit="seconds",
+    )
     shutdown_grace: float = _opt(
-        10.0, "On stop, how long in-flight requests may take to finish.", unit="seconds"
+        10.0,
+        "Once the listener is closed, how long requests in flight and tunnels still moving bytes "
+        "may take to finish (tunnels idle for a second are closed at once).",
+        unit="seconds",
     )
     allow: tuple[str, ...] = _opt(
         (),
@@ -300,7 +309,7 @@ def _number_problem(name: str, kind: str, value: Any) -> str:
         return f"must be a finite number, got {value!r}"
     if value < 0:
         return f"must be a non-negative number, got {value!r}"
-    if kind == "float" and value == 0:
+    if kind == "float" and value == 0 and name != "drain_delay":  # 0: no delay; elsewhere, no deadline
         return "must be greater than 0"
     if name == "port" and value > 65535:
         return f"must be within 0..65535, got {value}"

@@ -62,6 +62,7 @@ class Outcome:
     status: int = 0
     keep_alive: bool = False
     bytes_down: int = 0
+    logged: bool = True  # False for health probes: a balancer checks every second or so
 
 
 @dataclass(frozen=True)

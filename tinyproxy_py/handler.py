@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import replace
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,7 +49,7 @@ class Services(Protocol):
     stats: Stats
     pool: OriginPool
     hub: TunnelHub
-    draining: threading.Event  # set once stop() begins: no more keep-alive
+    draining: threading.Event  # set by drain(): /readyz 503, no more keep-alive
     cut_off: threading.Event  # set when stop()'s grace period is over and it cuts the rest
 
     addresses: tuple[tuple[str, int], ...]  # every address it listens on
@@ -192,12 +193,16 @@ class ClientHandler:
 
     def _answer_probe(self, head: RequestHead, client: ClientConnection) -> Outcome:
         """/healthz: the process serves. /readyz: it takes new work; 503 once a drain began
-        (open requests and tunnels still finish). Cheap: no stats snapshot."""
+        (open requests and tunnels still finish). Cheap: no stats snapshot, no access log
+        line (counted with the responses still)."""
         if head.has_body or head.method not in ("GET", "HEAD"):
             raise BadRequest("health probes take GET or HEAD without a body")
-        if head.path == "/readyz" and self.server.draining.is_set():
-            return _answer(head, client, 503, "text/plain; charset=utf-8", b"draining\n")
-        return _answer(head, client, 200, "text/plain; charset=utf-8", b"ok\n")
+        status, body = (
+            (503, b"draining\n")
+            if head.path == "/readyz" and self.server.draining.is_set()
+            else (200, b"ok\n")
+        )
+        return replace(_answer(head, client, status, "text/plain; charset=utf-8", body), logged=False)
 
     def _tunnel(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> None:
         """Dial the target (directly or through a parent proxy) and hand both sockets to the hub.
@@ -257,7 +262,7 @@ class ClientHandler:
     ) -> None:
         status = outcome.status
         self.server.stats.count(f"responses.{status // 100}xx" if status else "responses.none")
-        record = self._record(head, outcome, client, started, cause)
+        record = self._record(head, outcome, client, started, cause) if outcome.logged else None
         if record is not None:
             self.server.record_access(record)
 

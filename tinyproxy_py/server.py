@@ -183,7 +183,8 @@ class ProxyServer:
         self._listeners: list[tuple[_Listener, threading.Thread]] = []
         self._clients = _Clients(self.config.max_clients, self.stats)
         self.addresses: tuple[tuple[str, int], ...] = ()  # kept after stop: draining handlers read it
-        self.draining = threading.Event()  # set once stop() begins: no more keep-alive
+        self.draining = threading.Event()  # set by drain(): /readyz 503, no more keep-alive
+        self._drain_started: float | None = None
         self.cut_off = threading.Event()  # set when the grace period is over
 
     # The running settings, read through the one reference a reload replaces.
@@ -306,32 +307,52 @@ class ProxyServer:
                     raise
         raise AssertionError("unreachable")
 
+    def drain(self) -> None:
+        """Stop being ready: /readyz answers 503 and connections close after their current
+        response, while the listener still accepts (a balancer needs a check or two to
+        notice). stop() then keeps accepting until `drain_delay` has passed since this call."""
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+            self.draining.set()
+            log.info("draining: /readyz answers 503")
+
     def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, close everything."""
+        """Drain, stop accepting once `drain_delay` is over, let requests in flight and busy
+        tunnels finish within the grace period, then close everything."""
         listeners, self._listeners = self._listeners, []
         if not listeners:
             return
-        self.draining.set()
+        self.drain()
+        assert self._drain_started is not None
+        accepting = self._drain_started + self.config.drain_delay - time.monotonic()
+        if accepting > 0:
+            log.info("still accepting for %.1f s of drain delay", accepting)
+            time.sleep(accepting)
         for listener, thread in listeners:
             listener.shutdown()
             listener.server_close()
             thread.join(timeout=5.0)  # serve_forever has returned: shutdown() waited for it
-        if not self._wait_until_zero("requests_in_flight", self.config.shutdown_grace):
+        self.hub.close_idle_from_now()
+        if not self._wait_until_zero(("requests_in_flight", "tunnels"), self.config.shutdown_grace):
             log.warning(
-                "grace period over: aborting %d requests in flight", self.stats.gauge("requests_in_flight")
+                "grace period over: aborting %d requests in flight and %d tunnels",
+                self.stats.gauge("requests_in_flight"),
+                self.stats.gauge("tunnels"),
             )
         self.cut_off.set()
         self._clients.abort()
         self.pool.close()
         self.hub.close()
-        self._wait_until_zero("clients", 5.0)
+        self._wait_until_zero(("clients",), 5.0)
         log.info("stopped")
 
-    def _wait_until_zero(self, gauge: str, timeout: float) -> bool:
+    def _wait_until_zero(self, gauges: tuple[str, ...], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while self.stats.gauge(gauge) and time.monotonic() < deadline:
+        while any(map(self.stats.gauge, gauges)):
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.02)
-        return not self.stats.gauge(gauge)
+        return True
 
     def wants_access_records(self) -> bool:
         """Whether anybody reads AccessRecords: the access log is on, or an embedder asked."""

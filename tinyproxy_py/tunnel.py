@@ -167,6 +167,7 @@ class ClosedTunnel:
 
 RECENT_CLOSED = 50  # closed tunnels kept for the stats page
 END_GRACE = 0.5  # how long a target may take to end after its client went away (seconds)
+SHUTDOWN_IDLE = 1.0  # on stop, a tunnel that moved no byte for this long is closed at once
 
 
 class TunnelHub:
@@ -186,6 +187,7 @@ class TunnelHub:
         self._incoming: deque[Tunnel] = deque()
         self._count = 0
         self._stopping = False
+        self._closing_idle = False  # set by close_idle_from_now(): a graceful stop has begun
         self._closed = False
         self._tunnels: set[Tunnel] = set()
         self._recent: deque[ClosedTunnel] = deque(maxlen=RECENT_CLOSED)
@@ -293,6 +295,13 @@ class TunnelHub:
         elif self._thread.ident is None:
             self._shutdown()  # never started: nothing else will
 
+    def close_idle_from_now(self) -> None:
+        """A graceful stop: from now on close tunnels idle for SHUTDOWN_IDLE (reason
+        shutdown), so that waiting for the tunnels means waiting for transfers only."""
+        with self._lock:
+            self._closing_idle = True
+            self._wake()
+
     def _wake(self) -> None:
         # Called with the lock held: _shutdown closes the socket under the same lock, so
         # this never writes to a descriptor number that has been closed and reused.
@@ -330,7 +339,10 @@ class TunnelHub:
 
     def _tick(self) -> float:
         """How often deadlines are checked: a quarter of the shortest, at most 1 s."""
-        return min(1.0, self.config.tunnel_idle_timeout / 4, self.config.tunnel_linger / 4)
+        shortest = min(self.config.tunnel_idle_timeout, self.config.tunnel_linger)
+        if self._closing_idle:
+            shortest = min(shortest, SHUTDOWN_IDLE)
+        return min(1.0, shortest / 4)
 
     def _guarded(self, step: Callable[..., None], tunnel: Tunnel, *args: Any) -> None:
         """Run one tunnel's step; a bug in it closes that tunnel, never the hub."""
@@ -483,6 +495,9 @@ class TunnelHub:
         for tunnel in [t for t in self._tunnels if t.state.expired(now, idle, linger)]:
             detail = f"half-closed, linger {linger:g} s" if tunnel.state.half_closed else f"{idle:g} s"
             self._close(tunnel, Cause.IDLE, detail)
+        if self._closing_idle:
+            for tunnel in [t for t in self._tunnels if now - t.state.last_active >= SHUTDOWN_IDLE]:
+                self._close(tunnel, Cause.SHUTDOWN, f"idle {SHUTDOWN_IDLE:g} s during a graceful stop")
 
     def _close(self, tunnel: Tunnel, reason: Cause, detail: str = "") -> None:
         """Close both sockets, once; count, log and report the reason once."""

@@ -3,7 +3,7 @@
 Python runs one thread of bytecode at a time per process, so a second process is what
 doubles plain-HTTP throughput on a second core. The kernel spreads connections over the
 workers' listening sockets (SO_REUSEPORT). The parent only supervises: it reserves the
-port, forks the workers, passes signals on (stop, reload) and waits for them; a second
+port, forks the workers, passes signals on (stop, reload, drain) and waits for them; a second
 stop signal kills them. Each worker publishes its stats snapshot to a shared folder
 every second and before it answers a stats page, which adds up all of them.
 Used by the CLI only (it forks: an embedding program decides that for itself).
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PUBLISH_INTERVAL = 1.0
 STALE_AFTER = 5.0  # a snapshot older than this belongs to a worker that is gone
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None]) -> int:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
+
+import pytest
 
 from tinyproxy_py import ProxyServer
 from tinyproxy_py.accesslog import AccessRecord
 
-from ..kit.clients import recv_all, recv_head
-from ..kit.origins import OriginServer
-from ..kit.responses import Response, get
+from ..kit.clients import open_tunnel, recv_all, recv_head, recv_to_eof
+from ..kit.faults import echo
+from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.responses import Response, get, request_over
+from ..kit.servers import scripted_server
 from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 from ..support import address_of, proxy_process
 
@@ -102,3 +107,80 @@ def test_stopped_proxy_refuses_new_connections(
         pass
     else:
         raise AssertionError("the listening socket is still open")
+
+
+def probe(address: tuple[str, int], path: str) -> Response:
+    """A balancer's health check: an origin-form request straight to the proxy."""
+    with socket.create_connection(address, timeout=MUST_NOT_EXPIRE) as sock:
+        return request_over(sock, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+
+def test_the_drain_delay_keeps_accepting_with_readyz_503_then_closes_the_listener(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(drain_delay=1.0)
+    assert probe(proxy.address, "/readyz").status == 200
+    started = time.monotonic()
+    stopping = threading.Thread(target=proxy.stop)
+    stopping.start()
+    try:
+        assert wait_until(proxy.draining.is_set)
+        assert probe(proxy.address, "/readyz").status == 503  # new connections still accepted
+        assert probe(proxy.address, "/healthz").status == 200
+        response = get(proxy.address, origin.url("/bytes/1"))
+        assert (response.status, response.header("Connection")) == (200, "close")
+    finally:
+        stopping.join(MUST_NOT_EXPIRE)
+    assert time.monotonic() - started >= 1.0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(proxy.address, timeout=EXPIRE_SOON).close()
+
+
+def drip(sock: socket.socket) -> None:
+    """A transfer in progress: 20 blocks of 10 kB, 0.1 s apart, then the end."""
+    sock.settimeout(MUST_NOT_EXPIRE)
+    for _ in range(20):
+        sock.sendall(pattern_bytes(10_000))
+        time.sleep(0.1)
+
+
+def test_stop_lets_a_tunnel_moving_bytes_finish_and_closes_an_idle_one_at_once(
+    make_proxy: Callable[..., ProxyServer],
+) -> None:
+    proxy = make_proxy(shutdown_grace=15.0)
+    records: list[AccessRecord] = []
+    proxy.on_access = records.append
+    with scripted_server(drip) as busy_target, scripted_server(echo) as idle_target:
+        busy, received = open_tunnel(proxy.address, f"127.0.0.1:{busy_target.port}")
+        idle, _ = open_tunnel(proxy.address, f"127.0.0.1:{idle_target.port}")
+        with busy, idle:
+            rest: list[bytes] = []
+
+            def read_to_the_end() -> None:
+                rest.append(recv_to_eof(busy))
+                busy.shutdown(socket.SHUT_WR)  # done too: the tunnel ends with both EOFs
+
+            reader = threading.Thread(target=read_to_the_end)
+            reader.start()
+            proxy.stop()  # returns once the busy tunnel has ended
+            reader.join(MUST_NOT_EXPIRE)
+            assert recv_all(idle) == b""  # closed by the stop, long before the grace ran out
+    assert received + b"".join(rest) == pattern_bytes(10_000) * 20
+    by_target = {r.target: r for r in records}
+    assert by_target[f"127.0.0.1:{busy_target.port}"].cause == "eof"
+    assert by_target[f"127.0.0.1:{idle_target.port}"].cause == "shutdown"
+    assert by_target[f"127.0.0.1:{idle_target.port}"].duration < 2 * 0.1 * 20
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigusr2_starts_a_drain_that_sigterm_completes(origin: OriginServer, workers: str) -> None:
+    with proxy_process("--workers", workers) as (proc, url):
+        address = address_of(url)
+        assert probe(address, "/readyz").status == 200
+        proc.send_signal(signal.SIGUSR2)
+        # With workers, each answers for itself: every probe must say 503 soon.
+        assert wait_until(lambda: all(probe(address, "/readyz").status == 503 for _ in range(6)))
+        assert get(address, origin.url("/bytes/1")).status == 200  # still serving
+        assert probe(address, "/healthz").status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(MUST_NOT_EXPIRE) == 0

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tinyproxy_py import ProxyServer
+from tinyproxy_py.accesslog import AccessRecord
 
 from ..kit.clients import recv_all, recv_head
 from ..kit.origins import OriginServer
@@ -204,11 +205,14 @@ def test_health_probes_answer_without_credentials_but_within_the_acl(
 ) -> None:
     """Load balancers probe them: no credentials, cheap, and still only for allowed clients."""
     proxy = make_proxy(basic_auth=("u:p",))
+    records: list[AccessRecord] = []
+    proxy.on_access = records.append
     assert (get(proxy.address, url).status, get(proxy.address, url).body) == (200, b"ok\n")
     with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
         path = "/" + url.rsplit("/", 1)[1]
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert Response(sock).status == 200  # origin-form, straight to the proxy
+    assert records == []  # a balancer probes every second: not one access log line each
     assert get(proxy.address, "http://tinyproxy-py.stats/json").status == 407  # the rest needs them
     denied = make_proxy(deny=("127.0.0.1",))
     assert get(denied.address, url).status == 403
@@ -222,6 +226,6 @@ def test_readyz_is_503_once_the_drain_begins_while_healthz_stays_200(
         request = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
         sock.sendall(request)
         assert Response(sock).status == 200
-        proxy.draining.set()  # what stop() (SIGTERM) does first
+        proxy.drain()  # what stop() (SIGTERM) and SIGUSR2 do first
         sock.sendall(request)
         assert Response(sock).status == 503
