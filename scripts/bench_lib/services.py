@@ -21,6 +21,8 @@ from pathlib import Path
 from tests.kit.servers import free_port
 from tests.kit.waits import wait_until
 
+from . import procinfo
+
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 START_TIMEOUT = 20.0  # a child must accept connections within this
@@ -84,16 +86,26 @@ class Child:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM; if it lingers, SIGKILL for its whole group (nginx's workers, --workers)."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # The leader is alive (not yet reaped), so the group ID is still ours to signal.
+        """SIGTERM; SIGKILL for its whole group if the leader lingers or leaves processes behind.
+
+        The leader is reaped last: until then its PID, and so its process group ID, cannot
+        be reused, so the group we signal is the one we started (nginx's workers, proxy.py's,
+        --workers). Popen.send_signal would poll, which reaps: os.kill does not.
+        """
+        if self.process.returncode is not None:
+            return  # reaped already
+        os.kill(self.pid, signal.SIGTERM)
+        gone = wait_until(self._exited, STOP_TIMEOUT, 0.02) and wait_until(
+            lambda: not procinfo.group_members(self.pid, besides=self.pid), STOP_TIMEOUT, 0.05
+        )
+        if not gone:
             os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait(STOP_TIMEOUT)
+            wait_until(lambda: not procinfo.group_members(self.pid, besides=self.pid), STOP_TIMEOUT, 0.05)
+        self.process.wait(STOP_TIMEOUT)
+
+    def _exited(self) -> bool:
+        """Whether the leader has exited, without reaping it (WNOWAIT)."""
+        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 # --- the origin ---
