@@ -1,8 +1,9 @@
-"""The processes under test: an nginx origin, tinyproxy-py and tinyproxy, on loopback.
+"""The processes under test, on loopback: an nginx origin, tinyproxy-py and its peers.
 
 Each runs in the foreground as our child, in its own session, from a temporary prefix,
 on ports picked by binding port 0. Stopping sends SIGTERM to the PID we started, then
-SIGKILL to its process group (nginx's workers) if it has not gone within a deadline.
+SIGKILL to its process group if it, or a process it started (nginx's workers, proxy.py's),
+has not gone within a deadline.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,15 +269,20 @@ PidFile "{workdir}/tinyproxy.pid"
 """
 
 
-def start_tinyproxy(workdir: Path) -> Proxy:
-    """The C tinyproxy (Debian package) in the foreground with a config of our own."""
+def start_proxy(name: str, argv: Callable[[Path, int], list[str]], workdir: Path) -> Proxy:
+    """Any proxy in the foreground: `argv(workdir, port)` is its command line for a free port."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    child = Child(name, argv(workdir, port), workdir / "proxy.out")
+    child.wait_listening(port)
+    return Proxy(name, port, child)
+
+
+def tinyproxy_argv(executable: str, workdir: Path, port: int) -> list[str]:
+    """The C tinyproxy (Debian package) in the foreground, with a config of our own."""
     conf = workdir / "tinyproxy.conf"
     conf.write_text(TINYPROXY_CONF.format(port=port, workdir=workdir))
-    child = Child("tinyproxy", ["tinyproxy", "-d", "-c", str(conf)], workdir / "tinyproxy.out")
-    child.wait_listening(port)
-    return Proxy("tinyproxy", port, child)
+    return [executable, "-d", "-c", str(conf)]
 
 
 def tinyproxy_py_has_workers(python: str) -> bool:
