@@ -38,6 +38,20 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def group_members(pgid: int, besides: int = 0) -> list[int]:
+    """The processes in process group `pgid` (other than `besides`), from /proc/*/stat."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended since it was listed
+        pid = int(stat.parent.name)
+        if int(fields[2]) == pgid and pid != besides:  # state, ppid, pgrp, ...
+            found.append(pid)
+    return found
+
+
 def _own_cpu_seconds(pid: int) -> float:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()

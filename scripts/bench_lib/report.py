@@ -1,9 +1,12 @@
-"""The table: one row per figure, one column per subject, ratios against direct, verdicts.
+"""The tables: one row per figure, one column per subject, ratios against direct.
 
 Values are medians over the rounds; a ratio is the median of the proxy's values over
 the median of direct's, and after/before (with --before) tinyproxy-py's median over the
-before tree's. Targets (issue 9) apply to tinyproxy-py; each verdict says by how much a
-target is met or missed. The table is Markdown, to paste into docs/performance.md as printed.
+before tree's. The detail table has every figure, the targets of issue 9 (they apply
+to tinyproxy-py) and a verdict that says by how much each is met or missed. The
+comparison table has the figures a user would choose a proxy by, the peers first, each
+cell "value (ratio x)", and footnotes where a cell is missing or needs a caveat. Both are
+Markdown, to paste into docs/performance.md as printed.
 """
 
 from __future__ import annotations
@@ -85,31 +88,49 @@ def not_implemented(text: str) -> Target:
     return Target(text, lambda record, subject: (None, "not implemented (no --workers option)"))
 
 
-ROWS: tuple[Row, ...] = (
-    Row("a_100_rps", "a. keep-alive 100 B, req/s", ratio=True, target=at_least_ratio("a_100_rps", 0.05)),
-    Row("a_100_p50", "a. keep-alive 100 B, p50 ms", 2),
-    Row("a_100_p99", "a. keep-alive 100 B, p99 ms", 2),
-    Row("a_100_cpu", "a. keep-alive 100 B, proxy CPU %"),
-    Row("a_16k_rps", "a. keep-alive 16 KiB, req/s", ratio=True, target=at_least_ratio("a_16k_rps", 0.05)),
-    Row("a_16k_p50", "a. keep-alive 16 KiB, p50 ms", 2),
-    Row("a_16k_p99", "a. keep-alive 16 KiB, p99 ms", 2),
-    Row("a_1m_mibs", "a. keep-alive 1 MiB, MiB/s", ratio=True, target=at_least_ratio("a_1m_mibs", 0.3)),
-    Row(
-        "a_100_rps",
-        "a. keep-alive 100 B, req/s, --workers 2",
-        ratio=True,
-        target=at_least_ratio("a_100_rps", 0.10),
-        subject=PY2,
-    ),
-    Row(
-        "a_16k_rps",
-        "a. keep-alive 16 KiB, req/s, --workers 2",
-        ratio=True,
-        target=at_least_ratio("a_16k_rps", 0.10),
-        subject=PY2,
-    ),
-    Row("b_rps", "b. new connection per request, req/s", ratio=True, target=at_least_other("b_rps", C)),
-    Row("b_cpu", "b. new connection per request, proxy CPU %"),
+TARGET_CONNECTIONS = 8  # issue 9 set the targets of a and b at 8 wrk connections
+
+
+def rows(connections: Sequence[int]) -> list[Row]:
+    """The detail table's rows: a and b once per wrk connection count, then c-g."""
+    found: list[Row] = []
+    for n in connections:
+        found += _keepalive_rows(n, judged=n == TARGET_CONNECTIONS)
+    for n in connections:
+        found += _new_connection_rows(n, judged=n == TARGET_CONNECTIONS)
+    return found + list(OTHER_ROWS)
+
+
+def _keepalive_rows(n: int, judged: bool) -> list[Row]:
+    def ratio(size: str, minimum: float, metric: str = "rps") -> Target | None:
+        return at_least_ratio(f"a_{size}_c{n}_{metric}", minimum) if judged else None
+
+    at = f"a. keep-alive {{}}, {n} conns"
+    return [
+        Row(f"a_100_c{n}_rps", f"{at.format('100 B')}, req/s", ratio=True, target=ratio("100", 0.05)),
+        Row(f"a_100_c{n}_p50", f"{at.format('100 B')}, p50 ms", 2),
+        Row(f"a_100_c{n}_p99", f"{at.format('100 B')}, p99 ms", 2),
+        Row(f"a_100_c{n}_cpu", f"{at.format('100 B')}, proxy CPU %"),
+        Row(f"a_16k_c{n}_rps", f"{at.format('16 KiB')}, req/s", ratio=True, target=ratio("16k", 0.05)),
+        Row(f"a_16k_c{n}_p50", f"{at.format('16 KiB')}, p50 ms", 2),
+        Row(f"a_16k_c{n}_p99", f"{at.format('16 KiB')}, p99 ms", 2),
+        Row(f"a_1m_c{n}_mibs", f"{at.format('1 MiB')}, MiB/s", ratio=True, target=ratio("1m", 0.3, "mibs")),
+        Row(f"a_100_c{n}_rps", f"{at.format('100 B')}, req/s, --workers 2", ratio=True,
+            target=ratio("100", 0.10), subject=PY2),
+        Row(f"a_16k_c{n}_rps", f"{at.format('16 KiB')}, req/s, --workers 2", ratio=True,
+            target=ratio("16k", 0.10), subject=PY2),
+    ]  # fmt: skip
+
+
+def _new_connection_rows(n: int, judged: bool) -> list[Row]:
+    target = at_least_other(f"b_c{n}_rps", C) if judged else None
+    return [
+        Row(f"b_c{n}_rps", f"b. new connection per request, {n} conns, req/s", ratio=True, target=target),
+        Row(f"b_c{n}_cpu", f"b. new connection per request, {n} conns, proxy CPU %"),
+    ]
+
+
+OTHER_ROWS: tuple[Row, ...] = (
     Row(
         "c_1_mibs",
         "c. CONNECT bulk, 1 stream, MiB/s",
@@ -153,7 +174,7 @@ ROWS: tuple[Row, ...] = (
 )
 
 
-def render(record: Record, subjects: Sequence[str], aborts: int) -> str:
+def render(record: Record, subjects: Sequence[str], aborts: int, connections: Sequence[int]) -> str:
     """The Markdown table: direct, each proxy (with x direct where it means something), target."""
     proxies = [s for s in subjects if s not in (DIRECT, PY2)]
     head = ["figure", DIRECT]
@@ -161,7 +182,7 @@ def render(record: Record, subjects: Sequence[str], aborts: int) -> str:
         head += [name, "x"] + (["after/before"] if name == PY_BEFORE else [])
     head += ["target (tinyproxy-py)", "verdict"]
     lines = [_line(head), _line(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"])]
-    for row in ROWS:
+    for row in rows(connections):
         if row.subject == PY2 and PY2 not in subjects:
             lines.append(_line([row.label, *[""] * (len(head) - 3), row.target.text if row.target else "",
                                 "not implemented (no --workers option)"]))  # fmt: skip
@@ -191,10 +212,12 @@ def _cells(record: Record, row: Row, proxies: Sequence[str], aborts: int) -> lis
     return [*cells, row.target.text, verdict]
 
 
-def verdicts(record: Record, subjects: Sequence[str]) -> list[tuple[str, bool | None, str]]:
+def verdicts(
+    record: Record, subjects: Sequence[str], connections: Sequence[int]
+) -> list[tuple[str, bool | None, str]]:
     """(row label, met, detail) for every row with a target."""
     found: list[tuple[str, bool | None, str]] = []
-    for row in ROWS:
+    for row in rows(connections):
         if row.target is None:
             continue
         if row.subject == PY2 and PY2 not in subjects:
@@ -215,3 +238,87 @@ def _number(value: float | None, digits: int) -> str:
 
 def _line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+# --- the comparison table ---
+
+OURS = (PY, PY_BEFORE, PY2)
+TIMES = "\N{MULTIPLICATION SIGN}"
+HEADERS = {PY2: "`--workers 2`", DIRECT: "direct (no proxy)"}
+
+
+def compare_rows(connections: Sequence[int]) -> list[tuple[str, str, bool]]:
+    """(key, label, with a ratio against direct): what a user would choose a proxy by."""
+    found = [
+        (f"b_c{n}_rps", f"new connection per 100 B request, {n} conns, req/s", True) for n in connections
+    ]
+    found += [
+        ("d_plain_tps", "CONNECT + GET + close, tunnels/s", True),
+        ("d_tls_tps", "CONNECT + TLS GET + close, tunnels/s", True),
+    ]
+    for n in connections:
+        found += [
+            (f"a_100_c{n}_rps", f"keep-alive 100 B, {n} conns, req/s", True),
+            (f"a_100_c{n}_p99", f"keep-alive 100 B, {n} conns, p99 ms", False),
+        ]
+    return [
+        *found,
+        ("c_1_mibs", "CONNECT bulk, 1 stream, MiB/s", True),
+        ("c_8_mibs", "CONNECT bulk, 8 streams, MiB/s", True),
+    ]
+
+
+class Footnotes:
+    """Numbered once per distinct text, in the order they are first cited."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, int] = {}
+
+    def cite(self, text: str | None) -> str:
+        if not text:
+            return ""
+        number = self.texts.setdefault(text, len(self.texts) + 1)
+        return f" [{number}]"
+
+    def lines(self) -> list[str]:
+        return [f"[{number}] {text}" for text, number in self.texts.items()]
+
+
+def render_compare(
+    record: Record,
+    subjects: Sequence[str],
+    connections: Sequence[int],
+    labels: dict[str, str],
+    caveats: dict[str, str],
+) -> str:
+    """Rows: figures; columns: the peers, then tinyproxy-py's variants, then direct.
+
+    `labels` names a column (with its version), `caveats` footnotes it. A row nobody
+    measured (--only) is left out.
+    """
+    columns = [s for s in subjects if s not in (DIRECT, *OURS)]
+    columns += [s for s in OURS if s in subjects] + [DIRECT]
+    notes = Footnotes()
+    head = [""] + [labels.get(s, HEADERS.get(s, s)) + notes.cite(caveats.get(s)) for s in columns]
+    lines = [_line(head), _line(["---"] * len(head))]
+    for key, label, ratio in compare_rows(connections):
+        if all(record.median(s, key) is None for s in columns):
+            continue
+        direct = record.median(DIRECT, key) if ratio else None
+        cells = [_compare_cell(record, s, key, None if s == DIRECT else direct, notes) for s in columns]
+        lines.append(_line([label, *cells]))
+    return "\n".join([*lines, "", *notes.lines()])
+
+
+def _compare_cell(record: Record, subject: str, key: str, direct: float | None, notes: Footnotes) -> str:
+    """The value and its ratio to direct, or "-"; a footnote marker if the record has one."""
+    value = record.median(subject, key)
+    why = record.footnote_for(subject, key)
+    mark = notes.cite(f"{subject}: {why}" if why else None)
+    if value is None:
+        return "-" + mark
+    text = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    if direct:
+        ratio = value / direct
+        text += f" ({ratio:.2f}{TIMES})" if ratio >= 0.1 else f" ({ratio:.2g}{TIMES})"
+    return text + mark

@@ -1,8 +1,9 @@
-"""The processes under test: an nginx origin, tinyproxy-py and tinyproxy, on loopback.
+"""The processes under test, on loopback: an nginx origin, tinyproxy-py and its peers.
 
 Each runs in the foreground as our child, in its own session, from a temporary prefix,
 on ports picked by binding port 0. Stopping sends SIGTERM to the PID we started, then
-SIGKILL to its process group (nginx's workers) if it has not gone within a deadline.
+SIGKILL to its process group if it, or a process it started (nginx's workers, proxy.py's),
+has not gone within a deadline.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.kit.servers import free_port
 from tests.kit.waits import wait_until
+
+from . import procinfo
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -84,16 +87,26 @@ class Child:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM; if it lingers, SIGKILL for its whole group (nginx's workers, --workers)."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # The leader is alive (not yet reaped), so the group ID is still ours to signal.
+        """SIGTERM; SIGKILL for its whole group if the leader lingers or leaves processes behind.
+
+        The leader is reaped last: until then its PID, and so its process group ID, cannot
+        be reused, so the group we signal is the one we started (nginx's workers, proxy.py's,
+        --workers). Popen.send_signal would poll, which reaps: os.kill does not.
+        """
+        if self.process.returncode is not None:
+            return  # reaped already
+        os.kill(self.pid, signal.SIGTERM)
+        gone = wait_until(self._exited, STOP_TIMEOUT, 0.02) and wait_until(
+            lambda: not procinfo.group_members(self.pid, besides=self.pid), STOP_TIMEOUT, 0.05
+        )
+        if not gone:
             os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait(STOP_TIMEOUT)
+            wait_until(lambda: not procinfo.group_members(self.pid, besides=self.pid), STOP_TIMEOUT, 0.05)
+        self.process.wait(STOP_TIMEOUT)
+
+    def _exited(self) -> bool:
+        """Whether the leader has exited, without reaping it (WNOWAIT)."""
+        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 # --- the origin ---
@@ -256,15 +269,20 @@ PidFile "{workdir}/tinyproxy.pid"
 """
 
 
-def start_tinyproxy(workdir: Path) -> Proxy:
-    """The C tinyproxy (Debian package) in the foreground with a config of our own."""
+def start_proxy(name: str, argv: Callable[[Path, int], list[str]], workdir: Path) -> Proxy:
+    """Any proxy in the foreground: `argv(workdir, port)` is its command line for a free port."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    child = Child(name, argv(workdir, port), workdir / "proxy.out")
+    child.wait_listening(port)
+    return Proxy(name, port, child)
+
+
+def tinyproxy_argv(executable: str, workdir: Path, port: int) -> list[str]:
+    """The C tinyproxy (Debian package) in the foreground, with a config of our own."""
     conf = workdir / "tinyproxy.conf"
     conf.write_text(TINYPROXY_CONF.format(port=port, workdir=workdir))
-    child = Child("tinyproxy", ["tinyproxy", "-d", "-c", str(conf)], workdir / "tinyproxy.out")
-    child.wait_listening(port)
-    return Proxy("tinyproxy", port, child)
+    return [executable, "-d", "-c", str(conf)]
 
 
 def tinyproxy_py_has_workers(python: str) -> bool:
