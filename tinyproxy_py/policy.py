@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -84,6 +82,8 @@ def parse_host_patterns(patterns: Iterable[str]) -> tuple[HostPattern, ...]:
 
 
 def _digest(user: str, password: str) -> bytes:
+    import hashlib  # with credentials only: it loads libcrypto (4 MiB)
+
     return hashlib.sha256(f"{user}:{password}".encode()).digest()
 
 
@@ -135,6 +135,8 @@ class Policy:
         """Basic credentials, compared in constant time against every configured user."""
         if not self._digests:
             return
+        import hmac  # loaded already by _digest: only configured credentials need it
+
         offered = _decode_basic(proxy_authorization)
         digest = _digest(*offered) if offered else b""
         matched = False

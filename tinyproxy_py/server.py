@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import socket
 import socketserver
 import threading
@@ -177,7 +176,7 @@ class ProxyServer:
         self.siblings: Siblings | None = None
         # A token unique to this instance, carried in our Via member: seeing it come
         # back in a request means the request looped through us.
-        self._token = secrets.token_hex(4)
+        self._token = os.urandom(4).hex()  # not secrets: it loads hashlib (libcrypto) for nothing
         self.stats = Stats()
         self.runtime = Runtime.compile(config or Config(), self._token, self.stats, resolver)
         self._listeners: list[tuple[_Listener, threading.Thread]] = []

@@ -9,20 +9,22 @@ up is noticed at once, not when the origin answers or the deadline passes (a cli
 that pipelines its next request is not gone). Socket errors pass through as OSError
 (TimeoutError for a deadline); the caller decides what they mean. TLS sockets work the
 same way (SSLWantRead/Write are waits). The owner of the socket stays its owner.
-Imports: errors; socket, select, ssl.
+Imports: errors; socket, select (ssl only once a TLS socket exists: it costs 5 MiB).
 """
 
 from __future__ import annotations
 
 import select
 import socket
-import ssl
 import time
 
 from .errors import Aborted, Cause
 
-_WAIT_ERRORS = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+class _NotTLS(Exception):
+    """Never raised: what a plain socket's TLS waits are."""
 
 
 class Stream:
@@ -33,6 +35,12 @@ class Stream:
             sock.settimeout(0.0)  # stays so in the pool: only this module reads it
         self.sock = sock
         self.client = client
+        self._want_read: type[Exception] = _NotTLS
+        self._want_write: type[Exception] = _NotTLS
+        if hasattr(sock, "pending"):  # an SSLSocket: ssl is loaded already
+            import ssl
+
+            self._want_read, self._want_write = ssl.SSLWantReadError, ssl.SSLWantWriteError
         self.received = 0  # bytes read through this stream
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
@@ -62,9 +70,9 @@ class Stream:
             try:
                 view = view[self.sock.send(view) :]
                 continue
-            except ssl.SSLWantReadError:
+            except self._want_read:
                 events = select.POLLIN  # TLS needs to read before it can write
-            except (BlockingIOError, ssl.SSLWantWriteError):
+            except (BlockingIOError, self._want_write):
                 events = select.POLLOUT | (select.POLLIN if until_readable else 0)
             ready = self._wait(events, time.monotonic() + timeout)
             if until_readable and events & select.POLLOUT and ready & (select.POLLIN | _GONE):
@@ -82,10 +90,10 @@ class Stream:
         while True:
             try:
                 data = self.sock.recv(size)
-            except ssl.SSLWantWriteError:
+            except self._want_write:
                 self._wait(select.POLLOUT, deadline)
                 continue
-            except _WAIT_ERRORS:
+            except (BlockingIOError, self._want_read):
                 self._wait(select.POLLIN, deadline)
                 continue
             self.received += len(data)
@@ -95,14 +103,14 @@ class Stream:
         """Up to `size` bytes if there are some now, b"" if the peer closed, else None."""
         try:
             data = self.sock.recv(size)
-        except _WAIT_ERRORS:
+        except (BlockingIOError, self._want_read, self._want_write):
             return None
         self.received += len(data)
         return data
 
     def buffered(self) -> bool:
         """Whether TLS has decrypted bytes that no recv took yet (poll cannot see them)."""
-        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+        return self._want_read is not _NotTLS and self.sock.pending() > 0  # type: ignore[attr-defined]
 
     def _wait(self, events: int, deadline: float) -> int:
         """Wait until the socket is ready for `events`; returns what it is ready for."""

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +35,9 @@ PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signa
 
 def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None]) -> int:
     """Fork `config.workers` workers on one port and wait for them; the exit status."""
+    import shutil  # here, not at the top: a proxy without --workers never needs them
+    import tempfile
+
     reserved = _reserve_port(config)
     config = config.replace(port=reserved.getsockname()[1])
     folder = Path(tempfile.mkdtemp(prefix="tinyproxy-py-"))

@@ -1,0 +1,189 @@
+"""urllib3's connection and pool classes, made to dial with dialer.py (or through a parent,
+chain.py), to report every connection to the pool's tracker, and to keep idle ones quietly.
+
+pool.py imports this module when it builds its first pool manager: urllib3 brings
+http.client and ssl, about 12 MiB of a process that may only ever tunnel.
+Imports: config, dialer, chain, routes, errors; urllib3, certifi.
+"""
+
+from __future__ import annotations
+
+import queue
+import select
+import socket
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import certifi
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from .chain import connect_through, dial_parent, label
+from .config import Config
+from .dialer import DIRECT, Dialer
+from .errors import BadGateway, Cause
+from .routes import Parent
+
+if TYPE_CHECKING:
+    from .pool import ConnectionTracker
+
+
+def new_manager(config: Config, via: Parent | None, tracker: ConnectionTracker) -> urllib3.PoolManager:
+    """A bounded PoolManager whose connections reach origins directly or through `via`."""
+    manager = urllib3.PoolManager(
+        num_pools=config.pool_hosts,
+        maxsize=config.pool_idle_per_host,
+        block=False,
+        timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+        retries=False,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=config.ca_bundle or certifi.where(),
+    )
+    manager.pool_classes_by_scheme = _pool_classes(via, tracker)
+    # urllib3 does not close an evicted host pool (a80c248c: another thread may still
+    # be using it). Close its idle connections; one in use goes back into the evicted
+    # pool when released, and urllib3's finalizer closes it once the pool is unreferenced.
+    manager.pools.dispose_func = _close_all_idle
+    return manager
+
+
+class _DialingConnectionMixin:
+    """Connections dial with dialer.py (or through a parent proxy, chain.py) and report to a tracker.
+
+    `via` and `to_proxy` are bound per pool class: `via` set and `to_proxy` False tunnels
+    through that parent (CONNECT or SOCKS5) to the origin; `to_proxy` True is a plain
+    connection to the HTTP parent itself, for absolute-form requests. Dial
+    failures are ProxyErrors naming the right peer; urllib3 lets them through.
+    """
+
+    tracker: ConnectionTracker | None = None
+    via: Parent | None = None
+    to_proxy = False
+    dialer: Dialer = DIRECT  # set by checkout() for each connection it dials
+    host: str
+    port: int
+    timeout: Any
+    sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        if self.via is None:
+            return self.dialer.dial((self.host, self.port), self.timeout)
+        if self.to_proxy:
+            return dial_parent(self.via, self.timeout, self.dialer)
+        sock, early = connect_through(
+            self.via, self.host, self.port, timeout=self.timeout, dialer=self.dialer
+        )
+        if early:  # the origin speaks after we do: bytes now are not the origin's
+            sock.close()
+            raise BadGateway(f"{label(self.via)} sent bytes after its 200", cause=Cause.PARENT_PROTOCOL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        if self.tracker is not None:
+            self.tracker.opened(self)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]
+        finally:
+            if self.tracker is not None:
+                self.tracker.closed(self)  # type: ignore[arg-type]
+
+    def detach(self) -> socket.socket:
+        """Take the socket away from this connection (an upgraded stream leaves the pool)."""
+        sock = self.sock
+        assert sock is not None
+        self.sock = None
+        if self.tracker is not None:
+            self.tracker.closed(self)  # type: ignore[arg-type]
+        return sock
+
+
+class _HTTPConnection(_DialingConnectionMixin, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DialingConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _TrackedPoolMixin:
+    tracker: ConnectionTracker
+    pool: queue.LifoQueue[Any] | None
+
+    def _put_conn(self, conn: Any) -> None:
+        if self.pool is not None and self.pool.full():
+            if conn is not None:  # quietly: urllib3 would log a warning for every surplus one
+                conn.close()
+            return
+        if conn is not None:
+            conn.idle_since = time.monotonic()
+        super()._put_conn(conn)  # type: ignore[misc]
+
+    def close_idle(self, older_than: float = 0.0, *, stirring: bool = False) -> int:
+        """Close pooled connections idle for `older_than` seconds or more, and with
+        `stirring` those whose origin closed them or sent bytes; never one in use.
+
+        Connections in use are not in the queue, and holding the queue's mutex keeps any
+        thread from taking one out while we look.
+        """
+        idle_queue, now, closed = self.pool, time.monotonic(), 0
+        if idle_queue is None:
+            return 0
+        with idle_queue.mutex:
+            idle = [conn for conn in idle_queue.queue if conn is not None and conn.sock is not None]
+            stirred = _readable(conn.sock for conn in idle) if stirring else set()
+            for conn in idle:
+                if now - conn.idle_since >= older_than or conn.sock.fileno() in stirred:
+                    conn.close()
+                    closed += 1
+        return closed
+
+    def idle_count(self) -> int:
+        idle_queue = self.pool
+        if idle_queue is None:
+            return 0
+        with idle_queue.mutex:
+            return sum(1 for conn in idle_queue.queue if conn is not None and conn.sock is not None)
+
+
+class _HTTPPool(_TrackedPoolMixin, HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(_TrackedPoolMixin, HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+def _pool_classes(via: Parent | None, tracker: ConnectionTracker) -> dict[str, type]:
+    """Pool classes whose connections report to `tracker` and dial as `via` needs.
+
+    Without `via`, and with a SOCKS5 parent, both schemes go to the origin (through
+    the parent for SOCKS5). With an HTTP parent, https:// origins are reached through
+    a CONNECT tunnel and http:// requests go to the parent itself in absolute form, so
+    its "http" pool is a pool of plain connections to the parent.
+    """
+    attrs = {"tracker": tracker, "via": via}
+    to_proxy = via is not None and via.scheme == "http"
+    http = type("HTTPConnection", (_HTTPConnection,), {**attrs, "to_proxy": to_proxy})
+    https = type("HTTPSConnection", (_HTTPSConnection,), attrs)
+    return {
+        "http": type("HTTPPool", (_HTTPPool,), {"ConnectionCls": http, "tracker": tracker}),
+        "https": type("HTTPSPool", (_HTTPSPool,), {"ConnectionCls": https, "tracker": tracker}),
+    }
+
+
+def _readable(socks: Iterator[socket.socket]) -> set[int]:
+    """The descriptors among `socks` with something to read (bytes or EOF) right now."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    return {fd for fd, _ in poller.poll(0)}
+
+
+def _close_all_idle(pool: Any) -> None:
+    pool.close_idle()
