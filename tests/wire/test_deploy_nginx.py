@@ -22,18 +22,13 @@ from tinyproxy_py.accesslog import AccessRecord
 
 from ..kit.clients import recv_all
 from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.servers import free_port
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..unit.test_deploy import DEPLOY, nginx_command, nginx_main_config
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 FETCHES = 4
 BEHIND_NGINX = {"proxy_protocol": "v1", "proxy_protocol_from": ("127.0.0.1/32",)}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:  # nginx cannot be asked for a free port
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def on_loopback(config: str, port: int, instances: list[tuple[str, int]]) -> str:
@@ -56,7 +51,7 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[list[tuple[str, int]]], int]]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(instances: list[tuple[str, int]]) -> int:
-        port = free_port()
+        port = free_port()  # nginx cannot be asked for one
         body = on_loopback((DEPLOY / "nginx-stream.conf").read_text(), port, instances)
         config = nginx_main_config(tmp_path, body)
         started.append(subprocess.Popen(nginx_command(config)))
