@@ -200,7 +200,12 @@ class ClientConnection:
         client_sock: socket.socket | None = None
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
-            client_sock = socket.socket(fileno=self.sock.detach())
+            # A socket object of its own (socketserver closes the one it accepted). Named
+            # in full, socket() asks the kernel nothing, and with SOCK_NONBLOCK it knows
+            # the descriptor is non-blocking already (Stream made it so): no syscalls.
+            kind = self.sock.type | getattr(socket, "SOCK_NONBLOCK", 0)
+            family, proto = self.sock.family, self.sock.proto
+            client_sock = socket.socket(family, kind, proto, fileno=self.sock.detach())
             try:
                 hub.adopt(client_sock, target, pending, label, greeting=greeting, tag=tag)
             except ProxyError as error:  # the sockets are still ours

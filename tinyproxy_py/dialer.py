@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import itertools
 import logging
+import select
 import selectors
 import socket
 import time
@@ -102,12 +103,15 @@ class Dialer:
         name: str = "",
         causes: tuple[Cause, Cause, Cause] = ORIGIN_CAUSES,
         judged: bool = True,
+        blocking: bool = True,
     ) -> socket.socket:
         """A connected socket with TCP_NODELAY, or the ProxyError the client should see.
 
         `name` is how errors call the peer (default host:port): a parent's, with its
         password masked, never the raw error text. Unless `judged` is False (a parent
         proxy the operator configured), the judge sees every address before it is dialled.
+        The socket has `timeout` for a handshake to come (TLS, a parent's), or with
+        `blocking` False is left non-blocking, as the tunnel hub wants it.
         """
         judge = self.judge if judged else None
         deadline = time.monotonic() + timeout
@@ -132,7 +136,8 @@ class Dialer:
                 raise GatewayTimeout(f"connecting to {name} timed out", cause=timed_out)
             raise BadGateway(f"cannot connect to {name}", cause=refused)
         try:
-            sock.settimeout(timeout)
+            if blocking:
+                sock.settimeout(timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
             sock.close()
@@ -172,6 +177,20 @@ def is_local_address(address: Address) -> bool:
             return bool(ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0]) == address)
     except OSError:
         return False
+
+
+def _nonblocking_socket(family: socket.AddressFamily) -> socket.socket:
+    """A TCP socket made non-blocking by socket(2) itself, where the flag exists: Python
+    then knows it is (timeout 0.0) without an ioctl of its own."""
+    if hasattr(socket, "SOCK_NONBLOCK"):
+        return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _family(address: str) -> socket.AddressFamily:
@@ -263,7 +282,6 @@ class _Attempts:
                 candidate = pending.pop(sock)
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error == 0:
-                    sock.setblocking(True)
                     self.fell_back = candidate[0] != self.candidates[0][0]
                     return sock
                 self.failures.append((candidate[1], errno.errorcode.get(error, str(error))))
@@ -271,8 +289,8 @@ class _Attempts:
                 next_start = time.monotonic()  # a failure starts the next attempt at once
 
     def _only(self) -> socket.socket | None:
-        """One address: nothing to race, a plain connect under the deadline (the common
-        case, at the cost of one socket and one connect)."""
+        """One address: nothing to race, a connect and a poll under the deadline (the
+        common case, at the cost of one socket and one connect)."""
         family, sockaddr = self.candidates[0]
         self.started = 1
         remaining = self.deadline - time.monotonic()
@@ -280,24 +298,27 @@ class _Attempts:
             self.timed_out = True
             return None
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = _nonblocking_socket(family)
         except OSError as exc:
             self.failures.append((sockaddr, exc.strerror or str(exc)))
             return None
         try:
-            sock.settimeout(remaining)
-            sock.connect(sockaddr)
-        except TimeoutError:
-            sock.close()
-            self.timed_out = True
-            return None
-        except OSError as exc:
-            sock.close()
-            self.failures.append((sockaddr, exc.strerror or str(exc)))
-            return None
+            error = sock.connect_ex(sockaddr)
+            if error in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                if not poller.poll(remaining * 1000):
+                    sock.close()
+                    self.timed_out = True
+                    return None
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except BaseException:
             sock.close()
             raise
+        if error:
+            sock.close()
+            self.failures.append((sockaddr, errno.errorcode.get(error, str(error))))
+            return None
         return sock
 
     def _start(
@@ -308,12 +329,11 @@ class _Attempts:
         family, sockaddr = candidate = self.candidates[self.started]
         self.started += 1
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)  # EAFNOSUPPORT without IPv6, EMFILE
+            sock = _nonblocking_socket(family)  # EAFNOSUPPORT without IPv6, EMFILE
         except OSError as exc:
             self.failures.append((sockaddr, exc.strerror or str(exc)))
             return
         try:
-            sock.setblocking(False)
             error = sock.connect_ex(sockaddr)
         except OSError as exc:
             sock.close()

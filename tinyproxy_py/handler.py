@@ -217,7 +217,7 @@ class ClientHandler:
         self.parent = via.url if via is not None else ""
         dialer = self._dialer(runtime)
         if via is None:
-            target, early = dialer.dial((head.host, head.port), timeout), b""
+            target, early = dialer.dial((head.host, head.port), timeout, blocking=False), b""
         else:
             dialer.judge_literal(head.host, head.port)  # a parent on this host is no way around
             pseudonym = runtime.rewrite.pseudonym

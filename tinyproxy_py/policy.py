@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -245,8 +246,12 @@ def _decode_basic(header: str | None) -> tuple[str, str] | None:
     return (user, password) if colon else None
 
 
+@functools.lru_cache(maxsize=1024)
 def _plain(address: str | Address) -> Address:
-    """An address without zone, an IPv4-mapped IPv6 address as the IPv4 one."""
+    """An address without zone, an IPv4-mapped IPv6 address as the IPv4 one. Cached:
+    parsing costs more than the rest of judging a connection, and addresses repeat."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address
     ip = ipaddress.ip_address(str(address).split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped

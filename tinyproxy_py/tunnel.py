@@ -368,9 +368,17 @@ class TunnelHub:
             self._guarded(self._begin, tunnel)
 
     def _begin(self, tunnel: Tunnel) -> None:
-        tunnel.client.setblocking(False)
-        tunnel.target.setblocking(False)
-        self._update_interest(tunnel)
+        for sock in (tunnel.client, tunnel.target):
+            if sock.gettimeout() != 0.0:  # an ioctl each, when not non-blocking already
+                sock.setblocking(False)
+        # Send the greeting (and bytes the client sent with its CONNECT) now: a socket
+        # just connected has room, and a selector round per tunnel is saved.
+        if tunnel.state.down.wants_write:
+            self._service(tunnel, tunnel.client, WRITE)
+        if tunnel.state.up.wants_write and not tunnel.closed:
+            self._service(tunnel, tunnel.target, WRITE)
+        if not tunnel.closed:
+            self._update_interest(tunnel)
 
     def _service(self, tunnel: Tunnel, sock: socket.socket, mask: int) -> None:
         """Move the bytes `mask` allows, then close the tunnel or update what it waits for."""
