@@ -207,8 +207,11 @@ def row(s: Sample, previous: Sample | None, label: str = "") -> str:
 
 
 def is_idle(s: Sample) -> bool:
-    """Nothing live but our own stats request (which the gauges here do not count)."""
-    busy = ("clients", "tunnels", "requests_in_flight", "pool_open")
+    """Nothing live but our own stats request (which the gauges here do not count).
+
+    Idle handler threads count too: each ends a few seconds after its last connection,
+    so every quiet sample holds the same one, the thread answering our stats request."""
+    busy = ("clients", "tunnels", "requests_in_flight", "pool_open", "idle_handler_threads")
     return all(s.gauges.get(name, 0) == 0 for name in busy)
 
 

@@ -1,11 +1,13 @@
 """ProxyServer: the listening socket, bounded client threads, start and stop.
 
-A ThreadingTCPServer runs one thread per client connection, at most `max_clients`;
-beyond that a client gets a canned 503 on the accepting thread and is closed at once
-instead of waiting in a queue. `stop()` stops accepting, lets in-flight requests finish
-within the grace period, then closes client sockets, tunnels and the pool.
-Imports: handler, runtime, clientconn, tunnel, pool, accesslog, config, stats, errors
-(forward, policy, routes for types only).
+A TCPServer per listening address accepts; each client connection is served by one
+handler thread at a time, at most `max_clients` at once, from a set of reused threads
+(handlerthreads.py) shared by every listener. Beyond `max_clients` a client gets a
+canned 503 on the accepting thread and is closed at once instead of waiting in a queue.
+`stop()` stops accepting, lets in-flight requests finish within the grace period, then
+closes client sockets, tunnels and the pool, and ends the handler threads.
+Imports: handler, handlerthreads, runtime, clientconn, tunnel, pool, accesslog, config, stats,
+errors (forward, policy, routes for types only).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .clientconn import send_quietly
 from .config import Config
 from .errors import Overloaded, render
 from .handler import ClientHandler
+from .handlerthreads import HandlerThreads
 from .pool import OriginPool
 from .runtime import Runtime
 from .stats import Stats
@@ -46,13 +49,16 @@ _OVERLOADED = render(Overloaded("too many client connections"))
 
 class _Clients:
     """The client connections of every listener: at most `max_clients` at once, each
-    counted and reachable by stop() while it is open."""
+    counted and reachable by stop() while it is open, and the threads that serve them."""
 
     def __init__(self, max_clients: int, stats: Stats) -> None:
         self.max_clients, self.stats = max_clients, stats
         self._slots = threading.BoundedSemaphore(max_clients)
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        # A thread frees its connection's slot once it is idle again: never more
+        # threads than slots.
+        self.threads = HandlerThreads(max_clients, "tinyproxy-py-handler", stats, done=self.free_slot)
 
     def take_slot(self) -> bool:
         return self._slots.acquire(blocking=False)
@@ -82,15 +88,11 @@ class _Clients:
                 pass
 
 
-class _Listener(socketserver.ThreadingTCPServer):
-    """One listening address: accepts clients and serves each on its own thread, within
+class _Listener(socketserver.TCPServer):
+    """One listening address: accepts clients and hands each to a handler thread, within
     the slots every listener shares. Handlers get `services` (the ProxyServer, see
     handler.Services) instead of this server."""
 
-    # Threads are tracked by _Clients (stop() waits for the clients gauge with a deadline),
-    # so socketserver need not keep a list of its own nor block forever in server_close.
-    daemon_threads = True
-    block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128  # the kernel's accept backlog, not a queue of ours
 
@@ -110,6 +112,8 @@ class _Listener(socketserver.ThreadingTCPServer):
         super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """On the accepting thread: a slot, then a handler thread (the slot is freed
+        when that thread is idle again); without a slot, the 503."""
         if not self.clients.take_slot():
             self.clients.stats.count("errors.overloaded")
             log.warning("rejecting %s: max_clients (%d) reached", client_address[0], self.clients.max_clients)
@@ -117,23 +121,45 @@ class _Listener(socketserver.ThreadingTCPServer):
             self.shutdown_request(request)
             return
         try:
-            super().process_request(request, client_address)
-        except BaseException:
+            self.clients.threads.submit(_Accepted(self, request, client_address))
+        except BaseException:  # socketserver logs it and closes the request
             self.clients.free_slot()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            with self.clients.stats.live("handler_threads"), self.clients.registered(request):
-                super().process_request_thread(request, client_address)
-        finally:
-            self.clients.free_slot()
+        """On a handler thread, as socketserver.ThreadingMixIn does it."""
+        with self.clients.stats.live("handler_threads"), self.clients.registered(request):
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         ClientHandler(request, client_address, self.services).handle()
 
+    def shutdown_request(self, request: Any) -> None:
+        if request.fileno() >= 0:  # not when handed to the hub: it owns the descriptor now
+            super().shutdown_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
+
+
+class _Accepted:
+    """An accepted connection, as a job for a handler thread (handlerthreads.Job)."""
+
+    __slots__ = ("client_address", "listener", "request")
+
+    def __init__(self, listener: _Listener, request: socket.socket, client_address: Any) -> None:
+        self.listener, self.request, self.client_address = listener, request, client_address
+
+    def run(self) -> None:
+        self.listener.process_request_thread(self.request, self.client_address)
+
+    def cancel(self) -> None:
+        self.listener.shutdown_request(self.request)
 
 
 class Siblings(Protocol):
@@ -343,6 +369,7 @@ class ProxyServer:
         self.pool.close()
         self.hub.close()
         self._wait_until_zero(("clients",), 5.0)
+        self._clients.threads.stop(timeout=5.0)
         log.info("stopped")
 
     def _wait_until_zero(self, gauges: tuple[str, ...], timeout: float) -> bool:
@@ -423,6 +450,7 @@ class ProxyServer:
         counts = {
             "clients": gauges.get("clients", 0),
             "handler_threads": gauges.get("handler_threads", 0),
+            "idle_handler_threads": gauges.get("idle_handler_threads", 0),  # end after a few idle seconds
             "requests_in_flight": gauges.get("requests_in_flight", 0),
             "tunnels": self.hub.count,
             "pool_open": pool_open,

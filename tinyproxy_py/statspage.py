@@ -84,10 +84,12 @@ def render_metrics(snapshot: Snapshot) -> str:
 COUNTERS = {
     "connect_attempts": "TCP connects started to origins, targets and parent proxies (each address tried).",
     "connect_fallbacks": "Connections won by an address of another family than the first (Happy Eyeballs).",
+    "handler_threads_started": "Handler threads started (a client connection found no idle one).",
 }
 GAUGES = {
     "clients": "Open client connections.",
     "handler_threads": "Threads serving client connections.",
+    "idle_handler_threads": "Handler threads waiting for a client connection (each ends after 5 s idle).",
     "requests_in_flight": "Plain HTTP requests being forwarded.",
     "tunnels": "Open CONNECT tunnels.",
     "pool_open": "Open pooled connections to origins and parent proxies (in use and idle).",

@@ -36,6 +36,12 @@ def thread_count() -> int:
     return threading.active_count()
 
 
+def handler_threads() -> int:
+    """The in-process proxies' handler threads alive now, busy or idle (each idle one ends
+    after HandlerThreads.idle_timeout)."""
+    return sum(thread.name == "tinyproxy-py-handler" for thread in threading.enumerate())
+
+
 def status_field(pid: int, name: str) -> int:
     """A numeric field of /proc/PID/status (KiB for the Vm* ones, e.g. VmHWM; Threads)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

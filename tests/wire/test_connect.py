@@ -18,6 +18,7 @@ import pytest
 
 from tinyproxy_py import Config, ProxyServer
 from tinyproxy_py.errors import Overloaded
+from tinyproxy_py.handlerthreads import HandlerThreads
 from tinyproxy_py.stats import Stats
 from tinyproxy_py.tunnel import BUFFER_SIZE, TunnelHub
 
@@ -25,7 +26,7 @@ from ..kit.clients import MiB, abort, recv_exactly, recv_to_eof
 from ..kit.clients import open_tunnel as kit_open_tunnel
 from ..kit.faults import echo
 from ..kit.origins import OriginServer, pattern_bytes
-from ..kit.procfs import open_fds, thread_count
+from ..kit.procfs import handler_threads, open_fds, thread_count
 from ..kit.responses import Response, refused_connect
 from ..kit.servers import ScriptedServer, free_port, scripted_server, stalled_listener
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
@@ -543,13 +544,19 @@ def fd_soft_limit(needed: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_1000_tunnels_leave_no_fd_thread_or_gauge_behind(proxy: ProxyServer) -> None:
+def test_1000_tunnels_leave_no_fd_thread_or_gauge_behind(
+    proxy: ProxyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     count, workers = 1000, 8
+    # Handler threads are reused, and an idle one ends after idle_timeout: the baseline
+    # is taken with none alive, and every one must have ended at the end.
+    monkeypatch.setattr(HandlerThreads, "idle_timeout", 0.5)
     with fd_soft_limit(4 * count + open_fds() + 256), scripted_server(echo) as server:
         target = f"127.0.0.1:{server.port}"
         warm, _ = open_tunnel(proxy, target)
         warm.close()
         assert tunnels_gone(proxy)
+        assert wait_until(lambda: handler_threads() == 0)
         fds, threads = open_fds(), thread_count()
         socks: list[socket.socket] = []
         lock = threading.Lock()
@@ -580,4 +587,5 @@ def test_1000_tunnels_leave_no_fd_thread_or_gauge_behind(proxy: ProxyServer) -> 
         assert closed(proxy, "eof") == count - count // 3 + 1  # and the warm-up tunnel
         assert wait_until(lambda: open_fds() <= fds), f"fds {open_fds()} > baseline {fds}"
         assert wait_until(lambda: thread_count() <= threads), f"threads {thread_count()} > {threads}"
+        assert handler_threads() == 0
         assert proxy.hub.buffered == 0

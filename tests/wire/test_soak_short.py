@@ -23,6 +23,7 @@ from collections.abc import Callable
 import pytest
 
 from tinyproxy_py import ProxyServer
+from tinyproxy_py.handlerthreads import HandlerThreads
 
 from ..kit.procfs import open_fds, thread_count
 from ..kit.traffic import Traffic, mix_against
@@ -38,6 +39,7 @@ LIMITS = {
     "tunnel_linger": 1.0,
     "pool_idle_timeout": 2.0,
 }
+IDLE_THREADS = 1.0  # seconds an idle handler thread waits for a connection before it ends
 STALL = 1.5  # how long the origin stalls and a client stops reading: past the 0.5 s timeouts
 TRAFFIC_SECONDS = 20.0
 WORKERS = 5
@@ -53,15 +55,26 @@ BOUNDS = {  # the exchanges that wait for a proxy deadline end soon after it
 
 
 def quiet(proxy: ProxyServer) -> bool:
-    """No live object left: gauges at zero and the pooled connections reaped."""
+    """No live object left: gauges at zero, the pooled connections reaped and the idle
+    handler threads ended (IDLE_THREADS after their last connection)."""
     resources = proxy.resources()
-    live = ("clients", "handler_threads", "requests_in_flight", "tunnels", "pool_open")
+    live = (
+        "clients",
+        "handler_threads",
+        "idle_handler_threads",
+        "requests_in_flight",
+        "tunnels",
+        "pool_open",
+    )
     # resources()["tunnels"] is the hub's own count; the gauge is kept separately.
     return all(resources[name] == 0 for name in live) and proxy.stats.gauge("tunnels") == 0
 
 
 @pytest.mark.timeout(90)
-def test_mixed_traffic_and_faults_return_to_baseline(make_proxy: Callable[..., ProxyServer]) -> None:
+def test_mixed_traffic_and_faults_return_to_baseline(
+    make_proxy: Callable[..., ProxyServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(HandlerThreads, "idle_timeout", IDLE_THREADS)
     proxy = make_proxy(**LIMITS)
     with mix_against(proxy.address, stall=STALL, timeout=CLIENT_TIMEOUT, bounds=BOUNDS) as mix:
         # Warm up (pool manager, host pool, hub, imports), then let the reaper empty the pool.

@@ -42,6 +42,9 @@ def metrics(proxy: ProxyServer) -> dict[str, dict[tuple[tuple[str, str], ...], f
 def test_metrics_parse_as_prometheus_text_and_count_traffic(proxy: ProxyServer, origin: OriginServer) -> None:
     assert get(proxy.address, origin.url("/bytes/10")).status == 200
     assert get(proxy.address, "http://127.0.0.1:1/").status == 502
+    # A response is counted just after it is sent, and a reused handler thread may
+    # answer the scrape first: wait until both connections are done.
+    assert wait_until(lambda: proxy.stats.gauge("clients") == 0)
     found = metrics(proxy)
     assert found["tinyproxy_py_responses_total"][(("class", "2xx"),)] == 1
     assert found["tinyproxy_py_responses_total"][(("class", "5xx"),)] == 1

@@ -1,0 +1,174 @@
+"""Handler threads that are reused: a connection costs a hand-off, not a Thread.start.
+
+At most `limit` threads, started as they are needed. A job goes to the thread that went
+idle last (a warm stack, and the cold ones are the ones that retire); when none is idle,
+a new thread takes it. Nothing queues: a job is handed to one waiting thread or to a
+new one, so it never waits while an idle thread could take it. A thread idle for
+`idle_timeout` seconds ends. After stop() no thread waits any more, a job handed over
+but not yet begun is cancelled instead of run, and stop() joins the threads with a
+deadline.
+
+Rule: a thread counts itself idle *before* it calls `done` for the job it finished.
+`done` frees the caller's admission slot, so every started thread holds a slot or is
+idle, and there are never more threads than slots (`limit`).
+Imports: stats.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+class Job(Protocol):
+    def run(self) -> None:
+        """On a thread of the set. An exception is logged; the thread carries on."""
+
+    def cancel(self) -> None:
+        """Instead of run(): the set stopped before a thread began the job."""
+
+
+class _Waiter:
+    """One thread's place on the idle stack: the job handed to it, and its wake-up."""
+
+    __slots__ = ("idle", "job", "wake")
+
+    def __init__(self) -> None:
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released once, by whoever takes this waiter off the stack
+        self.idle = False
+        self.job: Job | None = None
+
+
+class HandlerThreads:
+    """Runs each submitted job on an idle thread, or on a new one (up to `limit`)."""
+
+    idle_timeout = 5.0  # seconds a thread waits for its next job before it ends; tests lower it
+
+    def __init__(self, limit: int, name: str, stats: Stats, done: Callable[[], None]) -> None:
+        """`done` is called once per job, after its thread is idle again (or ended)."""
+        self.limit, self.name, self.stats, self._done = limit, name, stats, done
+        self._lock = threading.Lock()
+        self._idle: list[_Waiter] = []  # a stack: the last one to go idle is handed the next job
+        self._threads: set[threading.Thread] = set()
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"<HandlerThreads {self.name} threads={len(self._threads)} idle={len(self._idle)}>"
+
+    @property
+    def count(self) -> int:
+        """Threads of the set alive now, busy or idle."""
+        with self._lock:
+            return len(self._threads)
+
+    def submit(self, job: Job) -> None:
+        """Hand `job` to a thread. Raises RuntimeError once stopped or at the limit
+        (the caller's slots prevent that), or if a thread cannot be started; the job
+        is then still the caller's."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError(f"{self.name}: stopped")
+            if self._idle:
+                self._hand(self._idle.pop(), job)
+                return
+            if len(self._threads) >= self.limit:
+                raise RuntimeError(f"{self.name}: all {self.limit} threads busy")
+            thread = threading.Thread(target=self._work, args=(job,), name=self.name, daemon=True)
+            self._threads.add(thread)
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._threads.discard(thread)
+            raise
+
+    def stop(self, timeout: float) -> bool:
+        """Wake and end the idle threads, and join every thread for up to `timeout`
+        seconds (a busy one ends when its job does); whether none is left."""
+        with self._lock:
+            self._stopped = True
+            while self._idle:
+                self._hand(self._idle.pop(), None)
+            threads = self._threads - {threading.current_thread()}
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+    def _hand(self, waiter: _Waiter, job: Job | None) -> None:
+        """Give `waiter` (just taken off the stack) its job, None: end. Under the lock."""
+        waiter.idle, waiter.job = False, job
+        self.stats.adjust("idle_handler_threads", -1)
+        waiter.wake.release()
+
+    def _work(self, job: Job | None) -> None:
+        self.stats.count("handler_threads_started")  # here: before the job can be done
+        waiter = _Waiter()
+        try:
+            while job is not None:
+                try:
+                    self._run(job)
+                except BaseException:
+                    self._done()  # its slot, as _next would have freed it
+                    raise
+                job = self._next(waiter)
+        finally:
+            self._leave(waiter)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """This thread ends: off the stack if it still is, and a job handed to it but not
+        taken (only if something raised in between) is cancelled, not lost."""
+        with self._lock:
+            self._threads.discard(threading.current_thread())
+            if waiter.idle:
+                waiter.idle = False
+                self._idle.remove(waiter)
+                self.stats.adjust("idle_handler_threads", -1)
+            stranded, waiter.job = waiter.job, None
+        if stranded is not None:
+            stranded.cancel()
+            self._done()
+
+    def _run(self, job: Job) -> None:
+        try:
+            if self._stopped:  # handed over just before stop(): nobody serves it now
+                job.cancel()
+            else:
+                job.run()
+        except Exception:
+            log.exception("%s: a job failed", self.name)
+
+    def _next(self, waiter: _Waiter) -> Job | None:
+        """Go idle (then call `done` for the job just finished) and wait for the next job;
+        None once the idle timeout passes with none, or the set stops."""
+        with self._lock:
+            stopped = self._stopped
+            if not stopped:
+                waiter.idle = True
+                self._idle.append(waiter)
+                self.stats.adjust("idle_handler_threads", 1)
+        self._done()
+        if stopped:
+            return None
+        if not waiter.wake.acquire(timeout=self.idle_timeout):
+            with self._lock:
+                if waiter.idle:  # nobody took it off the stack: retire
+                    waiter.idle = False
+                    self._idle.remove(waiter)
+                    self.stats.adjust("idle_handler_threads", -1)
+                    # Out of the count at once: it holds no slot, and a job it no longer
+                    # waits for must find room for a new thread.
+                    self._threads.discard(threading.current_thread())
+                    return None
+            # Taken off the stack as the wait ended: the wake-up was released with the job.
+            waiter.wake.acquire()
+        job, waiter.job = waiter.job, None
+        return job
