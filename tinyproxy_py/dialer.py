@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import ipaddress
 import itertools
 import logging
@@ -75,7 +76,7 @@ class Dialer:
         it; OSError if it has just been reset (the caller dials anew)."""
         if self.judge is not None and self.recheck:
             host, port = sock.getpeername()[:2]
-            self.judge(ipaddress.ip_address(host.split("%", 1)[0]), port)
+            self.judge(_parsed(host), port)
 
     def same_overrides(self, other: Dialer) -> bool:
         """Whether a connection this dialer made still goes where `other` would dial."""
@@ -179,6 +180,13 @@ def is_local_address(address: Address) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed(address: str) -> Address:
+    """An address from getaddrinfo or getpeername, its zone dropped. Cached: the same
+    few addresses come back on every connection, and parsing one costs microseconds."""
+    return ipaddress.ip_address(address.split("%", 1)[0])
+
+
 def _nonblocking_socket(family: socket.AddressFamily) -> socket.socket:
     """A TCP socket made non-blocking by socket(2) itself, where the flag exists: Python
     then knows it is (timeout 0.0) without an ioctl of its own."""
@@ -208,7 +216,7 @@ def _judged(
     allowed, refusals = [], []
     for family, sockaddr in candidates:
         try:
-            judge(ipaddress.ip_address(sockaddr[0].split("%", 1)[0]), sockaddr[1])
+            judge(_parsed(sockaddr[0]), sockaddr[1])
         except ProxyError as refusal:
             refusals.append(refusal)
             continue
