@@ -4,8 +4,9 @@ A TCPServer per listening address accepts; each client connection is served by o
 handler thread at a time, at most `max_clients` at once, from a set of reused threads
 (handlerthreads.py) shared by every listener. Beyond `max_clients` a client gets a
 canned 503 on the accepting thread and is closed at once instead of waiting in a queue.
-`stop()` stops accepting, lets in-flight requests finish within the grace period, then
-closes client sockets, tunnels and the pool, and ends the handler threads.
+`stop()` drains (/readyz 503, still accepting for the drain delay), stops accepting, lets
+requests in flight and busy tunnels finish within the grace period, then closes client
+sockets, tunnels and the pool, and ends the handler threads.
 Imports: handler, handlerthreads, runtime, clientconn, tunnel, pool, accesslog, config, stats,
 errors (forward, policy, routes for types only).
 """
