@@ -29,7 +29,7 @@ from . import __version__
 from .conffile import ConfigFileError, env_variable, from_environment, load_file
 from .config import CHOICES, SPELLED, Config, SettingError, check_setting, coerce, flag
 from .server import ProxyServer
-from .workers import SharedStats, supervise
+from .workers import PASSED_ON, SharedStats, supervise
 
 THREAD_STACK_SIZE = 512 * 1024
 _SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}
@@ -195,9 +195,11 @@ def _run_worker(
             _announce(proxy)
         _serve_until_stopped(proxy, events, logs, reload)
     finally:
-        if shared is not None:
-            shared.detach()
-        proxy.stop()
+        try:
+            proxy.stop()  # still published meanwhile: totals must not drop during the drain
+        finally:
+            if shared is not None:
+                shared.detach()
 
 
 def _make_proxy(config: Config) -> ProxyServer:
@@ -228,7 +230,7 @@ def _local_url(proxy: ProxyServer) -> str:
 
 def _serve_until_stopped(
     proxy: ProxyServer,
-    events: queue.Queue[int],
+    events: queue.SimpleQueue[int],
     logs: _LogSetup,
     reload: Callable[[], tuple[Config, list[str]]],
 ) -> None:
@@ -258,9 +260,13 @@ def _reload(proxy: ProxyServer, reload: Callable[[], tuple[Config, list[str]]]) 
         log.error("reload failed, keeping the running configuration: %s", exc)
 
 
-def _signal_events() -> queue.Queue[int]:
-    """Signals become events for the main loop; a second stop signal exits at once."""
-    events: queue.Queue[int] = queue.Queue(maxsize=16)
+def _signal_events() -> queue.SimpleQueue[int]:
+    """Signals become events for the main loop; a second stop signal exits at once.
+
+    A SimpleQueue: a handler runs between two bytecodes of the main thread, maybe inside
+    the queue's own get(), and only SimpleQueue's put is safe there (Queue's lock is not
+    reentrant). At most 16 wait; more of the same add nothing."""
+    events: queue.SimpleQueue[int] = queue.SimpleQueue()
     stopping = threading.Event()
 
     def handler(signum: int, frame: object) -> None:
@@ -268,13 +274,14 @@ def _signal_events() -> queue.Queue[int]:
             if stopping.is_set():
                 os._exit(128 + signum)
             stopping.set()
-        try:
-            events.put_nowait(signum)
-        except queue.Full:
-            pass
+        if events.qsize() < 16:
+            events.put(signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    for signum in PASSED_ON:
         signal.signal(signum, handler)
+    # A --workers child starts with them blocked (workers.py): none is lost or fatal
+    # before the handlers are in place.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
     return events
 
 

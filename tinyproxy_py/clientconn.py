@@ -201,8 +201,9 @@ class ClientConnection:
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
             # A socket object of its own (socketserver closes the one it accepted). Named
-            # in full, socket() asks the kernel nothing, and with SOCK_NONBLOCK it knows
-            # the descriptor is non-blocking already (Stream made it so): no syscalls.
+            # in full, socket() need not ask the kernel what it is (one getsockname stays,
+            # to check the descriptor), and with SOCK_NONBLOCK it knows the descriptor is
+            # non-blocking already (Stream made it so): no ioctl.
             kind = self.sock.type | getattr(socket, "SOCK_NONBLOCK", 0)
             family, proto = self.sock.family, self.sock.proto
             client_sock = socket.socket(family, kind, proto, fileno=self.sock.detach())

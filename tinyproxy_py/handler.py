@@ -142,7 +142,8 @@ class ClientHandler:
             return self._answer_stats(head, client)
         self._admit(head, policy)
         if head.method == "CONNECT":
-            self._tunnel(head, client, runtime)
+            with self.server.stats.live("requests_in_flight"):  # a graceful stop waits for the dial
+                self._tunnel(head, client, runtime)
             return None
         via = runtime.routes.choose(head.host, head.port, head.scheme)
         self.parent = via.url if via is not None else ""
@@ -227,10 +228,11 @@ class ClientHandler:
             )
         label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
         record = self._record(head, Outcome(status=200), client, time.monotonic())
+        if record is not None:
+            record.ongoing = True  # before the hand-off: the hub may close the tunnel at once
         client.hand_off(hub, target, label, CONNECTION_ESTABLISHED + early, tag=record)
         self.server.stats.count("responses.2xx")
         if record is not None:
-            record.ongoing = True
             self.server.tunnel_opened(record)  # its log line is written when it closes
 
     def _fail(

@@ -5,8 +5,9 @@
         assert [r.status for r in tinyproxy.wait_for_requests(1)] == [200]
 
 The fixture's proxy listens on a free loopback port, allows CONNECT to any port (test
-servers use ephemeral ones), records every exchange in `.requests` (a CONNECT as soon
-as its tunnel opens, completed when it closes; `.wait_for_requests(n)` waits for them),
+servers use ephemeral ones), records every exchange but health probes in `.requests`
+(a CONNECT as soon as its tunnel opens, completed when it closes; `.wait_for_requests(n)`
+waits for them),
 exposes
 its counters and gauges in `.stats`, and is stopped after the test, leaving no thread
 and no socket behind. Override the `tinyproxy_config` fixture to change its settings.

@@ -292,7 +292,10 @@ class ProxyServer:
         """Bind every address, then serve from background threads. Returns once connections
         are accepted. With port 0, the first address picks the port and the others share it.
         An address that cannot be bound raises OSError (its `filename` names it), and
-        nothing stays open."""
+        nothing stays open. A stopped proxy does not start again (RuntimeError): its
+        drain and its handler threads are over; make a new ProxyServer."""
+        if self.cut_off.is_set():
+            raise RuntimeError("this ProxyServer was stopped; make a new one to serve again")
         self.pool = OriginPool(self.config, self.stats)
         self.hub = TunnelHub(self.config, self.stats, on_close=self._tunnel_closed)
         try:

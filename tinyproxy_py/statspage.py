@@ -90,7 +90,7 @@ GAUGES = {
     "clients": "Open client connections.",
     "handler_threads": "Threads serving client connections.",
     "idle_handler_threads": "Handler threads waiting for a client connection (each ends after 5 s idle).",
-    "requests_in_flight": "Plain HTTP requests being forwarded.",
+    "requests_in_flight": "Plain HTTP requests being forwarded, and CONNECTs being set up.",
     "tunnels": "Open CONNECT tunnels.",
     "pool_open": "Open pooled connections to origins and parent proxies (in use and idle).",
 }

@@ -43,13 +43,20 @@ def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None])
     folder = Path(tempfile.mkdtemp(prefix="tinyproxy-py-"))
     children: set[int] = set()
     stops = _pass_signals_on(children)  # before forking: no window where a signal is lost
+    # Blocked while forking: a child has no handlers of its own until run_worker installs
+    # them (and unblocks), and a SIGUSR2's default action would kill it. The parent gets
+    # what arrived meanwhile once all children exist, and passes it on.
+    signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)
     try:
-        for index in range(config.workers):
-            pid = os.fork()
-            if pid == 0:  # the worker
-                reserved.close()
-                os._exit(_worker_main(run_worker, config, SharedStats(folder, index)))
-            children.add(pid)
+        try:
+            for index in range(config.workers):
+                pid = os.fork()
+                if pid == 0:  # the worker
+                    reserved.close()
+                    os._exit(_worker_main(run_worker, config, SharedStats(folder, index)))
+                children.add(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         reserved.close()
         log.info("%d workers on port %d: %s", len(children), config.port, ", ".join(map(str, children)))
         return _wait_for(children, stops)

@@ -94,6 +94,36 @@ def test_a_request_cut_by_the_shutdown_is_logged_as_such_with_what_was_sent(
     assert (record.status, record.bytes_down, record.cause) == (200, 5, "shutdown")
 
 
+def test_a_stopped_proxy_does_not_start_again(make_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = make_proxy()
+    proxy.stop()
+    with pytest.raises(RuntimeError, match="make a new one"):
+        proxy.start()
+
+
+def test_a_connect_still_dialling_when_the_listener_closes_gets_its_tunnel(
+    make_proxy: Callable[..., ProxyServer],
+) -> None:
+    """A graceful stop waits for CONNECTs being set up, not only for plain requests."""
+
+    def slow_resolver(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[str, int]]]:
+        time.sleep(0.6)  # the dial is still on when stop() closes the listener
+        return [(socket.AF_INET, ("127.0.0.1", port))]
+
+    proxy = make_proxy(resolver=slow_resolver)
+    with scripted_server(echo) as target:
+        with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+            sock.sendall(f"CONNECT slow.test:{target.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert wait_until(lambda: proxy.stats.gauge("requests_in_flight") == 1)
+            stopping = threading.Thread(target=proxy.stop)
+            stopping.start()
+            head = recv_head(sock)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"
+        stopping.join(MUST_NOT_EXPIRE)
+
+
 def test_stopped_proxy_refuses_new_connections(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer
 ) -> None:
