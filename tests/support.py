@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import selectors
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .kit.servers import end_process
 from .kit.waits import MUST_NOT_EXPIRE
 
 # A name the proxies make_proxy starts cannot resolve: their resolver never asks DNS.
@@ -49,13 +49,7 @@ def proxy_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         url = line.split("listening on ", 1)[1].split(";", 1)[0]
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(MUST_NOT_EXPIRE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_process(proc)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()

@@ -1,4 +1,5 @@
-"""Scripted loopback listeners, ports that never answer, and ports nothing listens on.
+"""Scripted loopback listeners, ports that never answer, ports nothing listens on, and
+the end of a server process a test started (nginx, HAProxy, the proxy's CLI).
 
 A scripted server is a raw socket per connection and a function that decides every
 byte and pause: the way to be a hostile origin, a resetting target or a SOCKS server.
@@ -6,10 +7,13 @@ byte and pause: the way to be a hostile origin, a resetting target or a SOCKS se
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 from .waits import MUST_NOT_EXPIRE
 
@@ -105,6 +109,27 @@ def stalled_listener(stack: ExitStack, accept_queue_full: bool = True, host: str
             filler.setblocking(False)
             filler.connect_ex((host, port))
     return port
+
+
+def accepts(port: int) -> bool:
+    """Whether something listens on the loopback port: a server process is up."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def end_process(proc: subprocess.Popen[Any], signum: int = signal.SIGTERM) -> None:
+    """Ask a server process to stop with `signum`; kill it if it has not within the bound."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signum)
+    try:
+        proc.wait(MUST_NOT_EXPIRE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:

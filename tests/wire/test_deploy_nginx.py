@@ -22,7 +22,7 @@ from tinyproxy_py.accesslog import AccessRecord
 
 from ..kit.clients import recv_all
 from ..kit.origins import OriginServer, pattern_bytes
-from ..kit.servers import free_port
+from ..kit.servers import accepts, end_process, free_port
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..unit.test_deploy import DEPLOY, nginx_command, nginx_main_config
 
@@ -61,20 +61,7 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[list[tuple[str, int]]], int]]:
 
     yield start
     for proc in started:
-        proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
-        try:
-            proc.wait(MUST_NOT_EXPIRE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+        end_process(proc, signal.SIGQUIT)  # graceful: workers finish, then exit
 
 
 def fetch(port: int, url: str) -> bytes:

@@ -26,7 +26,7 @@ import trustme
 from tinyproxy_py import ProxyServer
 
 from ..kit.clients import abort, recv_head
-from ..kit.servers import scripted_server
+from ..kit.servers import accepts, end_process, scripted_server
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..support import client_env
 
@@ -58,23 +58,10 @@ def nginx(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[
         [binary, "-p", str(root), "-e", str(root / "error.log"), "-c", str(root / "nginx.conf")]
     )
     try:
-        assert wait_until(lambda: _accepts(port), MUST_NOT_EXPIRE), (root / "error.log").read_text()
+        assert wait_until(lambda: accepts(port), MUST_NOT_EXPIRE), (root / "error.log").read_text()
         yield f"https://127.0.0.1:{port}/"
     finally:
-        proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
-        try:
-            proc.wait(MUST_NOT_EXPIRE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+        end_process(proc, signal.SIGQUIT)  # graceful: workers finish, then exit
 
 
 def fetch_with_curl(proxy: str, url: str, ca_file: Path) -> bytes:
