@@ -64,7 +64,9 @@ class Config:
     )
     port: int = _opt(8888, "TCP port to listen on; 0 picks a free port.")
     connect_timeout: float = _opt(
-        10.0, "TCP connect to an origin, CONNECT target or parent proxy, all its addresses.", unit="seconds"
+        10.0,
+        "Name lookup and TCP connect to an origin, CONNECT target or parent proxy, all its addresses.",
+        unit="seconds",
     )
     attempt_delay: float = _opt(
         0.25,

@@ -6,10 +6,11 @@ loop detection, policy.py) and the connection made to exactly the address judged
 second lookup cannot move it (DNS rebinding). Addresses are tried as RFC 8305 (Happy
 Eyeballs v2) says: families interleaved, the first family first, the next attempt
 started `attempt_delay` after the previous one while it is still pending; the first to
-connect wins and the others are closed at once. The connect timeout bounds the whole.
+connect wins and the others are closed at once. The connect timeout bounds the whole,
+the lookup too when a running proxy gives the dialer its lookup threads (lookups.py).
 
 One place turns the ways a connect fails into the ProxyError a client should see.
-Imports: errors, stats.
+Imports: errors, stats (lookups for its type only: it raises Overloaded at its limit).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from .errors import BadGateway, Cause, GatewayTimeout, ProxyError
 from .stats import Stats
+
+if TYPE_CHECKING:
+    from .lookups import Lookups
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,9 @@ class Dialer:
     `resolve` maps (host, port) to (host, port, [address, ...]) from --resolve lines;
     `connect_to` maps (host, port) to (host2, port2) from --connect-to lines (curl's
     meaning: connect there instead, keep the name for Host and TLS). `resolver` is
-    getaddrinfo; tests put a function of their own in its place.
+    getaddrinfo; tests put a function of their own in its place. `lookups` (a running
+    proxy's) runs each lookup under the connect timeout; without, the lookup takes as
+    long as the resolver does.
     """
 
     attempt_delay: float = 0.25
@@ -65,6 +71,7 @@ class Dialer:
     stats: Stats | None = None
     judge: Judge | None = None  # one client's destination policy: see judging()
     recheck: bool = True  # judge pooled connections again (False: the judge only finds loops)
+    lookups: Lookups | None = None
 
     def judging(self, judge: Judge | None, recheck: bool = True) -> Dialer:
         """This dialer, judging every address for one client (`recheck`: also the pooled
@@ -119,7 +126,7 @@ class Dialer:
         host, port = address
         name = name or f"{host}:{port}"
         timed_out, unresolvable, refused = causes
-        candidates = self._addresses(host, port, name, unresolvable)
+        candidates = self._addresses(host, port, name, unresolvable, deadline)
         attempt = _Attempts([], self.attempt_delay, deadline)
         try:
             if judge is not None:
@@ -146,14 +153,19 @@ class Dialer:
         return sock
 
     def _addresses(
-        self, host: str, port: int, name: str, unresolvable: Cause
+        self, host: str, port: int, name: str, unresolvable: Cause, deadline: float
     ) -> list[tuple[socket.AddressFamily, SockAddr]]:
         host, port = self.connect_to.get((host.lower().rstrip("."), port), (host, port))
         pinned = self.resolve.get((host.lower().rstrip("."), port))
         if pinned is not None:
             return [(_family(a), (a, port)) for a in pinned]
         try:
-            found = self.resolver(host, port)
+            if self.lookups is None:
+                found = self.resolver(host, port)
+            else:
+                found = self.lookups.run(self.resolver, host, port, deadline)
+        except TimeoutError as exc:  # before OSError: it is one
+            raise GatewayTimeout(f"looking up {name} timed out", cause=unresolvable) from exc
         except (OSError, UnicodeError) as exc:  # gaierror; the IDNA codec refusing a name
             raise BadGateway(f"cannot resolve {name}", cause=unresolvable) from exc
         if not found:

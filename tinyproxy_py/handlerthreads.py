@@ -1,4 +1,4 @@
-"""Handler threads that are reused: a connection costs a hand-off, not a Thread.start.
+"""Threads that are reused: a connection (or a name lookup) costs a hand-off, not a Thread.start.
 
 At most `limit` threads, started as they are needed. A job goes to the thread that went
 idle last (a warm stack, and the cold ones are the ones that retire); when none is idle,
@@ -52,9 +52,13 @@ class HandlerThreads:
 
     idle_timeout = 5.0  # seconds a thread waits for its next job before it ends; tests lower it
 
-    def __init__(self, limit: int, name: str, stats: Stats, done: Callable[[], None]) -> None:
-        """`done` is called once per job, after its thread is idle again (or ended)."""
+    def __init__(
+        self, limit: int, name: str, stats: Stats, done: Callable[[], None], kind: str = "handler"
+    ) -> None:
+        """`done` is called once per job, after its thread is idle again (or ended).
+        `kind` names the stats: `{kind}_threads_started` and `idle_{kind}_threads`."""
         self.limit, self.name, self.stats, self._done = limit, name, stats, done
+        self._started, self._idle_gauge = f"{kind}_threads_started", f"idle_{kind}_threads"
         self._lock = threading.Lock()
         self._idle: list[_Waiter] = []  # a stack: the last one to go idle is handed the next job
         self._threads: set[threading.Thread] = set()
@@ -106,11 +110,11 @@ class HandlerThreads:
     def _hand(self, waiter: _Waiter, job: Job | None) -> None:
         """Give `waiter` (just taken off the stack) its job, None: end. Under the lock."""
         waiter.idle, waiter.job = False, job
-        self.stats.adjust("idle_handler_threads", -1)
+        self.stats.adjust(self._idle_gauge, -1)
         waiter.wake.release()
 
     def _work(self, job: Job | None) -> None:
-        self.stats.count("handler_threads_started")  # here: before the job can be done
+        self.stats.count(self._started)  # here: before the job can be done
         waiter = _Waiter()
         try:
             while job is not None:
@@ -131,7 +135,7 @@ class HandlerThreads:
             if waiter.idle:
                 waiter.idle = False
                 self._idle.remove(waiter)
-                self.stats.adjust("idle_handler_threads", -1)
+                self.stats.adjust(self._idle_gauge, -1)
             stranded, waiter.job = waiter.job, None
         if stranded is not None:
             stranded.cancel()
@@ -154,7 +158,7 @@ class HandlerThreads:
             if not stopped:
                 waiter.idle = True
                 self._idle.append(waiter)
-                self.stats.adjust("idle_handler_threads", 1)
+                self.stats.adjust(self._idle_gauge, 1)
         self._done()
         if stopped:
             return None
@@ -163,7 +167,7 @@ class HandlerThreads:
                 if waiter.idle:  # nobody took it off the stack: retire
                     waiter.idle = False
                     self._idle.remove(waiter)
-                    self.stats.adjust("idle_handler_threads", -1)
+                    self.stats.adjust(self._idle_gauge, -1)
                     # Out of the count at once: it holds no slot, and a job it no longer
                     # waits for must find room for a new thread.
                     self._threads.discard(threading.current_thread())

@@ -2,7 +2,7 @@
 
 A reload builds a new `Runtime` and swaps one reference; a handler takes it once per
 request, so no request is admitted by one configuration and routed by another.
-Imports: config, dialer, forward, policy, routes, stats.
+Imports: config, dialer, forward, lookups, policy, routes, stats.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .config import Config, load_credentials, parse_override
 from .dialer import DIRECT, Dialer, Resolver, system_resolver
 from .forward import Rewrite
+from .lookups import Lookups
 from .policy import Policy, check_exposure
 from .routes import Routes, parse_rules, rules_from_env, rules_from_options
 from .stats import Stats
@@ -33,27 +34,37 @@ class Runtime:
 
     @classmethod
     def compile(
-        cls, config: Config, token: str, stats: Stats | None = None, resolver: Resolver | None = None
+        cls,
+        config: Config,
+        token: str,
+        stats: Stats | None = None,
+        resolver: Resolver | None = None,
+        lookups: Lookups | None = None,
     ) -> Runtime:
         """Everything `config` implies; ValueError or OSError (credentials file) if invalid.
 
         `token` is unique to the proxy instance: carried in our Via member, it lets us
-        recognise a request that looped back through us.
+        recognise a request that looped back through us. `lookups` are the proxy's lookup
+        threads, which outlive a reload.
         """
         users = load_credentials(config.auth_file) if config.auth_file else ()
         check_exposure(config, has_users=bool(users))
         pseudonym = f"{config.via_name} ({token})" if config.via_name else ""
         policy = Policy(config, users=users, via_token=pseudonym)
         rewrite = Rewrite.from_config(config, pseudonym)
-        dialer = _dialer(config, stats, resolver)
+        dialer = _dialer(config, stats, resolver, lookups)
         return cls(config, rewrite, policy, _routes(config), _stat_hosts(config.stat_host), dialer)
 
 
-def _dialer(config: Config, stats: Stats | None, resolver: Resolver | None) -> Dialer:
+def _dialer(
+    config: Config, stats: Stats | None, resolver: Resolver | None, lookups: Lookups | None
+) -> Dialer:
     resolve = dict(parse_override("resolve", line) for line in config.resolve)
     moved = (parse_override("connect_to", line) for line in config.connect_to)
     connect_to = {key: (host, int(port)) for key, (host, port) in moved}
-    return Dialer(config.attempt_delay, resolve, connect_to, resolver or system_resolver, stats)
+    return Dialer(
+        config.attempt_delay, resolve, connect_to, resolver or system_resolver, stats, lookups=lookups
+    )
 
 
 def _stat_hosts(stat_host: str) -> frozenset[str]:

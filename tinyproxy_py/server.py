@@ -7,8 +7,8 @@ canned 503 on the accepting thread and is closed at once instead of waiting in a
 `stop()` drains (/readyz 503, still accepting for the drain delay), stops accepting, lets
 requests in flight and busy tunnels finish within the grace period, then closes client
 sockets, tunnels and the pool, and ends the handler threads.
-Imports: handler, handlerthreads, runtime, clientconn, tunnel, pool, accesslog, config, stats,
-errors (forward, policy, routes for types only).
+Imports: handler, handlerthreads, lookups, runtime, clientconn, tunnel, pool, accesslog, config,
+stats, errors (forward, policy, routes for types only).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .config import Config
 from .errors import Overloaded, render
 from .handler import ClientHandler
 from .handlerthreads import HandlerThreads
+from .lookups import Lookups
 from .pool import OriginPool
 from .runtime import Runtime
 from .stats import Stats
@@ -205,7 +206,10 @@ class ProxyServer:
         # back in a request means the request looped through us.
         self._token = os.urandom(4).hex()  # not secrets: it loads hashlib (libcrypto) for nothing
         self.stats = Stats()
-        self.runtime = Runtime.compile(config or Config(), self._token, self.stats, resolver)
+        config = config or Config()
+        # Each client waits for one lookup at a time; lookups given up on count too.
+        self._lookups = Lookups(config.max_clients, self.stats)
+        self.runtime = Runtime.compile(config, self._token, self.stats, resolver, self._lookups)
         self._listeners: list[tuple[_Listener, threading.Thread]] = []
         self._clients = _Clients(self.config.max_clients, self.stats)
         self.addresses: tuple[tuple[str, int], ...] = ()  # kept after stop: draining handlers read it
@@ -260,7 +264,7 @@ class ProxyServer:
         """
         kept = [name for name in self.RESTART_FIELDS if getattr(config, name) != getattr(self.config, name)]
         config = config.replace(**{name: getattr(self.config, name) for name in kept})
-        runtime = Runtime.compile(config, self._token, self.stats, self._resolver)
+        runtime = Runtime.compile(config, self._token, self.stats, self._resolver, self._lookups)
         self.hub.config = self.pool.config = config
         self.runtime = runtime  # one assignment: a request sees all of it or none
         log.info(
@@ -374,6 +378,8 @@ class ProxyServer:
         self.hub.close()
         self._wait_until_zero(("clients",), 5.0)
         self._clients.threads.stop(timeout=5.0)
+        if not self._lookups.stop(timeout=1.0):
+            log.warning("a name lookup is still running; its thread ends when the resolver gives up")
         log.info("stopped")
 
     def _wait_until_zero(self, gauges: tuple[str, ...], timeout: float) -> bool:

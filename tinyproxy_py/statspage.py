@@ -85,11 +85,14 @@ COUNTERS = {
     "connect_attempts": "TCP connects started to origins, targets and parent proxies (each address tried).",
     "connect_fallbacks": "Connections won by an address of another family than the first (Happy Eyeballs).",
     "handler_threads_started": "Handler threads started (a client connection found no idle one).",
+    "lookup_threads_started": "Name lookup threads started (a lookup found no idle one).",
 }
 GAUGES = {
     "clients": "Open client connections.",
     "handler_threads": "Threads serving client connections.",
     "idle_handler_threads": "Handler threads waiting for a client connection (each ends after 5 s idle).",
+    "lookups": "Name lookups running, including those given up on at the connect timeout.",
+    "idle_lookup_threads": "Lookup threads waiting for a lookup (each ends after 5 s idle).",
     "requests_in_flight": "Plain HTTP requests being forwarded, and CONNECTs being set up.",
     "tunnels": "Open CONNECT tunnels.",
     "pool_open": "Open pooled connections to origins and parent proxies (in use and idle).",

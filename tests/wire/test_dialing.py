@@ -1,5 +1,6 @@
 """Where the proxy connects, and how (issue 15): Happy Eyeballs, the destination policy on
-resolved addresses, loops in any spelling, malformed names, host overrides.
+resolved addresses, loops in any spelling, malformed names, host overrides, and name
+lookups that hang (bounded by the connect timeout, and in number).
 
 No DNS: every proxy here resolves with tests/kit/resolver.py, whose table stands in for
 a name server (a black hole first, a working address second, a metadata address).
@@ -11,6 +12,7 @@ import errno
 import json
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,12 +23,12 @@ from tinyproxy_py import ProxyServer
 from tinyproxy_py.dialer import Dialer
 from tinyproxy_py.errors import BadGateway
 
-from ..kit.clients import recv_head
+from ..kit.clients import connect_request, recv_head
 from ..kit.origins import OriginServer, pattern_bytes
-from ..kit.resolver import offline_resolver
+from ..kit.resolver import Resolved, offline_resolver
 from ..kit.responses import Response, get
 from ..kit.servers import stalled_listener
-from ..kit.waits import MUST_NOT_EXPIRE
+from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..support import client_env
 
 DELAY = 0.25  # the attempt delay; the connect timeout of these proxies is 2 s
@@ -292,3 +294,82 @@ def test_a_reload_that_moves_a_name_closes_the_idle_connections_to_its_old_addre
         assert (len(origin.requests), len(other.requests)) == (1, 1)
     finally:
         other.stop()
+
+
+# --- name lookups ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hanging_resolver() -> Iterator[Callable[[str, int], Resolved]]:
+    """The test resolver, except that `hang.test` is answered only when the test ends (a
+    name server that drops the query: getaddrinfo would wait out resolv.conf's limits)."""
+    answered, fallback = threading.Event(), offline_resolver()
+
+    def resolve(host: str, port: int) -> Resolved:
+        if host == "hang.test":
+            answered.wait(MUST_NOT_EXPIRE)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return fallback(host, port)
+
+    yield resolve
+    answered.set()
+
+
+def test_a_lookup_that_hangs_is_504_at_the_connect_timeout(
+    make_proxy: Callable[..., ProxyServer],
+    origin: OriginServer,
+    hanging_resolver: Callable[[str, int], Resolved],
+) -> None:
+    proxy = make_proxy(resolver=hanging_resolver, connect_timeout=0.6)
+
+    def tunnel() -> Response:
+        with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+            sock.sendall(connect_request("hang.test:443"))
+            return Response(sock, method="CONNECT")
+
+    for ask in (lambda: get(proxy.address, "http://hang.test/"), tunnel):
+        started = time.monotonic()
+        response = ask()
+        assert (response.status, response.header("X-Tinyproxy-Py-Cause")) == (504, "dns")
+        assert 0.6 <= time.monotonic() - started < 0.6 + 1.0
+    assert proxy.stats.gauge("lookups") == 2  # given up on, still running: the resolver has them
+    # Meanwhile names that answer, and addresses, are served as ever.
+    assert get(proxy.address, f"http://localhost:{origin.port}/bytes/2").body == pattern_bytes(2)
+    assert get(proxy.address, f"http://127.0.0.1:{origin.port}/bytes/2").body == pattern_bytes(2)
+
+
+def test_lookups_are_bounded_and_beyond_the_bound_a_request_is_503_at_once(
+    make_proxy: Callable[..., ProxyServer],
+    origin: OriginServer,
+    hanging_resolver: Callable[[str, int], Resolved],
+) -> None:
+    proxy = make_proxy(resolver=hanging_resolver, connect_timeout=0.3, max_clients=2)
+    for _ in range(2):  # each is given up on, and holds a lookup thread until answered
+        assert get(proxy.address, "http://hang.test/").status == 504
+    started = time.monotonic()
+    busy = get(proxy.address, "http://localhost/")
+    assert (busy.status, busy.header("X-Tinyproxy-Py-Cause")) == (503, "overloaded")
+    assert b"lookups in progress" in busy.body
+    assert time.monotonic() - started < 0.3  # at once, not at the connect timeout
+    # An address needs no lookup: still served.
+    assert get(proxy.address, f"http://127.0.0.1:{origin.port}/bytes/2").status == 200
+
+
+def test_an_address_needs_no_lookup_thread_and_a_name_reuses_one(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy()
+    for host in ("127.0.0.1", "[::ffff:127.0.0.1]"):
+        assert get(proxy.address, f"http://{host}:{origin.port}/bytes/1").status == 200
+    assert connect_head(proxy, f"127.0.0.1:{origin.port}").startswith(b"HTTP/1.1 200 ")
+    assert proxy.stats.counter("lookup_threads_started") == 0
+    for _ in range(3):
+        assert connect_head(proxy, f"localhost:{origin.port}").startswith(b"HTTP/1.1 200 ")
+    assert proxy.stats.counter("lookup_threads_started") == 1
+    assert wait_until(lambda: proxy.stats.gauge("lookups") == 0)
+
+
+def connect_head(proxy: ProxyServer, target: str) -> bytes:
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(connect_request(target))
+        return recv_head(sock)
