@@ -89,12 +89,14 @@ class ClientHandler:
             return
         admitted_by = runtime.policy
         idle_timeout = runtime.config.header_timeout
+        first = True
         while True:
             started = time.monotonic()
             head: RequestHead | None = None
             self.parent = ""
             try:
-                head = client.read_head(idle_timeout)
+                head = self._first_head(client, idle_timeout) if first else client.read_head(idle_timeout)
+                first = False
                 if head is None:
                     return
                 runtime = self.server.runtime  # once per request: a reload applies whole
@@ -115,6 +117,12 @@ class ClientHandler:
             if not outcome.keep_alive:
                 return
             idle_timeout = runtime.config.client_idle_timeout
+
+    def _first_head(self, client: ClientConnection, timeout: float) -> RequestHead | None:
+        """The connection's first request head, counted as opening meanwhile: a graceful
+        stop gives a connection accepted just before the listener closed a moment to send it."""
+        with self.server.stats.live("opening_clients"):
+            return client.read_head(timeout)
 
     def _behind_balancer(self, client: ClientConnection, runtime: Runtime) -> bool:
         """Take the client's address from the PROXY header a trusted balancer sends first.

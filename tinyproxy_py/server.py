@@ -36,7 +36,7 @@ from .lookups import Lookups
 from .pool import OriginPool
 from .runtime import Runtime
 from .stats import Stats
-from .tunnel import ClosedTunnel, TunnelHub
+from .tunnel import SHUTDOWN_IDLE, ClosedTunnel, TunnelHub
 
 if TYPE_CHECKING:
     from .dialer import Resolver
@@ -351,7 +351,8 @@ class ProxyServer:
 
     def stop(self) -> None:
         """Drain, stop accepting once `drain_delay` is over, let requests in flight and busy
-        tunnels finish within the grace period, then close everything."""
+        tunnels (and first requests on connections just accepted) finish within the grace
+        period, then close everything."""
         listeners, self._listeners = self._listeners, []
         if not listeners:
             return
@@ -366,7 +367,11 @@ class ProxyServer:
             listener.server_close()
             thread.join(timeout=5.0)  # serve_forever has returned: shutdown() waited for it
         self.hub.close_idle_from_now()
-        if not self._wait_until_zero(("requests_in_flight", "tunnels"), self.config.shutdown_grace):
+        grace_ends = time.monotonic() + self.config.shutdown_grace
+        # A connection accepted just before the listener closed has not asked yet: a moment
+        # for its first request (one that never comes, a browser's preconnect, costs this).
+        self._wait_until_zero(("opening_clients",), min(SHUTDOWN_IDLE, self.config.shutdown_grace))
+        if not self._wait_until_zero(("requests_in_flight", "tunnels"), grace_ends - time.monotonic()):
             log.warning(
                 "grace period over: aborting %d requests in flight and %d tunnels",
                 self.stats.gauge("requests_in_flight"),

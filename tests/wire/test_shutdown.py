@@ -17,7 +17,7 @@ from ..kit.clients import open_tunnel, recv_all, recv_head, recv_to_eof
 from ..kit.faults import echo
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.responses import Response, get, request_over
-from ..kit.servers import scripted_server
+from ..kit.servers import accepts, scripted_server
 from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 from ..support import address_of, proxy_process
 
@@ -121,6 +121,27 @@ def test_a_connect_still_dialling_when_the_listener_closes_gets_its_tunnel(
             assert head.startswith(b"HTTP/1.1 200 "), head
             sock.sendall(b"ping")
             assert sock.recv(4) == b"ping"
+        stopping.join(MUST_NOT_EXPIRE)
+
+
+def test_a_connection_accepted_just_before_the_listener_closed_gets_its_request_answered(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    """Its client connected while the proxy still accepted: its request, sent a moment
+    later, is served (with Connection: close), not cut unanswered."""
+    proxy = make_proxy()
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        assert wait_until(lambda: proxy.stats.gauge("opening_clients") == 1)
+        stopping = threading.Thread(target=proxy.stop)
+        stopping.start()
+        assert wait_until(lambda: not accepts(proxy.address[1]))  # the listener is closed
+        sock.sendall(f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        response = Response(sock)
+        assert (response.status, response.body, response.header("Connection")) == (
+            200,
+            pattern_bytes(3),
+            "close",
+        )
         stopping.join(MUST_NOT_EXPIRE)
 
 
