@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .chain import auth_refused, label
@@ -111,17 +112,14 @@ def forward(
     headers = _origin_headers(head, rewrite, client_ip, upgrade)
     with pool.slots.hold(origin_key(head.scheme, head.host, head.port)):
         exchange = _exchange(head, headers, client, pool, via, dialer)
-        clean = False
         try:
             if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and via:
                 raise auth_refused(label(via), exchange.lease.proxy_authorization is not None)
             if exchange.response.status == 101:
                 return _hand_off(head, exchange, client, hub, rewrite.pseudonym)
-            outcome, clean = _relay(head, exchange, client, pool.config, rewrite.pseudonym)
-            clean = clean and not upgrade and not exchange.early and not exchange.stream.buffered()
-            return outcome
+            return _relay(head, exchange, client, pool.config, rewrite.pseudonym, reusable=not upgrade)
         finally:
-            exchange.lease.release(clean)  # does nothing after a hand-off
+            exchange.lease.release(False)  # closed if it failed; nothing after a release or hand-off
 
 
 def _upgrade_token(head: RequestHead) -> str:
@@ -359,14 +357,28 @@ def _client_head(
 
 
 def _relay(
-    head: RequestHead, exchange: _Exchange, client: ClientConnection, config: Config, pseudonym: str
-) -> tuple[Outcome, bool]:
+    head: RequestHead,
+    exchange: _Exchange,
+    client: ClientConnection,
+    config: Config,
+    pseudonym: str,
+    *,
+    reusable: bool,
+) -> Outcome:
     """Send the response head and stream the body, framed for this client.
 
-    Returns the outcome and whether the origin connection may be reused.
+    The origin connection is released as soon as its response has ended, before the
+    client has the last bytes: a client that sends its next request at once (on this
+    connection or another) finds it back in the pool. Reused if `reusable` and the
+    exchange ended exactly at its framing, closed otherwise.
     """
     response = exchange.response
     reader = BodyReader(response, config)
+
+    def origin_done() -> None:
+        clean = response.keep_alive and reader.done and not reader.unused and response.framing != "close"
+        exchange.lease.release(clean and reusable and not exchange.early and not exchange.stream.buffered())
+
     bodiless = response.framing == "none"
     length = response.length if response.framing == "length" else None
     http11 = head.version == "HTTP/1.1"
@@ -392,15 +404,14 @@ def _relay(
     elif not http11:
         extra.append(("Connection", "keep-alive"))
     head_bytes = _client_head(response, extra, pseudonym, frozenset() if bodiless else _FRAMING_FIELDS)
-    # A small body of known length is sent with the head in one write (one syscall, one
-    # packet). Otherwise the head goes first: a streaming origin may take a while to
-    # send its first body byte, and the client should not wait for the head meanwhile.
-    if bodiless or length is None or length > COALESCE_LIMIT:
+    # No body or a small one of known length is sent with the head in one write (one
+    # syscall, one packet). Otherwise the head goes first: a streaming origin may take a
+    # while to send its first body byte, and the client should not wait for the head meanwhile.
+    if not bodiless and (length is None or length > COALESCE_LIMIT):
         client.send(head_bytes)
         head_bytes = b""
-    sent = _stream_body(reader, exchange, client, chunked, head_bytes, config, response.status)
-    clean = response.keep_alive and reader.done and not reader.unused and response.framing != "close"
-    return Outcome(status=response.status, keep_alive=keep_alive, bytes_down=sent), clean
+    sent = _stream_body(reader, exchange, client, chunked, head_bytes, config, response.status, origin_done)
+    return Outcome(status=response.status, keep_alive=keep_alive, bytes_down=sent)
 
 
 def _stream_body(
@@ -411,8 +422,10 @@ def _stream_body(
     head: bytes,
     config: Config,
     status: int,
+    origin_done: Callable[[], None],
 ) -> int:
     """Relay the body until its framing ends; `head`, if not yet sent, goes with its first piece.
+    `origin_done` is called once the origin's part has ended, before the last send.
 
     If it cannot, the Aborted it raises says what the client had (`status`, body bytes).
     """
@@ -424,16 +437,20 @@ def _stream_body(
             if data:
                 pieces = reader.feed(data)
                 out = b"".join(b"".join(chunk(p)) for p in pieces) if chunked else b"".join(pieces)
+                if reader.done:
+                    origin_done()
                 if out or pending:
                     client.send(pending + out)
                     pending = b""
                 sent += sum(len(p) for p in pieces)
             if reader.done:
+                origin_done()  # once is enough: a lease released stays so
                 break
             size = min(CHUNK_SIZE, reader.remaining) if reader.framing == "length" else CHUNK_SIZE
             data = exchange.stream.recv(size, time.monotonic() + config.read_timeout)
             if not data:
                 reader.end_of_stream()
+                origin_done()
                 break
         client.send(pending + LAST_CHUNK if chunked else pending)
         return sent

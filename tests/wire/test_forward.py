@@ -279,6 +279,19 @@ def test_truncated_origin_body_closes_the_client_connection(proxy: ProxyServer, 
     assert wait_until(lambda: proxy.stats.gauge("pool_open") == 0)
 
 
+def test_the_origin_connection_is_back_in_the_pool_before_the_client_has_the_last_byte(
+    proxy: ProxyServer, origin: OriginServer
+) -> None:
+    """So a client that sends its next request at once, on another connection as browsers
+    do, finds it there instead of dialling a new one (and racing the origin's close)."""
+    key = f"http://127.0.0.1:{origin.port}"
+    for size in (1, 100_000, 0):  # in one write with the head, streamed, and bodiless
+        for _ in range(10):
+            assert get(proxy.address, origin.url(f"/bytes/{size}")).status == 200
+            assert proxy.pool.usage()[key]["idle"] == 1  # no wait: it was in before the last byte left
+    assert proxy.stats.counter("connect_attempts") == 1
+
+
 def test_stale_pooled_connection_is_retried_once_for_get(proxy: ProxyServer) -> None:
     answers = {"n": 0}
 
