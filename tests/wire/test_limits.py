@@ -50,19 +50,32 @@ def test_reaper_closes_idle_pooled_connections_without_new_requests(
 def test_evicted_host_pool_never_closes_a_connection_in_use(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer
 ) -> None:
-    proxy = make_proxy(pool_hosts=1, read_timeout=5.0)
+    # Nothing here expires on its own: the held request ends when the origin is released,
+    # and the reaper leaves the other host's idle connection alone.
+    proxy = make_proxy(
+        pool_hosts=1, response_header_timeout=MUST_NOT_EXPIRE, pool_idle_timeout=3 * MUST_NOT_EXPIRE
+    )
     result: list[Response] = []
-    slow = threading.Thread(target=lambda: result.append(get(proxy.address, origin.url("/slow/1"))))
+    held = origin.url(f"/slow/{MUST_NOT_EXPIRE}")  # answered once origin.release is set
+    slow = threading.Thread(target=lambda: result.append(get(proxy.address, held)))
     slow.start()
     assert wait_until(lambda: len(origin.requests) == 1)
     with running_origin() as other:
         # A second host evicts the first host's pool while its request is in flight.
         for _ in range(3):
             assert get(proxy.address, other.url("/bytes/5")).body == pattern_bytes(5)
+            # The client has the whole response a moment before the proxy puts the
+            # connection back: the next request would dial a second one meanwhile.
+            assert wait_until(lambda: proxy.stats.gauge("requests_in_flight") == 1)
+        # The held connection and the other host's one, reused: none was closed.
+        assert proxy.resources()["pool_open"] == 2
+        assert proxy.resources()["pool_idle"] == 1
+        origin.release.set()
         slow.join(MUST_NOT_EXPIRE)
         assert result and result[0].status == 200 and result[0].body == b"slow\n"
         # The connection released into the evicted pool is closed once that pool is gone.
         assert wait_until(lambda: proxy.stats.gauge("pool_open") == 1)
+        assert proxy.resources()["pool_idle"] == 1  # the other host's, still pooled
 
 
 def test_per_host_cap_answers_503_when_the_wait_expires(
