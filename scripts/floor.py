@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""How fast can any Python proxy set up tunnels here? The floor under issue 17's targets.
+"""How fast can any Python proxy set up connections here? The floor under issue 17's targets.
 
-Two minimal CONNECT proxies, each doing only what a CONNECT + GET + close needs (accept,
-read the head, connect to an address literal, 200, shuttle, close: no policy, no limits,
-no logging, no deadlines, no error answers), measured next to tinyproxy-py with the
-bench's CONNECT + GET + close client (scenario d) against its nginx origin, in rounds:
+Two minimal proxies, each doing only what the bench's scenarios b and d need (accept,
+read the head, connect to an address literal, then for CONNECT a 200, for an absolute-form
+GET the head in origin-form, then shuttle bytes until the first EOF and close: no
+policy, no limits, no logging, no deadlines, no error answers, no keep-alive), measured
+next to tinyproxy-py with the bench's clients against its nginx origin, in rounds:
+b. a new connection per 100 B GET (wrk, 8 connections), d. CONNECT + GET + close:
 
   loop     one selectors loop does everything (the shape of pproxy's event loop)
   threads  tinyproxy-py's shape: an accept thread hands each connection to a handler
@@ -13,7 +15,7 @@ bench's CONNECT + GET + close client (scenario d) against its nginx origin, in r
 
 The gap between loop and threads is what the shape costs (thread hand-offs and the GIL
 passing between threads); the gap between threads and tinyproxy-py is what our code
-costs on top of that shape. Prints tunnels/s and the proxy's CPU per tunnel (medians).
+costs on top of that shape. Prints rates and the proxy's CPU per exchange (medians).
 
   python3 scripts/floor.py [--rounds 3] [--seconds 4]
 
@@ -44,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_lib
 from bench_lib import services
 from bench_lib.clients import ChurnSpec, Endpoint, churn_worker
 from bench_lib.procinfo import cpu_seconds
+from bench_lib.wrk import WrkSpec
+from bench_lib.wrk import run as run_wrk
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-Handler = Callable[[int], None]
 
 
 # --- the two minimal proxies (run as `floor.py serve loop|threads PORT`) ---
@@ -60,9 +63,15 @@ def _listener(port: int) -> socket.socket:
     return sock
 
 
-def _target(head: bytes) -> tuple[str, int]:
-    host, _, port = head.split(b" ", 2)[1].rpartition(b":")
-    return host.decode(), int(port)
+def _opening(head: bytes) -> tuple[tuple[str, int], bytes, bytes]:
+    """(where to connect, what the client is told first, what the target is sent first)."""
+    method, target, rest = head.split(b" ", 2)
+    if method == b"CONNECT":
+        host, _, port = target.rpartition(b":")
+        return (host.decode(), int(port)), ESTABLISHED, b""
+    authority, _, path = target.removeprefix(b"http://").partition(b"/")
+    host, _, port = authority.rpartition(b":")
+    return (host.decode(), int(port or 80)), b"", b" ".join((method, b"/" + path, rest))
 
 
 def _dial(address: tuple[str, int]) -> socket.socket:
@@ -84,20 +93,29 @@ class Shuttle:
             for key, mask in self.selector.select():
                 key.data(mask)
 
-    def tunnel(self, client: socket.socket, target: socket.socket) -> None:
-        client.send(ESTABLISHED)
+    def tunnel(self, client: socket.socket, target: socket.socket, head: bytes) -> None:
+        _, to_client, to_target = _opening(head)
+        try:
+            client.send(to_client)
+            target.send(to_target)
+        except OSError:  # the client left, or the connect failed
+            client.close()
+            target.close()
+            return
         both = (client, target)
         self.selector.register(client, selectors.EVENT_READ, lambda _: self._pump(client, target, both))
         self.selector.register(target, selectors.EVENT_READ, lambda _: self._pump(target, client, both))
 
     def _pump(self, src: socket.socket, dst: socket.socket, both: tuple[socket.socket, ...]) -> None:
+        if src.fileno() < 0:
+            return  # closed by the other side's event in this same batch
         try:
             data = src.recv(65536)
+            if data:
+                dst.send(data)  # a floor: the sockets are blocking-free enough for 100 B
+                return
         except OSError:
-            data = b""
-        if data:
-            dst.send(data)
-            return
+            pass
         for sock in both:
             self.selector.unregister(sock)
             sock.close()
@@ -119,7 +137,10 @@ def serve_loop(port: int) -> None:
             selector.register(client, selectors.EVENT_READ, lambda _, c=client: read_head(c))
 
     def read_head(client: socket.socket) -> None:
-        data = client.recv(65536)
+        try:
+            data = client.recv(65536)
+        except OSError:
+            data = b""
         heads[client] += data
         if not data or b"\r\n\r\n" in heads[client]:
             head = heads.pop(client)
@@ -127,12 +148,12 @@ def serve_loop(port: int) -> None:
             if not data:
                 client.close()
                 return
-            target = _dial(_target(head))
-            selector.register(target, selectors.EVENT_WRITE, lambda _: connected(client, target))
+            target = _dial(_opening(head)[0])
+            selector.register(target, selectors.EVENT_WRITE, lambda _: connected(client, target, head))
 
-    def connected(client: socket.socket, target: socket.socket) -> None:
+    def connected(client: socket.socket, target: socket.socket, head: bytes) -> None:
         selector.unregister(target)
-        shuttle.tunnel(client, target)
+        shuttle.tunnel(client, target, head)
 
     heads: dict[socket.socket, bytes] = {}
     selector.register(listener, selectors.EVENT_READ, accept)
@@ -142,7 +163,7 @@ def serve_loop(port: int) -> None:
 def serve_threads(port: int, handlers: int = 8) -> None:
     shuttle, listener = Shuttle(), _listener(port)
     accepted: SimpleQueue[socket.socket] = SimpleQueue()
-    incoming: collections.deque[tuple[socket.socket, socket.socket]] = collections.deque()
+    incoming: collections.deque[tuple[socket.socket, socket.socket, bytes]] = collections.deque()
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
 
@@ -154,7 +175,10 @@ def serve_threads(port: int, handlers: int = 8) -> None:
         while True:
             client, head = accepted.get(), b""
             while b"\r\n\r\n" not in head:
-                data = client.recv(65536)  # blocking, as a handler thread waits
+                try:
+                    data = client.recv(65536)  # blocking, as a handler thread waits
+                except OSError:
+                    data = b""
                 if not data:
                     break
                 head += data
@@ -162,11 +186,11 @@ def serve_threads(port: int, handlers: int = 8) -> None:
                 client.close()
                 continue
             client.setblocking(False)
-            target = _dial(_target(head))
+            target = _dial(_opening(head)[0])
             poller = select.poll()
             poller.register(target, select.POLLOUT)
             poller.poll(5000)
-            incoming.append((client, target))
+            incoming.append((client, target, head))
             wake_w.send(b"\0")
 
     def take(_: int) -> None:
@@ -189,14 +213,32 @@ def serve_threads(port: int, handlers: int = 8) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0, help="per subject and round")
-    parser.add_argument("--processes", type=int, default=2, help="client processes (the bench's d: 2)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per client process (d: 4)")
+    parser.add_argument("--seconds", type=int, default=4, help="per subject, scenario and round")
     return parser.parse_args(argv)
 
 
 def _floor_argv(script: str, kind: str, workdir: Path, port: int) -> list[str]:
     return [sys.executable, script, "serve", kind, str(port)]
+
+
+def _new_connections(origin: services.Origin, proxy: services.Proxy, seconds: int, workdir: Path) -> int:
+    """b: wrk, 8 connections, Connection: close; how many requests were answered."""
+    spec = WrkSpec(origin.http_port, "/100b", proxy.port, close=True, seconds=seconds)
+    return run_wrk(spec, workdir).requests
+
+
+def _tunnels(
+    origin: services.Origin, proxy: services.Proxy, seconds: int, executor: ProcessPoolExecutor
+) -> int:
+    """d: the bench's 2 processes of 4 threads; how many exchanges were done."""
+    spec = ChurnSpec(Endpoint(origin.http_port, proxy.port), origin.http_port, None, 4, seconds)
+    counts = [
+        f.result(timeout=seconds + 120) for f in [executor.submit(churn_worker, spec) for _ in range(2)]
+    ]
+    done, failed = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if failed > done // 100:
+        raise RuntimeError(f"{proxy.name}: {failed} of {done + failed} tunnels failed")
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parse_args(argv)
     here = str(Path(__file__).resolve())
-    results: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    results: dict[tuple[str, str], list[tuple[float, float]]] = collections.defaultdict(list)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tinyproxy-py-floor-")))
         workdir.chmod(0o755)  # nginx's unprivileged workers must reach the files
@@ -218,30 +260,28 @@ def main(argv: list[str] | None = None) -> int:
         proxies.append(services.start_tinyproxy_py(workdir / "py", sys.executable))
         for proxy in proxies:
             stack.callback(proxy.child.stop)
-        executor = stack.enter_context(ProcessPoolExecutor(args.processes))
+        executor = stack.enter_context(ProcessPoolExecutor(2))
+        scenarios: dict[str, Callable[[services.Proxy], int]] = {
+            "b. new connection per 100 B GET, req/s": lambda p: _new_connections(
+                origin, p, args.seconds, workdir
+            ),
+            "d. CONNECT + GET + close, tunnels/s": lambda p: _tunnels(origin, p, args.seconds, executor),
+        }
         for number in range(args.rounds):
-            for proxy in proxies:
-                spec = ChurnSpec(
-                    Endpoint(origin.http_port, proxy.port), origin.http_port, None, args.threads, args.seconds
-                )
-                cpu = cpu_seconds(proxy.pid)
-                counts = [
-                    f.result(timeout=args.seconds + 120)
-                    for f in [executor.submit(churn_worker, spec) for _ in range(args.processes)]
-                ]
-                done, failed = sum(c[0] for c in counts), sum(c[1] for c in counts)
-                if failed > done // 100:
-                    raise RuntimeError(f"{proxy.name}: {failed} of {done + failed} exchanges failed")
-                results[proxy.name].append(
-                    (done / args.seconds, (cpu_seconds(proxy.pid) - cpu) / max(done, 1))
-                )
-                print(
-                    f"round {number + 1}: {proxy.name}: {done / args.seconds:,.0f} tunnels/s", file=sys.stderr
-                )
-    print("| CONNECT + GET + close | tunnels/s | proxy CPU per tunnel |\n| --- | ---: | ---: |")
-    for name, runs in results.items():
+            for scenario, run in scenarios.items():
+                for proxy in proxies:
+                    cpu = cpu_seconds(proxy.pid)
+                    done = run(proxy)
+                    spent = (cpu_seconds(proxy.pid) - cpu) / max(done, 1)
+                    results[scenario, proxy.name].append((done / args.seconds, spent))
+                    print(
+                        f"round {number + 1}: {scenario}: {proxy.name}: {done / args.seconds:,.0f}",
+                        file=sys.stderr,
+                    )
+    print("| scenario | proxy | rate | proxy CPU per exchange |\n| --- | --- | ---: | ---: |")
+    for (scenario, name), runs in results.items():
         rate, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-        print(f"| {name} | {rate:,.0f} | {cpu * 1e6:,.0f} µs |")
+        print(f"| {scenario} | {name} | {rate:,.0f} | {cpu * 1e6:,.0f} µs |")
     return 0
 
 
