@@ -48,6 +48,7 @@ class ClientConnection:
         self.buffer = bytearray()
         self.body_pending = False
         self.body_bytes = 0  # of the current request, for the access log
+        self.handed_off = False  # the hub has the socket: its owner now
 
     def read_head(self, idle_timeout: float) -> RequestHead | None:
         """The next request head, or None if the client closed or idled out between requests."""
@@ -193,27 +194,21 @@ class ClientConnection:
         """Give this connection and `target` to the hub as a tunnel; this object is done.
 
         `greeting` goes to the client first (the 200 to a CONNECT, an origin's 101). If
-        the hub refuses (full, stopping), the client gets the error's reply, both sockets
-        are closed and the ProxyError is raised. Either way the caller must not touch
-        `target` again.
+        the hub refuses (full, stopping), the client gets the error's reply, `target` is
+        closed and the ProxyError is raised (the client's socket is closed by whoever
+        accepted it, as on every path but this one's success). Either way the caller
+        must not touch `target` again; after a success, not the client's socket either
+        (`handed_off`: the listener leaves it alone). The socket object itself goes to
+        the hub: non-blocking already (Stream made it so), nothing to re-wrap.
         """
-        client_sock: socket.socket | None = None
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
-            # A socket object of its own (socketserver closes the one it accepted). Named
-            # in full, socket() need not ask the kernel what it is (one getsockname stays,
-            # to check the descriptor), and with SOCK_NONBLOCK it knows the descriptor is
-            # non-blocking already (Stream made it so): no ioctl.
-            kind = self.sock.type | getattr(socket, "SOCK_NONBLOCK", 0)
-            family, proto = self.sock.family, self.sock.proto
-            client_sock = socket.socket(family, kind, proto, fileno=self.sock.detach())
-            try:
-                hub.adopt(client_sock, target, pending, label, greeting=greeting, tag=tag)
-            except ProxyError as error:  # the sockets are still ours
-                send_quietly(client_sock, render(error))
-                raise
-        except BaseException:
-            for sock in (target, client_sock):
-                if sock is not None:
-                    sock.close()
+            hub.adopt(self.sock, target, pending, label, greeting=greeting, tag=tag)
+        except ProxyError as error:  # the sockets are still ours
+            target.close()
+            send_quietly(self.sock, render(error))
             raise
+        except BaseException:
+            target.close()
+            raise
+        self.handed_off = True

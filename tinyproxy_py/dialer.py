@@ -15,7 +15,6 @@ Imports: errors, stats (lookups for its type only: it raises Overloaded at its l
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import ipaddress
@@ -76,7 +75,8 @@ class Dialer:
     def judging(self, judge: Judge | None, recheck: bool = True) -> Dialer:
         """This dialer, judging every address for one client (`recheck`: also the pooled
         connections it is given, which were judged for another client when dialled)."""
-        return dataclasses.replace(self, judge=judge, recheck=recheck)
+        # Not dataclasses.replace: it inspects the fields on every call, once per connection.
+        return type(self)(**{**self.__dict__, "judge": judge, "recheck": recheck})
 
     def check(self, sock: socket.socket) -> None:
         """Judge a connection made for someone else (a pooled one) before this client uses
@@ -159,6 +159,9 @@ class Dialer:
         pinned = self.resolve.get((host.lower().rstrip("."), port))
         if pinned is not None:
             return [(_family(a), (a, port)) for a in pinned]
+        family = literal_family(host)
+        if family is not None:  # nothing to look up (getaddrinfo would say the same)
+            return [(family, (host, port))]
         try:
             if self.lookups is None:
                 found = self.resolver(host, port)
@@ -213,6 +216,18 @@ def _nonblocking_socket(family: socket.AddressFamily) -> socket.socket:
     return sock
 
 
+def literal_family(host: str) -> socket.AddressFamily | None:
+    """The family of an IP address written as getaddrinfo would give it back (no zone,
+    no shorthand such as 127.1), or None: a name, to be looked up."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return family
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
@@ -242,7 +257,10 @@ def _interleaved(
     candidates: Iterable[tuple[socket.AddressFamily, SockAddr]],
 ) -> list[tuple[socket.AddressFamily, SockAddr]]:
     """RFC 8305 §4: alternate the families, starting with the one the resolver put first."""
-    unique = list(dict.fromkeys(candidates))
+    unique = list(candidates)
+    if len(unique) == 1:  # an address literal, mostly
+        return unique
+    unique = list(dict.fromkeys(unique))
     if not unique:
         return []
     first = unique[0][0]

@@ -66,7 +66,8 @@ class Services(Protocol):
 class ClientHandler:
     """Serves one client connection on the listener's thread for it.
 
-    The listener closes `request` after `handle()` returns, unless the hub took it.
+    The listener closes `request` after `handle()` returns, unless the hub took it
+    (`handle()` says which).
     """
 
     def __init__(self, request: socket.socket, client_address: tuple[Any, ...], server: Services) -> None:
@@ -76,10 +77,16 @@ class ClientHandler:
         self.parent = ""  # the parent proxy the current request goes through (its URL)
         self._dialing: tuple[Runtime | None, Dialer] = (None, DIRECT)
 
-    def handle(self) -> None:
+    def handle(self) -> bool:
+        """Serve the connection until it ends; whether the hub took it (a tunnel, an
+        upgrade): then its socket is the hub's to close."""
         runtime = self.server.runtime
         client = ClientConnection(self.request, runtime.config, self.server.draining)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._serve(client, runtime)
+        return client.handed_off
+
+    def _serve(self, client: ClientConnection, runtime: Runtime) -> None:
         if runtime.config.proxy_protocol != "off" and not self._behind_balancer(client, runtime):
             return
         try:

@@ -7,13 +7,12 @@ deadline it was given: the connect timeout then bounds lookup and connect togeth
 lookup given up on finishes on its thread, its answer dropped, and keeps its place in
 the set until then: a resolver that hangs shows as busy lookups (the `lookups` gauge),
 and at the limit a new lookup fails at once instead of adding threads.
-An address literal needs no lookup: it is answered on the caller's thread.
+An address literal needs no lookup: dialer.py answers it before it comes here.
 Imports: handlerthreads, errors, stats.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,8 +36,6 @@ class Lookups:
         """`lookup(host, port)`, or TimeoutError once `deadline` (monotonic) passes first,
         or Overloaded when every lookup thread is busy (a resolver that hangs). Whatever
         the lookup raises is raised here."""
-        if is_address(host):
-            return lookup(host, port)
         job = _Lookup(lookup, host, port)
         self.stats.adjust("lookups", 1)
         try:
@@ -87,14 +84,3 @@ class _Lookup(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]  # set whenever _error is not
-
-
-def is_address(host: str) -> bool:
-    """Whether `host` is an IP address literal (no lookup needed): inet_pton, no DNS."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host.split("%", 1)[0])
-            return True
-        except (OSError, ValueError):
-            continue
-    return False

@@ -20,8 +20,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,16 +67,16 @@ class _Clients:
     def free_slot(self) -> None:
         self._slots.release()
 
-    @contextmanager
-    def registered(self, sock: socket.socket) -> Iterator[None]:
+    def register(self, sock: socket.socket) -> None:
+        """Open: counted, and reachable by abort(). unregister() when it ends."""
         with self._lock:
             self._open.add(sock)
-        try:
-            with self.stats.live("clients"):
-                yield
-        finally:
-            with self._lock:
-                self._open.discard(sock)
+        self.stats.adjust("clients", 1)
+
+    def unregister(self, sock: socket.socket) -> None:
+        self.stats.adjust("clients", -1)
+        with self._lock:
+            self._open.discard(sock)
 
     def abort(self) -> None:
         """Shut every open client connection down: its thread sees EOF and ends."""
@@ -130,20 +129,21 @@ class _Listener(socketserver.TCPServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """On a handler thread, as socketserver.ThreadingMixIn does it."""
-        with self.clients.stats.live("handler_threads"), self.clients.registered(request):
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
+        handed_off = False
+        self.clients.register(request)
+        try:
+            with self.clients.stats.live("handler_threads"):
+                handed_off = self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            if not handed_off:  # else the hub owns it now
                 self.shutdown_request(request)
+            self.clients.unregister(request)
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        ClientHandler(request, client_address, self.services).handle()
-
-    def shutdown_request(self, request: Any) -> None:
-        if request.fileno() >= 0:  # not when handed to the hub: it owns the descriptor now
-            super().shutdown_request(request)
+    def finish_request(self, request: Any, client_address: Any) -> bool:  # type: ignore[override]
+        """Whether the hub took the connection."""
+        return ClientHandler(request, client_address, self.services).handle()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
@@ -418,6 +418,8 @@ class ProxyServer:
         handed over again. An upgraded connection (its 101 already logged) gets a record
         of its own now.
         """
+        if not self.wants_access_records():
+            return
         opened = tunnel.tag if isinstance(tunnel.tag, AccessRecord) else None
         record = opened or AccessRecord(tunnel.client.rsplit(":", 1)[0], "CONNECT", tunnel.target, status=200)
         record.bytes_up, record.bytes_down = tunnel.bytes_up, tunnel.bytes_down

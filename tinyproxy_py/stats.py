@@ -10,8 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 
 class Stats:
@@ -31,14 +30,10 @@ class Stats:
         with self._lock:
             self._gauges[gauge] += delta
 
-    @contextmanager
-    def live(self, gauge: str) -> Iterator[None]:
-        """Count one live object for the duration of the block."""
-        self.adjust(gauge, 1)
-        try:
-            yield
-        finally:
-            self.adjust(gauge, -1)
+    def live(self, gauge: str) -> _Live:
+        """Count one live object for the duration of the block (a class, not a generator:
+        several blocks open and close per connection)."""
+        return _Live(self, gauge)
 
     def gauge(self, name: str) -> int:
         with self._lock:
@@ -55,3 +50,18 @@ class Stats:
                 "counters": dict(self._counters),
                 "gauges": dict(self._gauges),
             }
+
+
+class _Live:
+    __slots__ = ("gauge", "stats")
+
+    def __init__(self, stats: Stats, gauge: str) -> None:
+        self.stats, self.gauge = stats, gauge
+
+    def __enter__(self) -> None:
+        self.stats.adjust(self.gauge, 1)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stats.adjust(self.gauge, -1)

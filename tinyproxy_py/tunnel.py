@@ -91,8 +91,13 @@ class TunnelState:
 
     def interest(self) -> tuple[int, int]:
         """Selector events for (client, target): read a side while its flow has room,
-        write it while the opposite flow holds bytes for it."""
-        return _mask(self.up, self.down), _mask(self.down, self.up)
+        write it while the opposite flow holds bytes for it (Flow's wants_read and
+        wants_write, spelled out: this runs after every event)."""
+        up, down = self.up, self.down
+        up_held, down_held = up.tail is not None, down.tail is not None
+        client = (0 if up.eof or up_held else READ) | (WRITE if down_held else 0)
+        target = (0 if down.eof or down_held else READ) | (WRITE if up_held else 0)
+        return client, target
 
     @property
     def finished(self) -> bool:
@@ -122,10 +127,6 @@ class TunnelState:
 
     def expired(self, now: float, idle_timeout: float, linger: float) -> bool:
         return now >= self.deadline(idle_timeout, linger)
-
-
-def _mask(inbound: Flow, outbound: Flow) -> int:
-    return (READ if inbound.wants_read else 0) | (WRITE if outbound.wants_write else 0)
 
 
 @dataclass(eq=False)
@@ -191,7 +192,6 @@ class TunnelHub:
         self._closed = False
         self._tunnels: set[Tunnel] = set()
         self._recent: deque[ClosedTunnel] = deque(maxlen=RECENT_CLOSED)
-        self._buffered = 0  # written by the hub thread only
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -211,8 +211,13 @@ class TunnelHub:
 
     @property
     def buffered(self) -> int:
-        """Bytes the hub holds back right now, over all tunnels (read-only, for tests and stats)."""
-        return self._buffered
+        """Bytes the hub holds back right now, over all tunnels (for tests and stats).
+
+        Added up when asked, from another thread: a tail read a moment before the hub
+        changes it is as good as one read after, and no event pays for the bookkeeping."""
+        with self._lock:
+            tunnels = list(self._tunnels)
+        return sum(t.state.held for t in tunnels if not t.closed)
 
     @property
     def full(self) -> bool:
@@ -364,7 +369,6 @@ class TunnelHub:
             adopted, self._incoming = list(self._incoming), deque()
             self._tunnels.update(adopted)
         for tunnel in adopted:
-            self._buffered += tunnel.state.held
             self._guarded(self._begin, tunnel)
 
     def _begin(self, tunnel: Tunnel) -> None:
@@ -387,7 +391,6 @@ class TunnelHub:
             return
         inbound, outbound, other = tunnel.sides(sock)
         state = tunnel.state
-        held = state.held
         try:
             # The mask may be stale (the other socket's event in this batch changed the
             # state), and epoll reports errors as both events: act on what the state wants.
@@ -408,8 +411,6 @@ class TunnelHub:
             else:
                 self._close(tunnel, Cause.RESET, detail)
             return
-        finally:
-            self._buffered += state.held - held  # relative, so right before or after a close
         state.last_active = time.monotonic()
         if state.finished:
             self._close(tunnel, Cause.EOF)
@@ -513,7 +514,6 @@ class TunnelHub:
             return
         tunnel.closed = True
         state = tunnel.state
-        self._buffered -= state.held
         # A reset is passed on as a reset, and a side that is owed bytes it will never get
         # is reset too: a truncated stream must not look like a clean EOF.
         aborted = reason in (Cause.RESET, Cause.ERROR)
@@ -534,7 +534,7 @@ class TunnelHub:
             self._recent.append(record)
             self._count -= 1
             self.stats.adjust("tunnels", -1)
-        self.stats.count(f"tunnels_closed.{reason}")
+        self.stats.count(f"tunnels_closed.{reason.value}")
         log.debug(  # the access log has the line that counts (cause=...)
             "tunnel %s -> %s closed: %s%s; up %d B, down %d B, %.3f s",
             record.client,
@@ -576,8 +576,6 @@ class TunnelHub:
             pending, self._incoming = list(self._incoming), deque()
             self._wake_w.close()
             tunnels = [*self._tunnels, *pending]
-        for tunnel in pending:
-            self._buffered += tunnel.state.held
         for tunnel in tunnels:
             self._close(tunnel, Cause.SHUTDOWN)
         self._selector.close()
