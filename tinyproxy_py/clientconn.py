@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .config import Config
-from .errors import Aborted, Cause, ProxyError, RequestTimeout, render
+from .errors import Aborted, Cause, RequestTimeout
 from .http1 import ChunkedDecoder, RequestHead, parse_request_head
 from .proxyprotocol import BadProxyHeader, ProxyHeader
 from .proxyprotocol import parse as parse_proxy_header
@@ -194,20 +194,16 @@ class ClientConnection:
         """Give this connection and `target` to the hub as a tunnel; this object is done.
 
         `greeting` goes to the client first (the 200 to a CONNECT, an origin's 101). If
-        the hub refuses (full, stopping), the client gets the error's reply, `target` is
-        closed and the ProxyError is raised (the client's socket is closed by whoever
-        accepted it, as on every path but this one's success). Either way the caller
-        must not touch `target` again; after a success, not the client's socket either
-        (`handed_off`: the listener leaves it alone). The socket object itself goes to
-        the hub: non-blocking already (Stream made it so), nothing to re-wrap.
+        the hub refuses (full, stopping), `target` is closed and the ProxyError raised:
+        nothing has been sent, so the caller answers it as any other, and the client's
+        socket stays with whoever accepted it. Either way the caller must not touch
+        `target` again; after a success, not the client's socket either (`handed_off`:
+        the listener leaves it alone). The socket object itself goes to the hub:
+        non-blocking already (Stream made it so), nothing to re-wrap.
         """
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
             hub.adopt(self.sock, target, pending, label, greeting=greeting, tag=tag)
-        except ProxyError as error:  # the sockets are still ours
-            target.close()
-            send_quietly(self.sock, render(error))
-            raise
         except BaseException:
             target.close()
             raise

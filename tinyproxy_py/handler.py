@@ -66,8 +66,10 @@ class Services(Protocol):
 class ClientHandler:
     """Serves one client connection on the listener's thread for it.
 
-    The listener closes `request` after `handle()` returns, unless the hub took it
-    (`handle()` says which).
+    The listener closes `request` after `handle()` returns or raises, unless the hub
+    took it (`handed_off`). The listener counted the connection as opening when it
+    accepted it; the handler stops counting it once its first request is done (or the
+    connection ends first): a graceful stop waits a moment for those.
     """
 
     def __init__(self, request: socket.socket, client_address: tuple[Any, ...], server: Services) -> None:
@@ -76,15 +78,24 @@ class ClientHandler:
         self.server = server
         self.parent = ""  # the parent proxy the current request goes through (its URL)
         self._dialing: tuple[Runtime | None, Dialer] = (None, DIRECT)
+        self.handed_off = False  # the hub took the socket (a tunnel, an upgrade): its to close
+        self._opening = True
 
-    def handle(self) -> bool:
-        """Serve the connection until it ends; whether the hub took it (a tunnel, an
-        upgrade): then its socket is the hub's to close."""
+    def handle(self) -> None:
         runtime = self.server.runtime
         client = ClientConnection(self.request, runtime.config, self.server.draining)
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._serve(client, runtime)
-        return client.handed_off
+        try:
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._serve(client, runtime)
+        finally:  # whatever raised: a socket the hub took is the hub's
+            self.handed_off = client.handed_off
+            self.opened()
+
+    def opened(self) -> None:
+        """The first request is done (or there will be none): no longer opening."""
+        if self._opening:
+            self._opening = False
+            self.server.stats.adjust("opening_clients", -1)
 
     def _serve(self, client: ClientConnection, runtime: Runtime) -> None:
         if runtime.config.proxy_protocol != "off" and not self._behind_balancer(client, runtime):
@@ -96,14 +107,12 @@ class ClientHandler:
             return
         admitted_by = runtime.policy
         idle_timeout = runtime.config.header_timeout
-        first = True
         while True:
             started = time.monotonic()
             head: RequestHead | None = None
             self.parent = ""
             try:
-                head = self._first_head(client, idle_timeout) if first else client.read_head(idle_timeout)
-                first = False
+                head = client.read_head(idle_timeout)
                 if head is None:
                     return
                 runtime = self.server.runtime  # once per request: a reload applies whole
@@ -116,6 +125,7 @@ class ClientHandler:
                 self._fail(error, head, client, started, close=not retry)
                 if not retry:
                     return
+                self.opened()
                 idle_timeout = runtime.config.client_idle_timeout
                 continue
             if outcome is None:
@@ -123,13 +133,8 @@ class ClientHandler:
             self._log(head, outcome, client, started)  # an upgrade's 101 too, then the hub has it
             if not outcome.keep_alive:
                 return
+            self.opened()
             idle_timeout = runtime.config.client_idle_timeout
-
-    def _first_head(self, client: ClientConnection, timeout: float) -> RequestHead | None:
-        """The connection's first request head, counted as opening meanwhile: a graceful
-        stop gives a connection accepted just before the listener closed a moment to send it."""
-        with self.server.stats.live("opening_clients"):
-            return client.read_head(timeout)
 
     def _behind_balancer(self, client: ClientConnection, runtime: Runtime) -> bool:
         """Take the client's address from the PROXY header a trusted balancer sends first.

@@ -121,29 +121,29 @@ class _Listener(socketserver.TCPServer):
             send_quietly(request, _OVERLOADED)
             self.shutdown_request(request)
             return
+        self.clients.stats.adjust("opening_clients", 1)  # until its first request is done
         try:
             self.clients.threads.submit(_Accepted(self, request, client_address))
         except BaseException:  # socketserver logs it and closes the request
+            self.clients.stats.adjust("opening_clients", -1)
             self.clients.free_slot()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """On a handler thread, as socketserver.ThreadingMixIn does it."""
-        handed_off = False
+        handler = ClientHandler(request, client_address, self.services)
         self.clients.register(request)
         try:
             with self.clients.stats.live("handler_threads"):
-                handed_off = self.finish_request(request, client_address)
+                handler.handle()
         except Exception:
             self.handle_error(request, client_address)
         finally:
-            if not handed_off:  # else the hub owns it now
-                self.shutdown_request(request)
-            self.clients.unregister(request)
-
-    def finish_request(self, request: Any, client_address: Any) -> bool:  # type: ignore[override]
-        """Whether the hub took the connection."""
-        return ClientHandler(request, client_address, self.services).handle()
+            try:
+                if not handler.handed_off:  # else the hub owns it now
+                    self.shutdown_request(request)
+            finally:
+                self.clients.unregister(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
@@ -161,6 +161,7 @@ class _Accepted:
         self.listener.process_request_thread(self.request, self.client_address)
 
     def cancel(self) -> None:
+        self.listener.clients.stats.adjust("opening_clients", -1)
         self.listener.shutdown_request(self.request)
 
 
@@ -195,8 +196,9 @@ class ProxyServer:
 
         `on_access`, if given, is called with each request's and tunnel's AccessRecord
         (from the thread that served it: keep it quick and thread-safe). `resolver`
-        replaces getaddrinfo for every connection the proxy makes: (host, port) → a list
-        of (family, sockaddr); tests use one that never asks DNS.
+        replaces getaddrinfo for every name the proxy looks up: (host, port) → a list of
+        (family, sockaddr); tests use one that never asks DNS. An IP address literal is
+        dialled as it is, without asking it.
         """
         self._resolver = resolver
         self.on_access = on_access

@@ -93,7 +93,7 @@ GAUGES = {
     "idle_handler_threads": "Handler threads waiting for a client connection (each ends after 5 s idle).",
     "lookups": "Name lookups running, including those given up on at the connect timeout.",
     "idle_lookup_threads": "Lookup threads waiting for a lookup (each ends after 5 s idle).",
-    "opening_clients": "Client connections that have not sent their first request head yet.",
+    "opening_clients": "Client connections accepted whose first request is not done yet.",
     "requests_in_flight": "Plain HTTP requests being forwarded, and CONNECTs being set up.",
     "tunnels": "Open CONNECT tunnels.",
     "pool_open": "Open pooled connections to origins and parent proxies (in use and idle).",

@@ -69,7 +69,8 @@ class Flow:
 
     @property
     def held(self) -> int:
-        return 0 if self.tail is None else len(self.tail)
+        tail = self.tail  # once: TunnelHub.buffered reads it from another thread
+        return 0 if tail is None else len(tail)
 
     def sent(self, count: int) -> None:
         """`count` bytes of the tail were taken by the destination."""

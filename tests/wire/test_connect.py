@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tinyproxy_py import Config, ProxyServer
+from tinyproxy_py.accesslog import AccessRecord
 from tinyproxy_py.errors import Overloaded
 from tinyproxy_py.handlerthreads import HandlerThreads
 from tinyproxy_py.stats import Stats
@@ -484,6 +485,49 @@ def test_max_tunnels_answers_503_beyond_the_limit(make_proxy: Callable[..., Prox
         with third:
             assert recv_exactly(third, 5, rest) == b"again"
     assert server.connections == 3  # the refused one never dialled
+
+
+def test_a_tunnel_refused_at_adoption_is_answered_once(make_proxy: Callable[..., ProxyServer]) -> None:
+    """The hub filled up while this CONNECT was dialling: one 503, then the close."""
+    looked_up = threading.Event()
+
+    def slow_resolver(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[str, int]]]:
+        looked_up.wait(MUST_NOT_EXPIRE)
+        return [(socket.AF_INET, ("127.0.0.1", port))]
+
+    proxy = make_proxy(max_tunnels=1, resolver=slow_resolver)
+    with scripted_server(echo) as server:
+        with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as late:
+            late.sendall(f"CONNECT slow.test:{server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert wait_until(lambda: proxy.stats.gauge("lookups") == 1)  # past the "hub full" check
+            first, _ = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+            with first:
+                looked_up.set()
+                answer = recv_to_eof(late)
+        assert answer.count(b"HTTP/1.1 ") == 1 and answer.startswith(b"HTTP/1.1 503 "), answer
+    assert tunnels_gone(proxy)
+
+
+def test_an_error_after_the_hand_off_leaves_the_tunnel_to_the_hub(no_leaks: None) -> None:
+    """An embedder's on_access that raises (here, on the tunnel's opening record) is the
+    handler's failure, not the tunnel's: the hub's socket is not closed under it."""
+
+    def on_access(record: AccessRecord) -> None:
+        if record.ongoing:
+            raise RuntimeError("a broken on_access")
+
+    proxy = ProxyServer(Config(port=0, connect_ports=(0,)), on_access=on_access)
+    proxy.start()
+    try:
+        with scripted_server(echo) as server:
+            sock, _ = open_tunnel(proxy, f"127.0.0.1:{server.port}")
+            with sock:
+                assert wait_until(lambda: proxy.stats.gauge("handler_threads") == 0)  # the error is past
+                sock.sendall(b"still here")
+                assert recv_exactly(sock, 10, b"") == b"still here"
+            assert tunnels_gone(proxy)
+    finally:
+        proxy.stop()
 
 
 def test_stopping_the_proxy_closes_every_tunnel(make_proxy: Callable[..., ProxyServer]) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from tinyproxy_py import ProxyServer
 from tinyproxy_py.accesslog import AccessRecord
+from tinyproxy_py.server import _Accepted
 
 from ..kit.clients import open_tunnel, recv_all, recv_head, recv_to_eof
 from ..kit.faults import echo
@@ -142,6 +143,27 @@ def test_a_connection_accepted_just_before_the_listener_closed_gets_its_request_
             pattern_bytes(3),
             "close",
         )
+        stopping.join(MUST_NOT_EXPIRE)
+
+
+def test_a_connection_accepted_before_its_handler_thread_ran_is_still_answered(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted as opening by the accepting thread, not by its handler: a handler thread that
+    is slow to start (a loaded machine) does not let stop() cut the connection first."""
+    start = threading.Event()
+    run = _Accepted.run
+    monkeypatch.setattr(_Accepted, "run", lambda job: (start.wait(MUST_NOT_EXPIRE), run(job))[1])
+    proxy = make_proxy()
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        assert wait_until(lambda: proxy.stats.counter("handler_threads_started") == 1)  # accepted
+        stopping = threading.Thread(target=proxy.stop)
+        stopping.start()
+        assert wait_until(lambda: not accepts(proxy.address[1]))
+        start.set()
+        sock.sendall(f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        response = Response(sock)
+        assert (response.status, response.body) == (200, pattern_bytes(3))
         stopping.join(MUST_NOT_EXPIRE)
 
 
