@@ -3,10 +3,11 @@
 The proxy speaks HTTP/1.1 to the origin itself: it writes the request head and body,
 reads the response with http1_response.py (as strictly as requests are read), relays
 interim responses, and streams the body framed for this client. urllib3 only owns the
-connections (pool.py). The `finally` in `forward` is the one place a connection is
-finished: back to the pool when the response ended exactly where its framing says and
-the origin allows reuse, closed in every other case, or handed to the tunnel hub after
-a 101 to a request that asked to upgrade.
+connections (pool.py). A connection is finished in one of two places: `_relay` puts it
+back in the pool the moment the response has ended exactly where its framing says and
+the origin allows reuse (before the last bytes go to the client, so the client's next
+request finds it there), and the `finally` in `forward` closes it in every other case.
+After a 101 to a request that asked to upgrade it is handed to the tunnel hub instead.
 
 The one retry: an idempotent request without a body that failed on a reused pooled
 connection before any response byte arrived (the origin closed an idle connection as
