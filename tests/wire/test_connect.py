@@ -260,9 +260,14 @@ def test_16_mib_each_way_at_once_byte_exact(proxy: ProxyServer, caplog: pytest.L
     assert len(received) == len(payload)
     assert received == payload
     assert tunnels_gone(proxy)
+
+    def close_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "tinyproxy_py.tunnel"]
+
+    # The hub counts the tunnel gone, then counts the reason, then logs: wait for the line.
+    assert wait_until(lambda: len(close_lines()) == 1), close_lines()
     assert closed(proxy, "eof") == 1
-    records = [r.getMessage() for r in caplog.records if r.name == "tinyproxy_py.tunnel"]
-    assert len(records) == 1, records
+    records = close_lines()
     assert f"-> 127.0.0.1:{server.port} closed: eof;" in records[0]
     assert f"up {16 * MiB} B, down {16 * MiB} B" in records[0]
     assert records[0].startswith("tunnel 127.0.0.1:")
