@@ -530,11 +530,6 @@ class TunnelHub:
             detail,
             tunnel.tag,
         )
-        with self._lock:
-            self._tunnels.discard(tunnel)
-            self._recent.append(record)
-            self._count -= 1
-            self.stats.adjust("tunnels", -1)
         self.stats.count(f"tunnels_closed.{reason.value}")
         log.debug(  # the access log has the line that counts (cause=...)
             "tunnel %s -> %s closed: %s%s; up %d B, down %d B, %.3f s",
@@ -551,6 +546,13 @@ class TunnelHub:
                 self.on_close(record)
             except Exception:
                 log.exception("the on_close callback failed")
+        # Last: whoever sees the tunnel gone (the gauge, count) finds its close counted,
+        # logged and reported already.
+        with self._lock:
+            self._tunnels.discard(tunnel)
+            self._recent.append(record)
+            self._count -= 1
+            self.stats.adjust("tunnels", -1)
 
     def _release(self, sock: socket.socket, registered: int, abort: bool) -> None:
         if registered:
