@@ -544,7 +544,9 @@ chunk_ext = st.lists(st.tuples(token, st.none() | ext_value), max_size=2).map(
 
 @st.composite
 def valid_requests(draw: st.DrawFn) -> bytes:
-    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]) | token)
+    # Any token but CONNECT, whose target is an authority, never a URL (hypothesis drew it once).
+    other = token.filter(lambda t: t != "CONNECT")
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]) | other)
     host = draw(st.sampled_from(["a.example", "127.0.0.1", "[::1]", "x-y.z"]))
     port = draw(st.none() | st.integers(min_value=1, max_value=65535))
     authority = host if port is None else f"{host}:{port}"
