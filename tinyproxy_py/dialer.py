@@ -155,11 +155,12 @@ class Dialer:
     def _addresses(
         self, host: str, port: int, name: str, unresolvable: Cause, deadline: float
     ) -> list[tuple[socket.AddressFamily, SockAddr]]:
-        host, port = self.connect_to.get((host.lower().rstrip("."), port), (host, port))
-        pinned = self.resolve.get((host.lower().rstrip("."), port))
+        if self.connect_to:  # overrides are rare: no key to spell without them
+            host, port = self.connect_to.get((host.lower().rstrip("."), port), (host, port))
+        pinned = self.resolve.get((host.lower().rstrip("."), port)) if self.resolve else None
         if pinned is not None:
             return [(_family(a), (a, port)) for a in pinned]
-        family = literal_family(host)
+        family = _literal_family(host)
         if family is not None:  # nothing to look up (getaddrinfo would say the same)
             return [(family, (host, port))]
         try:
@@ -216,7 +217,7 @@ def _nonblocking_socket(family: socket.AddressFamily) -> socket.socket:
     return sock
 
 
-def literal_family(host: str) -> socket.AddressFamily | None:
+def _literal_family(host: str) -> socket.AddressFamily | None:
     """The family of an IP address written as getaddrinfo would give it back (no zone,
     no shorthand such as 127.1), or None: a name, to be looked up."""
     for family in (socket.AF_INET, socket.AF_INET6):

@@ -89,9 +89,9 @@ class ClientHandler:
             self._serve(client, runtime)
         finally:  # whatever raised: a socket the hub took is the hub's
             self.handed_off = client.handed_off
-            self.opened()
+            self._opened()
 
-    def opened(self) -> None:
+    def _opened(self) -> None:
         """The first request is done (or there will be none): no longer opening."""
         if self._opening:
             self._opening = False
@@ -125,7 +125,7 @@ class ClientHandler:
                 self._fail(error, head, client, started, close=not retry)
                 if not retry:
                     return
-                self.opened()
+                self._opened()
                 idle_timeout = runtime.config.client_idle_timeout
                 continue
             if outcome is None:
@@ -133,7 +133,7 @@ class ClientHandler:
             self._log(head, outcome, client, started)  # an upgrade's 101 too, then the hub has it
             if not outcome.keep_alive:
                 return
-            self.opened()
+            self._opened()
             idle_timeout = runtime.config.client_idle_timeout
 
     def _behind_balancer(self, client: ClientConnection, runtime: Runtime) -> bool:

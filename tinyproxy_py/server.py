@@ -370,8 +370,9 @@ class ProxyServer:
             thread.join(timeout=5.0)  # serve_forever has returned: shutdown() waited for it
         self.hub.close_idle_from_now()
         grace_ends = time.monotonic() + self.config.shutdown_grace
-        # A connection accepted just before the listener closed has not asked yet: a moment
-        # for its first request (one that never comes, a browser's preconnect, costs this).
+        # A connection accepted just before the listener closed may not have asked yet: a
+        # moment for its first request (one that never comes, a browser's preconnect,
+        # costs this; one already running is waited for with the requests in flight).
         self._wait_until_zero(("opening_clients",), min(SHUTDOWN_IDLE, self.config.shutdown_grace))
         if not self._wait_until_zero(("requests_in_flight", "tunnels"), grace_ends - time.monotonic()):
             log.warning(
