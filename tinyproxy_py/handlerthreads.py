@@ -8,6 +8,12 @@ new one, so it never waits while an idle thread could take it. A thread idle for
 but not yet begun is cancelled instead of run, and stop() joins the threads with a
 deadline.
 
+A new thread is started from a throwaway low-level thread (`_thread`), not by the
+submitting one: Thread.start waits until the new thread runs, and under load that takes
+milliseconds (it has to win the GIL, and then so does the starter). On the accepting
+thread those waits added up in a burst of new connections: 42 at once made the last
+one wait about 250 ms for its thread. Now each connection waits for its own thread only.
+
 Rule: a thread counts itself idle *before* it calls `done` for the job it finished.
 `done` frees the caller's admission slot, so every started thread holds a slot or is
 idle, and there are never more threads than slots (`limit`).
@@ -16,6 +22,7 @@ Imports: stats.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 import time
@@ -32,7 +39,8 @@ class Job(Protocol):
         """On a thread of the set. An exception is logged; the thread carries on."""
 
     def cancel(self) -> None:
-        """Instead of run(): the set stopped before a thread began the job."""
+        """Instead of run(): the set stopped (or no thread could be started) before a
+        thread began the job."""
 
 
 class _Waiter:
@@ -61,7 +69,8 @@ class HandlerThreads:
         self._started, self._idle_gauge = f"{kind}_threads_started", f"idle_{kind}_threads"
         self._lock = threading.Lock()
         self._idle: list[_Waiter] = []  # a stack: the last one to go idle is handed the next job
-        self._threads: set[threading.Thread] = set()
+        self._threads: set[threading.Thread] = set()  # each adds itself once it runs
+        self._launching = 0  # threads asked for that do not run yet
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -71,28 +80,39 @@ class HandlerThreads:
     def count(self) -> int:
         """Threads of the set alive now, busy or idle."""
         with self._lock:
-            return len(self._threads)
+            return len(self._threads) + self._launching
 
     def submit(self, job: Job) -> None:
         """Hand `job` to a thread. Raises RuntimeError once stopped or at the limit
-        (the caller's slots prevent that), or if a thread cannot be started; the job
-        is then still the caller's."""
+        (the caller's slots prevent that), or if no thread can be started; the job is
+        then still the caller's. A thread that fails to start later cancels the job."""
         with self._lock:
             if self._stopped:
                 raise RuntimeError(f"{self.name}: stopped")
             if self._idle:
                 self._hand(self._idle.pop(), job)
                 return
-            if len(self._threads) >= self.limit:
+            if len(self._threads) + self._launching >= self.limit:
                 raise RuntimeError(f"{self.name}: all {self.limit} threads busy")
-            thread = threading.Thread(target=self._work, args=(job,), name=self.name, daemon=True)
-            self._threads.add(thread)
+            self._launching += 1
         try:
-            thread.start()
+            thread = threading.Thread(target=self._work, args=(job,), name=self.name, daemon=True)
+            _thread.start_new_thread(self._launch, (thread, job))
         except BaseException:
             with self._lock:
-                self._threads.discard(thread)
+                self._launching -= 1
             raise
+
+    def _launch(self, thread: threading.Thread, job: Job) -> None:
+        """On a low-level thread of its own, which ends right after: start `thread`."""
+        try:
+            thread.start()
+        except BaseException as exc:
+            with self._lock:
+                self._launching -= 1
+            log.error("%s: cannot start a thread: %s", self.name, exc)
+            job.cancel()
+            self._done()
 
     def stop(self, timeout: float) -> bool:
         """Wake and end the idle threads, and join every thread for up to `timeout`
@@ -101,11 +121,14 @@ class HandlerThreads:
             self._stopped = True
             while self._idle:
                 self._hand(self._idle.pop(), None)
-            threads = self._threads - {threading.current_thread()}
         deadline = time.monotonic() + timeout
+        while self._launching and time.monotonic() < deadline:  # each joins _threads when it runs
+            time.sleep(0.01)
+        with self._lock:
+            threads = self._threads - {threading.current_thread()}
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in threads)
+        return not self._launching and not any(thread.is_alive() for thread in threads)
 
     def _hand(self, waiter: _Waiter, job: Job | None) -> None:
         """Give `waiter` (just taken off the stack) its job, None: end. Under the lock."""
@@ -114,6 +137,9 @@ class HandlerThreads:
         waiter.wake.release()
 
     def _work(self, job: Job | None) -> None:
+        with self._lock:
+            self._launching -= 1
+            self._threads.add(threading.current_thread())
         self.stats.count(self._started)  # here: before the job can be done
         waiter = _Waiter()
         try:

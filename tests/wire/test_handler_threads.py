@@ -277,3 +277,69 @@ def test_a_thread_is_idle_before_it_frees_its_slot() -> None:
         assert wait_until(lambda: bool(handed) and handed[0].ran.is_set())
         assert first.thread == handed[0].thread and threads.count == 1
         assert threads.stats.counter("handler_threads_started") == 1
+
+
+@contextmanager
+def slow_starts(monkeypatch: pytest.MonkeyPatch, seconds: float) -> Iterator[list[float]]:
+    """Thread.start takes `seconds` (as it does under load, when the new thread and then
+    its starter must each win the GIL); yields when each start began."""
+    begun: list[float] = []
+    start = threading.Thread.start
+
+    def slow_start(thread: threading.Thread) -> None:
+        begun.append(time.monotonic())
+        time.sleep(seconds)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    yield begun
+
+
+def test_a_burst_of_jobs_does_not_wait_for_each_thread_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """submit() returns before the new thread runs, so the n-th job of a burst waits for
+    its own thread's start, not for the n - 1 before it (on the accepting thread)."""
+    with slow_starts(monkeypatch, EXPIRE_SOON) as begun, thread_set(5) as threads:
+        hold = threading.Event()
+        submitted = time.monotonic()
+        jobs = [Job(hold) for _ in range(5)]  # each holds its thread
+        for job in jobs:
+            threads.submit(job)
+        assert time.monotonic() - submitted < EXPIRE_SOON / 2  # serial starts: 5 s
+        assert threads.count == 5  # counted while they start: the limit holds
+        with pytest.raises(RuntimeError):
+            threads.submit(Job())
+        assert all(job.ran.wait(MUST_NOT_EXPIRE) for job in jobs)
+        assert max(begun) - min(begun) < EXPIRE_SOON / 2  # the starts overlapped
+        hold.set()
+
+
+def test_a_thread_that_cannot_start_cancels_its_job_and_frees_its_place(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    dones: list[int] = []
+
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with thread_set(1, lambda: dones.append(1)) as threads:
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        job = Job()
+        threads.submit(job)
+        assert job.cancelled.wait(MUST_NOT_EXPIRE) and not job.ran.is_set()
+        assert wait_until(lambda: dones == [1] and threads.count == 0)
+        monkeypatch.undo()
+        after = Job()
+        threads.submit(after)  # its place is free again
+        assert after.ran.wait(MUST_NOT_EXPIRE)
+    assert "cannot start a thread: can't start new thread" in caplog.text
+
+
+def test_stop_waits_for_a_thread_still_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    with slow_starts(monkeypatch, 0.3) as begun:
+        threads = HandlerThreads(2, "test-threads", Stats(), lambda: None)
+        job = Job()
+        threads.submit(job)
+        assert wait_until(lambda: bool(begun))
+        assert threads.stop(MUST_NOT_EXPIRE)  # started, saw the stop, cancelled its job, ended
+        assert threads.count == 0
+        assert job.cancelled.is_set() and not job.ran.is_set()
