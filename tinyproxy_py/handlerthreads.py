@@ -38,9 +38,9 @@ class Job(Protocol):
     def run(self) -> None:
         """On a thread of the set. An exception is logged; the thread carries on."""
 
-    def cancel(self) -> None:
-        """Instead of run(): the set stopped (or no thread could be started) before a
-        thread began the job."""
+    def cancel(self, stopping: bool) -> None:
+        """Instead of run(): the set stopped (`stopping`), or no thread could be
+        started, before a thread began the job."""
 
 
 class _Waiter:
@@ -67,10 +67,12 @@ class HandlerThreads:
         `kind` names the stats: `{kind}_threads_started` and `idle_{kind}_threads`."""
         self.limit, self.name, self.stats, self._done = limit, name, stats, done
         self._started, self._idle_gauge = f"{kind}_threads_started", f"idle_{kind}_threads"
+        self._start_failures = f"{kind}_thread_start_failures"
         self._lock = threading.Lock()
         self._idle: list[_Waiter] = []  # a stack: the last one to go idle is handed the next job
         self._threads: set[threading.Thread] = set()  # each adds itself once it runs
         self._launching = 0  # threads asked for that do not run yet
+        self._start_failure = ""  # why a thread could not start, until logged
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -86,6 +88,8 @@ class HandlerThreads:
         """Hand `job` to a thread. Raises RuntimeError once stopped or at the limit
         (the caller's slots prevent that), or if no thread can be started; the job is
         then still the caller's. A thread that fails to start later cancels the job."""
+        if self._start_failure:
+            self._log_start_failure()
         with self._lock:
             if self._stopped:
                 raise RuntimeError(f"{self.name}: stopped")
@@ -104,15 +108,31 @@ class HandlerThreads:
             raise
 
     def _launch(self, thread: threading.Thread, job: Job) -> None:
-        """On a low-level thread of its own, which ends right after: start `thread`."""
+        """On a low-level thread of its own, which ends right after: start `thread`.
+
+        Nothing here logs: a log record names the current thread, and on a thread that
+        `threading` did not start that registers a stand-in Thread which outlives it
+        (before Python 3.13). A failure is logged by the next submit() or stop().
+        """
         try:
             thread.start()
+            return
         except BaseException as exc:
+            failure = str(exc) or type(exc).__name__
+        try:
+            job.cancel(stopping=False)
+        finally:
             with self._lock:
-                self._launching -= 1
-            log.error("%s: cannot start a thread: %s", self.name, exc)
-            job.cancel()
+                self._launching -= 1  # before `done`: the freed slot finds room (the Rule)
+                self._start_failure = failure
+            self.stats.count(self._start_failures)
             self._done()
+
+    def _log_start_failure(self) -> None:
+        with self._lock:
+            failure, self._start_failure = self._start_failure, ""
+        if failure:
+            log.error("%s: cannot start a thread (its job was cancelled): %s", self.name, failure)
 
     def stop(self, timeout: float) -> bool:
         """Wake and end the idle threads, and join every thread for up to `timeout`
@@ -122,13 +142,14 @@ class HandlerThreads:
             while self._idle:
                 self._hand(self._idle.pop(), None)
         deadline = time.monotonic() + timeout
-        while self._launching and time.monotonic() < deadline:  # each joins _threads when it runs
+        while self._launching > 0 and time.monotonic() < deadline:  # each joins _threads when it runs
             time.sleep(0.01)
         with self._lock:
             threads = self._threads - {threading.current_thread()}
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return not self._launching and not any(thread.is_alive() for thread in threads)
+        self._log_start_failure()
+        return self._launching <= 0 and not any(thread.is_alive() for thread in threads)
 
     def _hand(self, waiter: _Waiter, job: Job | None) -> None:
         """Give `waiter` (just taken off the stack) its job, None: end. Under the lock."""
@@ -164,13 +185,13 @@ class HandlerThreads:
                 self.stats.adjust(self._idle_gauge, -1)
             stranded, waiter.job = waiter.job, None
         if stranded is not None:
-            stranded.cancel()
+            stranded.cancel(stopping=self._stopped)
             self._done()
 
     def _run(self, job: Job) -> None:
         try:
             if self._stopped:  # handed over just before stop(): nobody serves it now
-                job.cancel()
+                job.cancel(stopping=True)
             else:
                 job.run()
         except Exception:

@@ -76,8 +76,13 @@ class _Lookup(Generic[T]):
         finally:
             self.finished.release()
 
-    def cancel(self) -> None:
-        self._error = Overloaded(f"cannot look up {self.host}: the proxy is stopping", cause=Cause.SHUTDOWN)
+    def cancel(self, stopping: bool) -> None:
+        if stopping:
+            self._error = Overloaded(
+                f"cannot look up {self.host}: the proxy is stopping", cause=Cause.SHUTDOWN
+            )
+        else:
+            self._error = Overloaded(f"cannot look up {self.host}: no thread could be started for it")
         self.finished.release()
 
     def answer(self) -> T:

@@ -160,7 +160,7 @@ class _Accepted:
     def run(self) -> None:
         self.listener.process_request_thread(self.request, self.client_address)
 
-    def cancel(self) -> None:
+    def cancel(self, stopping: bool) -> None:
         self.listener.clients.stats.adjust("opening_clients", -1)
         self.listener.shutdown_request(self.request)
 

@@ -86,6 +86,8 @@ COUNTERS = {
     "connect_fallbacks": "Connections won by an address of another family than the first (Happy Eyeballs).",
     "handler_threads_started": "Handler threads started (a client connection found no idle one).",
     "lookup_threads_started": "Name lookup threads started (a lookup found no idle one).",
+    "handler_thread_start_failures": "Handler threads that could not be started (the connection was closed).",
+    "lookup_thread_start_failures": "Lookup threads that could not be started (their lookup got a 503).",
 }
 GAUGES = {
     "clients": "Open client connections.",
