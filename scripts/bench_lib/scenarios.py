@@ -1,9 +1,10 @@
 """The scenarios of issue 9, each run against one subject: the origin directly, or a proxy.
 
 Rate scenarios (a-d) run against the long-lived proxies, interleaved by round so load
-drift hits every subject alike. Resource scenarios (e-g) each start a fresh proxy: a
-process that has already served a load has free heap to grow into, which would hide
-growth. Every loop is bounded by a count and every wait by a deadline.
+drift hits every subject alike. Resource scenarios (e-g), and c's peak RSS, each start
+a fresh proxy: a process that has already served a load has free heap to grow into,
+which would hide growth, or holds what that load left, which would add to it. Every
+loop is bounded by a count and every wait by a deadline.
 
 A figure that cannot be measured honestly (a peer that fails or answers errors) is not
 recorded: a footnote for that subject says why, and the table shows "-".
@@ -20,7 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tests.kit import procfs
@@ -235,18 +236,25 @@ def bulk(ctx: Context, subject: Subject) -> None:
             ctx.record.add(subject.name, "c_1_cpu", cpu["percent"])
     with ctx.record.attempt(subject.name, "c_8"):
         eight = BulkSpec(endpoint, "/256m", 8, settings.bulk8_repeats)
-        pid = subject.pid
-        if pid is None or not subject.one_process:
-            size, seconds = ctx.executor.submit(bulk_worker, eight).result(timeout=600)
-            if pid is not None:
-                ctx.record.footnote(subject.name, "c_8_peak", MULTI_PROCESS)
-        else:
-            procinfo.reset_peak(pid)
-            with procinfo.PeakSampler(pid) as sampler:
-                size, seconds = ctx.executor.submit(bulk_worker, eight).result(timeout=600)
-            peak = max(sampler.peak, procfs.status_field(pid, "VmHWM"))
-            ctx.record.add(subject.name, "c_8_peak", peak / 1024)
+        size, seconds = ctx.executor.submit(bulk_worker, eight).result(timeout=600)
         ctx.record.add(subject.name, "c_8_mibs", size / MiB / seconds)
+        if subject.pid is not None and not subject.one_process:
+            ctx.record.footnote(subject.name, "c_8_peak", MULTI_PROCESS)
+        elif subject.start is not None:
+            ctx.record.add(subject.name, "c_8_peak", _peak_of_bulk(ctx, subject, eight))
+
+
+def _peak_of_bulk(ctx: Context, subject: Subject, spec: BulkSpec) -> float:
+    """Peak RSS (MiB) of the same streams through a fresh process. The long-lived one
+    still holds what a and b left behind (tinyproxy-py: up to 50 handler threads idle for
+    their last seconds, and the memory they touched), which swung this figure by 25 MiB
+    between rounds."""
+    with _fresh(subject) as proxy:
+        procinfo.reset_peak(proxy.pid)
+        with procinfo.PeakSampler(proxy.pid) as sampler:
+            fresh = replace(spec, endpoint=Endpoint(ctx.origin.http_port, proxy.port))
+            ctx.executor.submit(bulk_worker, fresh).result(timeout=600)
+        return max(sampler.peak, procfs.status_field(proxy.pid, "VmHWM")) / 1024
 
 
 # --- d. CONNECT + small GET + close ---
