@@ -80,7 +80,7 @@ class HandlerThreads:
 
     @property
     def count(self) -> int:
-        """Threads of the set alive now, busy or idle."""
+        """Threads of the set alive now, busy or idle, and those still starting."""
         with self._lock:
             return len(self._threads) + self._launching
 
@@ -135,8 +135,9 @@ class HandlerThreads:
             log.error("%s: cannot start a thread (its job was cancelled): %s", self.name, failure)
 
     def stop(self, timeout: float) -> bool:
-        """Wake and end the idle threads, and join every thread for up to `timeout`
-        seconds (a busy one ends when its job does); whether none is left."""
+        """Wake and end the idle threads, and join every thread, those still starting
+        included, for up to `timeout` seconds (a busy one ends when its job does);
+        whether none is left."""
         with self._lock:
             self._stopped = True
             while self._idle:
