@@ -4,8 +4,8 @@ The proxy speaks HTTP/1.1 to the origin itself: it writes the request head and b
 reads the response with http1_response.py (as strictly as requests are read), relays
 interim responses, and streams the body framed for this client. urllib3 only owns the
 connections (pool.py). A connection is finished in one of two places: `_relay` puts it
-back in the pool the moment the response has ended exactly where its framing says and
-the origin allows reuse (before the last bytes go to the client, so the client's next
+back in the pool the moment a response body has ended exactly where its length or chunks
+say (never after a bodiless HEAD, 204 or 304 answer) and the origin allows reuse (before the last bytes go to the client, so the client's next
 request finds it there), and the `finally` in `forward` closes it in every other case.
 After a 101 to a request that asked to upgrade it is handed to the tunnel hub instead.
 
@@ -377,7 +377,12 @@ def _relay(
     reader = BodyReader(response, config)
 
     def origin_done() -> None:
-        clean = response.keep_alive and reader.done and not reader.unused and response.framing != "close"
+        # Only a body that says where it ends proves the connection quiet. After a head
+        # with no body (HEAD, 204, 304) an origin may still send one a moment later (the
+        # common `do_HEAD = do_GET` bug): read as the next request's answer, it would reach
+        # another client. So such a connection is closed, never pooled.
+        delimited = response.framing in ("length", "chunked")
+        clean = response.keep_alive and reader.done and not reader.unused and delimited
         exchange.lease.release(clean and reusable and not exchange.early and not exchange.stream.buffered())
 
     bodiless = response.framing == "none"

@@ -127,13 +127,13 @@ BASELINE: list[Case] = [
         (head(b"Content-Length: 5"),),
         Expect(200, body=b""),
         method="HEAD",
-        reuse=True,
+        reuse=False,  # nothing after a bodiless head proves the connection quiet
     ),
     Case(
         "304-with-content-length-without-body",
         (head(b"Content-Length: 5", status=b"HTTP/1.1 304 Not Modified"),),
         Expect(304, body=b""),
-        reuse=True,
+        reuse=False,
     ),
 ]
 
@@ -269,6 +269,12 @@ EXTRA_BYTES: list[Case] = [
     Case("body-longer-than-length", (OK5 + INJECTED,), relayed()),
     Case("bytes-after-body-a-moment-later", (OK5, SETTLE, INJECTED), relayed()),
     Case("head-response-followed-by-body", (OK5 + INJECTED,), Expect(200, body=b""), method="HEAD"),
+    Case(
+        "head-response-body-a-moment-later",
+        (head(b"Content-Length: 4"), SETTLE, b"evil"),
+        Expect(200, body=b""),
+        method="HEAD",
+    ),
     Case(
         "204-followed-by-bytes", (head(status=b"HTTP/1.1 204 No Content") + INJECTED,), Expect(204, body=b"")
     ),
