@@ -49,6 +49,11 @@ class ClientConnection:
         self.body_pending = False
         self.body_bytes = 0  # of the current request, for the access log
         self.handed_off = False  # the hub has the socket: its owner now
+        # Since when it waits for a request to begin (None: a request is under way). At
+        # max_clients the server closes the connection idle longest to admit a new one.
+        self.idle_since: float | None = None
+        self.address = ""  # the client's address once the server counts it (PROXY header applied)
+        self._body_pace = _Pace(config.read_timeout, config.request_body_min_rate)
 
     def read_head(self, idle_timeout: float) -> RequestHead | None:
         """The next request head, or None if the client closed or idled out between requests."""
@@ -56,6 +61,7 @@ class ClientConnection:
         self.body_bytes = 0
         fresh: bytes | None = None  # None: the buffer holds bytes of a pipelined request
         while True:
+            self.idle_since = None if self.buffer else self.idle_since or time.monotonic()
             if self.buffer:
                 if deadline is None:
                     deadline = time.monotonic() + self.config.header_timeout
@@ -78,6 +84,16 @@ class ClientConnection:
                 return None
             self.buffer += data
             fresh = data
+
+    def evict(self) -> None:
+        """Close an idle connection from another thread to free its slot: its thread
+        reads EOF and ends. A request that began meanwhile is cut, as any client must
+        expect of an idle keep-alive connection (RFC 9112 §9.3.1)."""
+        self.idle_since = None  # evicted once
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def read_proxy_header(self, accept: str) -> ProxyHeader:
         """The PROXY protocol header a load balancer sends first, under the header
@@ -125,6 +141,7 @@ class ClientConnection:
         """
         self.body_pending = True
         self.body_bytes = 0
+        self._body_pace = _Pace(self.config.read_timeout, self.config.request_body_min_rate)
         if head.expect_continue:
             self.send(CONTINUE)
         pieces = self._chunked_body() if head.chunked else self._sized_body(head.content_length or 0)
@@ -154,13 +171,20 @@ class ClientConnection:
             data = self._body_recv()
 
     def _body_recv(self) -> bytes:
+        pace = self._body_pace
+        started = time.monotonic()
         try:
-            data = self.stream.recv(RECV_SIZE, time.monotonic() + self.config.read_timeout)
+            data = self.stream.recv(RECV_SIZE, started + pace.wait())
         except OSError as exc:
             cause = Cause.CLIENT_TIMEOUT if isinstance(exc, TimeoutError) else Cause.CLIENT_ABORT
+            if pace.slow:
+                exc = TimeoutError(f"slower than {pace.min_rate} bytes/s")
             raise Aborted(f"reading the request body failed: {exc}", cause=cause) from exc
+        finally:
+            pace.waited += time.monotonic() - started
         if not data:
             raise Aborted("client closed before the request body ended")
+        pace.received += len(data)
         return data
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
@@ -203,8 +227,35 @@ class ClientConnection:
         """
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
-            hub.adopt(self.sock, target, pending, label, greeting=greeting, tag=tag)
+            hub.adopt(self.sock, target, pending, label, greeting=greeting, tag=tag, owner=self.address)
         except BaseException:
             target.close()
             raise
         self.handed_off = True
+
+
+class _Pace:
+    """How long a request body may still keep us waiting: each read gets the read timeout,
+    and all of them together the read timeout plus a second per `min_rate` bytes received
+    (Apache's mod_reqtimeout MinRate). Only the time spent waiting for the client counts:
+    not the time its bytes wait for a slow origin. Without it, one byte per read timeout
+    would hold a connection's slot for as long as the client likes."""
+
+    __slots__ = ("min_rate", "read_timeout", "received", "waited")
+
+    def __init__(self, read_timeout: float, min_rate: int) -> None:
+        self.read_timeout, self.min_rate = read_timeout, min_rate
+        self.received = 0  # bytes, framing included
+        self.waited = 0.0  # seconds
+
+    def wait(self) -> float:
+        """The longest the next read may wait (0: the body is already too slow)."""
+        if not self.min_rate:
+            return self.read_timeout
+        allowed = self.read_timeout + self.received / self.min_rate - self.waited
+        return max(0.0, min(self.read_timeout, allowed))
+
+    @property
+    def slow(self) -> bool:
+        """The last read was cut short by the minimum rate, not the read timeout."""
+        return bool(self.min_rate) and self.wait() < self.read_timeout

@@ -102,6 +102,12 @@ class Config:
         0,
         "Connections in use per origin host (0: no cap); waits up to the connect timeout, then 503.",
     )
+    request_body_min_rate: int = _opt(
+        500,
+        "A request body must come at least this fast on average, after a first read timeout's grace "
+        "(time spent waiting for the origin does not count); 0: no minimum.",
+        unit="bytes per second",
+    )
     header_timeout: float = _opt(
         10.0, "Deadline for a client's whole request head, from its first byte.", unit="seconds"
     )
@@ -113,10 +119,16 @@ class Config:
     )
     tunnel_linger: float = _opt(30.0, "A half-closed tunnel idle this long is closed.", unit="seconds")
     max_clients: int = _opt(256, "Concurrent client connections (threads); 503 beyond.")
+    max_clients_per_address: int = _opt(
+        0,
+        "Concurrent client connections from one address (0: no cap); at the cap its longest-idle "
+        "connection is closed to admit a new one, else 503.",
+    )
     workers: int = _opt(
         1, "Processes sharing the port (SO_REUSEPORT), each with its own threads, hub and pool; serve only."
     )
     max_tunnels: int = _opt(10_000, "Open CONNECT tunnels; 503 beyond.")
+    max_tunnels_per_address: int = _opt(0, "Open CONNECT tunnels of one client address (0: no cap); 503 beyond.")
     max_line_bytes: int = _opt(8192, "Longest request line; 414 beyond.", unit="bytes")
     max_head_bytes: int = _opt(65_536, "Largest request head; 431 beyond.", unit="bytes")
     max_headers: int = _opt(100, "Most header fields in a request head; 431 beyond.")

@@ -62,33 +62,32 @@ class Services(Protocol):
 
     def tunnel_opened(self, record: AccessRecord) -> None: ...
 
+    def claim_address(self, client: ClientConnection, address: str) -> None: ...
+
 
 class ClientHandler:
     """Serves one client connection on the listener's thread for it.
 
-    The listener closes `request` after `handle()` returns or raises, unless the hub
-    took it (`handed_off`). The listener counted the connection as opening when it
+    The listener closes the client's socket after `handle()` returns or raises, unless
+    the hub took it (`client.handed_off`). The listener counted the connection as opening when it
     accepted it; the handler stops counting it once its first request is done (or the
     connection ends first): a graceful stop waits a moment for those.
     """
 
-    def __init__(self, request: socket.socket, client_address: tuple[Any, ...], server: Services) -> None:
-        self.request = request
+    def __init__(self, client: ClientConnection, client_address: tuple[Any, ...], server: Services) -> None:
+        self.client = client
         self.client_address = client_address
         self.server = server
         self.parent = ""  # the parent proxy the current request goes through (its URL)
         self._dialing: tuple[Runtime | None, Dialer] = (None, DIRECT)
-        self.handed_off = False  # the hub took the socket (a tunnel, an upgrade): its to close
         self._opening = True
 
     def handle(self) -> None:
-        runtime = self.server.runtime
-        client = ClientConnection(self.request, runtime.config, self.server.draining)
+        """Serve the connection; the caller closes it unless `client.handed_off` (the hub's now)."""
         try:
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._serve(client, runtime)
-        finally:  # whatever raised: a socket the hub took is the hub's
-            self.handed_off = client.handed_off
+            self.client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._serve(self.client, self.server.runtime)
+        finally:
             self._opened()
 
     def _opened(self) -> None:
@@ -102,11 +101,13 @@ class ClientHandler:
             return
         try:
             runtime.policy.check_client(self.client_address[0])  # before reading a byte
+            self.server.claim_address(client, self.client_address[0])
         except ProxyError as error:
             self._fail(error, None, client, time.monotonic())
             return
         admitted_by = runtime.policy
         idle_timeout = runtime.config.header_timeout
+        challenged = False  # a 407 was answered on this connection already
         while True:
             started = time.monotonic()
             head: RequestHead | None = None
@@ -121,7 +122,9 @@ class ClientHandler:
                     admitted_by = runtime.policy
                 outcome = self._dispatch(head, client, runtime)
             except ProxyError as error:
-                retry = _retry_expected(error, head, client)
+                # A second 407 closes: a connection without credentials holds a slot for nothing.
+                retry = not challenged and _retry_expected(error, head, client)
+                challenged = retry
                 self._fail(error, head, client, started, close=not retry)
                 if not retry:
                     return
@@ -317,8 +320,8 @@ class ClientHandler:
 
 
 def _retry_expected(error: ProxyError, head: RequestHead | None, client: ClientConnection) -> bool:
-    """A 407 keeps the connection for the retry with credentials, as clients expect (some
-    .NET clients loop forever when it closes), if nothing of the request is left unread."""
+    """A (first) 407 keeps the connection for the retry with credentials, as clients expect
+    (some .NET clients loop forever when it closes), if nothing of the request is left unread."""
     return (
         isinstance(error, ProxyAuthRequired)
         and head is not None

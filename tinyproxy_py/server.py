@@ -7,7 +7,7 @@ canned 503 on the accepting thread and is closed at once instead of waiting in a
 `stop()` drains (/readyz 503, still accepting for the drain delay), stops accepting, lets
 requests in flight and busy tunnels finish within the grace period, then closes client
 sockets, tunnels and the pool, and ends the handler threads.
-Imports: handler, handlerthreads, lookups, runtime, clientconn, tunnel, pool, accesslog, config,
+Imports: handler, handlerthreads, lookups, runtime, clientconn, tunnel, pool, accesslog, config, quietlog,
 stats, errors (forward, policy, routes for types only).
 """
 
@@ -20,19 +20,21 @@ import socket
 import socketserver
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
 from .accesslog import AccessRecord, access_log, emit
-from .clientconn import send_quietly
+from .clientconn import ClientConnection, send_quietly
 from .config import Config
 from .errors import Overloaded, render
 from .handler import ClientHandler
 from .handlerthreads import HandlerThreads
 from .lookups import Lookups
 from .pool import OriginPool
+from .quietlog import EpisodeLog
 from .runtime import Runtime
 from .stats import Stats
 from .tunnel import SHUTDOWN_IDLE, ClosedTunnel, TunnelHub
@@ -46,45 +48,83 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _OVERLOADED = render(Overloaded("too many client connections"))
+EVICTION_WAIT = 1.0  # how long a new connection waits for an evicted one's thread to end
+_rejections = EpisodeLog(log, logging.WARNING)
 
 
 class _Clients:
     """The client connections of every listener: at most `max_clients` at once, each
-    counted and reachable by stop() while it is open, and the threads that serve them."""
+    counted and reachable by stop() while it is open, and the threads that serve them.
+
+    Slots cannot be hoarded by idle connections: when none is free, the connection that
+    has waited longest for its next request is closed to admit the new one (as nginx
+    does when it runs out of connections)."""
 
     def __init__(self, max_clients: int, stats: Stats) -> None:
         self.max_clients, self.stats = max_clients, stats
         self._slots = threading.BoundedSemaphore(max_clients)
         self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
+        self._open: set[ClientConnection] = set()
+        self._per_address: Counter[str] = Counter()  # claimed connections by client address
         # A thread frees its connection's slot once it is idle again: never more
         # threads than slots.
         self.threads = HandlerThreads(max_clients, "tinyproxy-py-handler", stats, done=self.free_slot)
 
     def take_slot(self) -> bool:
-        return self._slots.acquire(blocking=False)
+        """A slot now, or after closing the longest-idle connection (waiting a moment
+        for its thread to end); False if every connection is busy."""
+        if self._slots.acquire(blocking=False):
+            return True
+        return self.evict_idle() and self._slots.acquire(timeout=EVICTION_WAIT)
 
     def free_slot(self) -> None:
         self._slots.release()
 
-    def register(self, sock: socket.socket) -> None:
+    def evict_idle(self, address: str | None = None) -> bool:
+        """Close the connection idle longest (of `address`, if given); whether there was one."""
+        with self._lock:
+            return self._evict_idle(address)
+
+    def _evict_idle(self, address: str | None) -> bool:
+        idle = [c for c in self._open if c.idle_since is not None and address in (None, c.address)]
+        oldest = min(idle, key=lambda c: c.idle_since or 0.0, default=None)
+        if oldest is None:
+            return False
+        oldest.evict()
+        self.stats.count("clients_evicted")
+        return True
+
+    def claim_address(self, client: ClientConnection, address: str, cap: int) -> None:
+        """Count `client` as one of `address`'s connections. At `cap` (0: none), the
+        address's longest-idle connection makes room (it ends in a moment), else Overloaded."""
+        with self._lock:
+            if cap and self._per_address[address] >= cap and not self._evict_idle(address):
+                raise Overloaded(f"too many connections from {address} (max {cap})")
+            self._per_address[address] += 1
+            client.address = address
+
+    def register(self, client: ClientConnection) -> None:
         """Open: counted, and reachable by abort(). unregister() when it ends."""
         with self._lock:
-            self._open.add(sock)
+            self._open.add(client)
         self.stats.adjust("clients", 1)
 
-    def unregister(self, sock: socket.socket) -> None:
+    def unregister(self, client: ClientConnection) -> None:
         self.stats.adjust("clients", -1)
         with self._lock:
-            self._open.discard(sock)
+            self._open.discard(client)
+            if client.address:
+                self._per_address[client.address] -= 1
+                if not self._per_address[client.address]:
+                    del self._per_address[client.address]
 
     def abort(self) -> None:
         """Shut every open client connection down: its thread sees EOF and ends."""
         with self._lock:
             clients = list(self._open)
-        for sock in clients:
+        for client in clients:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                client.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -117,7 +157,11 @@ class _Listener(socketserver.TCPServer):
         when that thread is idle again); without a slot, the 503."""
         if not self.clients.take_slot():
             self.clients.stats.count("errors.overloaded")
-            log.warning("rejecting %s: max_clients (%d) reached", client_address[0], self.clients.max_clients)
+            _rejections(
+                "rejecting %s: max_clients (%d) reached and no connection is idle",
+                client_address[0],
+                self.clients.max_clients,
+            )
             send_quietly(request, _OVERLOADED)
             self.shutdown_request(request)
             return
@@ -131,19 +175,21 @@ class _Listener(socketserver.TCPServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """On a handler thread, as socketserver.ThreadingMixIn does it."""
-        handler = ClientHandler(request, client_address, self.services)
-        self.clients.register(request)
+        client: ClientConnection | None = None
         try:
+            client = ClientConnection(request, self.services.runtime.config, self.services.draining)
+            self.clients.register(client)
             with self.clients.stats.live("handler_threads"):
-                handler.handle()
+                ClientHandler(client, client_address, self.services).handle()
         except Exception:
             self.handle_error(request, client_address)
         finally:
             try:
-                if not handler.handed_off:  # else the hub owns it now
+                if client is None or not client.handed_off:  # else the hub owns it now
                     self.shutdown_request(request)
             finally:
-                self.clients.unregister(request)
+                if client is not None:
+                    self.clients.unregister(client)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
@@ -397,6 +443,10 @@ class ProxyServer:
                 return False
             time.sleep(0.02)
         return True
+
+    def claim_address(self, client: ClientConnection, address: str) -> None:
+        """Count `client` against `address`'s cap (--max-clients-per-address); Overloaded at it."""
+        self._clients.claim_address(client, address, self.config.max_clients_per_address)
 
     def wants_access_records(self) -> bool:
         """Whether anybody reads AccessRecords: the access log is on, or an embedder asked."""

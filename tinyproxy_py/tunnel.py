@@ -23,7 +23,7 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +142,7 @@ class Tunnel:
     masks: list[int] = field(default_factory=lambda: [0, 0])  # registered: client, target
     closed: bool = False
     tag: object = None
+    owner: str = ""  # whose tunnels it counts against (max_tunnels_per_address): "" for none
     # The client went away with everything delivered: (until when, why) the hub waits for
     # the target's own end, to tell a finished exchange from a cut one.
     awaiting: tuple[float, str] | None = None
@@ -192,6 +193,7 @@ class TunnelHub:
         self._closing_idle = False  # set by close_idle_from_now(): a graceful stop has begun
         self._closed = False
         self._tunnels: set[Tunnel] = set()
+        self._owned: Counter[str] = Counter()  # open tunnels by owner
         self._recent: deque[ClosedTunnel] = deque(maxlen=RECENT_CLOSED)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -259,11 +261,13 @@ class TunnelHub:
         *,
         greeting: bytes = b"",
         tag: object = None,
+        owner: str = "",
     ) -> None:
         """Take ownership of both sockets; `pending` are client bytes already read.
 
         `label` reads "CLIENT -> TARGET" (default: both peers' addresses); `tag` comes back
-        in the ClosedTunnel. `greeting` is
+        in the ClosedTunnel; `owner` (a client address) may hold at most
+        `max_tunnels_per_address` tunnels. `greeting` is
         sent to the client before any target byte: passing the CONNECT answer here,
         rather than sending it first, means a refused adoption has not told the client
         yes. All or nothing: if this raises (too many tunnels, hub stopping) the caller
@@ -277,12 +281,17 @@ class TunnelHub:
         if greeting:
             state.down.tail = memoryview(greeting)
         client_name, _, target_name = (label or _label(client, target)).partition(" -> ")
-        tunnel = Tunnel(client, target, client_name, target_name or "?", state, tag=tag)
+        tunnel = Tunnel(client, target, client_name, target_name or "?", state, tag=tag, owner=owner)
+        cap = self.config.max_tunnels_per_address if owner else 0
         with self._lock:
             if self._stopping:
                 raise Overloaded("proxy is shutting down", cause=Cause.SHUTDOWN)
             if self._count >= self.config.max_tunnels:
                 raise Overloaded(f"too many open tunnels (max {self.config.max_tunnels})")
+            if cap and self._owned[owner] >= cap:
+                raise Overloaded(f"too many open tunnels from {owner} (max {cap})")
+            if owner:
+                self._owned[owner] += 1
             self._count += 1
             self._incoming.append(tunnel)
             # Under the lock, so the hub cannot count the close before this open.
@@ -552,6 +561,10 @@ class TunnelHub:
             self._tunnels.discard(tunnel)
             self._recent.append(record)
             self._count -= 1
+            if tunnel.owner:
+                self._owned[tunnel.owner] -= 1
+                if not self._owned[tunnel.owner]:
+                    del self._owned[tunnel.owner]
             self.stats.adjust("tunnels", -1)
 
     def _release(self, sock: socket.socket, registered: int, abort: bool) -> None:

@@ -310,6 +310,26 @@ def test_a_dribbling_client_does_not_hold_up_others(make_proxy: MakeProxy, origi
         slow.join(MUST_NOT_EXPIRE)
 
 
+def test_a_body_below_the_minimum_rate_is_cut_off(make_proxy: MakeProxy, origin: OriginServer) -> None:
+    """A byte every 0.1 s never lets a read time out; the minimum rate (500 B/s after a
+    read timeout's grace) ends it about a read timeout after it began."""
+    proxy = make_proxy(read_timeout=1.5)
+    head = f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode()
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        for _ in range(1000):
+            if select.select([sock], [], [], 0.1)[0]:
+                break
+            sock.sendall(b"x")
+        answer, _ = read_until_closed(sock)
+    took = time.monotonic() - started
+    assert answer == b""  # nothing of a response was sent: the client is simply cut off
+    assert 1.4 < took < 1.5 + EXPIRE_SOON
+    assert proxy.stats.counter("errors.client-timeout") == 1
+    assert_still_serving(proxy, origin)
+
+
 # --- framing that must keep working ---------------------------------------------------------
 
 

@@ -6,22 +6,29 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from tinyproxy_py import ProxyServer
 
+from ..kit.clients import open_tunnel
 from ..kit.origins import OriginServer, pattern_bytes, running_origin
 from ..kit.procfs import open_fds
-from ..kit.responses import Response, get, request_over
+from ..kit.responses import Response, get, refused_connect, request_over
 from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE, wait_until
 
 
 def test_one_client_over_max_clients_gets_503_at_once(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer
 ) -> None:
+    """Every slot is busy (a request head under way on each): nothing to evict."""
     proxy = make_proxy(max_clients=3, header_timeout=5.0)
+    raw = f"GET {origin.url('/bytes/10')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     holders = [socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) for _ in range(3)]
     try:
+        for sock in holders:
+            sock.sendall(raw[:10])
         assert wait_until(lambda: proxy.stats.gauge("clients") == 3)
+        time.sleep(0.1)  # the holders' first bytes are read: they are not idle
         started = time.monotonic()
         with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as extra:
             response = Response(extra)
@@ -29,12 +36,59 @@ def test_one_client_over_max_clients_gets_503_at_once(
         assert time.monotonic() - started < EXPIRE_SOON
         # The clients holding the slots are served normally.
         for sock in holders:
-            raw = f"GET {origin.url('/bytes/10')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-            assert request_over(sock, raw).body == pattern_bytes(10)
+            assert request_over(sock, raw[10:]).body == pattern_bytes(10)
     finally:
         for sock in holders:
             sock.close()
     assert proxy.stats.counter("errors.overloaded") == 1
+    assert proxy.stats.counter("clients_evicted") == 0
+
+
+def test_at_max_clients_the_longest_idle_connection_makes_room(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    """Idle connections (before a first request, or between two) cannot hoard the slots."""
+    proxy = make_proxy(max_clients=3, header_timeout=5.0, client_idle_timeout=5.0)
+    raw = f"GET {origin.url('/bytes/10')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    holders: list[socket.socket] = []
+    try:
+        for _ in range(6):  # the last three each evict the one idle longest
+            holders.append(socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE))
+            assert request_over(holders[-1], raw).status == 200  # then idle, keep-alive
+            if len(holders) > 3:
+                evicted = holders[len(holders) - 4]
+                assert evicted.recv(1) == b"", "not the longest-idle connection was closed"
+    finally:
+        for sock in holders:
+            sock.close()
+    assert proxy.stats.counter("clients_evicted") == 3
+    assert proxy.stats.counter("errors.overloaded") == 0
+
+
+def test_one_address_holds_at_most_its_share_of_connections_and_tunnels(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(max_clients_per_address=2, max_tunnels_per_address=1)
+    raw = f"GET {origin.url('/bytes/10')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with ExitStack() as stack:
+        busy = [stack.enter_context(socket.create_connection(proxy.address)) for _ in range(2)]
+        for sock in busy:
+            sock.sendall(raw[:10])  # a head under way: not idle
+        assert wait_until(lambda: proxy.stats.gauge("clients") == 2)
+        time.sleep(0.1)
+        refused = get(proxy.address, origin.url("/bytes/10"))
+        assert (refused.status, refused.header("X-Tinyproxy-Py-Cause")) == (503, "overloaded")
+        assert b"too many connections from 127.0.0.1 (max 2)" in refused.body
+        assert request_over(busy[0], raw[10:]).status == 200  # idle now: it makes room
+        assert get(proxy.address, origin.url("/bytes/10")).status == 200
+        assert busy[0].recv(1) == b""
+        tunnel, _ = open_tunnel(proxy.address, f"127.0.0.1:{origin.port}")
+        stack.enter_context(tunnel)
+        refused = refused_connect(proxy.address, f"127.0.0.1:{origin.port}")
+        assert refused.status == 503
+        assert b"too many open tunnels from 127.0.0.1 (max 1)" in refused.body
+        busy[1].close()
+    assert proxy.stats.counter("errors.overloaded") == 2
 
 
 def test_reaper_closes_idle_pooled_connections_without_new_requests(

@@ -67,18 +67,33 @@ def test_a_407_keeps_the_connection_for_the_retry_with_credentials(
 ) -> None:
     """Clients retry on the same connection; some .NET clients loop when it closes."""
     proxy = make_proxy(basic_auth=("u:p",), auth_realm="corp")
-    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
-        for request in (
-            f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n",
-            f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n\r\n",
-        ):
+    credentials = "Proxy-Authorization: Basic dTpw\r\n"  # u:p
+    for request in (
+        f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
             sock.sendall(request.encode())
             refused = Response(sock)
             assert (refused.status, refused.header("Connection")) == (407, None)
             assert refused.header("Proxy-Authenticate") == 'Basic realm="corp"'
-        credentials = "Proxy-Authorization: Basic dTpw\r\n"  # u:p
-        sock.sendall(f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n{credentials}\r\n".encode())
-        assert Response(sock).body == pattern_bytes(3)
+            sock.sendall(f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n{credentials}\r\n".encode())
+            assert Response(sock).body == pattern_bytes(3)
+
+
+def test_a_second_407_closes_the_connection(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    """A connection that cannot authenticate gives its slot back (issue 24: 256 of them
+    locked everyone out)."""
+    proxy = make_proxy(basic_auth=("u:p",))
+    wrong = "Proxy-Authorization: Basic dTp3\r\n"  # u:w
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        for credentials, connection in (("", None), (wrong, "close")):
+            sock.sendall(f"GET {origin.url('/bytes/3')} HTTP/1.1\r\nHost: x\r\n{credentials}\r\n".encode())
+            refused = Response(sock)
+            assert (refused.status, refused.header("Connection")) == (407, connection)
+        assert recv_all(sock) == b""
 
 
 @pytest.mark.parametrize(
