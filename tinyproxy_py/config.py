@@ -128,7 +128,9 @@ class Config:
         1, "Processes sharing the port (SO_REUSEPORT), each with its own threads, hub and pool; serve only."
     )
     max_tunnels: int = _opt(10_000, "Open CONNECT tunnels; 503 beyond.")
-    max_tunnels_per_address: int = _opt(0, "Open CONNECT tunnels of one client address (0: no cap); 503 beyond.")
+    max_tunnels_per_address: int = _opt(
+        0, "Open CONNECT tunnels of one client address (0: no cap); 503 beyond."
+    )
     max_line_bytes: int = _opt(8192, "Longest request line; 414 beyond.", unit="bytes")
     max_head_bytes: int = _opt(65_536, "Largest request head; 431 beyond.", unit="bytes")
     max_headers: int = _opt(100, "Most header fields in a request head; 431 beyond.")

@@ -5,8 +5,9 @@ reads the response with http1_response.py (as strictly as requests are read), re
 interim responses, and streams the body framed for this client. urllib3 only owns the
 connections (pool.py). A connection is finished in one of two places: `_relay` puts it
 back in the pool the moment a response body has ended exactly where its length or chunks
-say (never after a bodiless HEAD, 204 or 304 answer) and the origin allows reuse (before the last bytes go to the client, so the client's next
-request finds it there), and the `finally` in `forward` closes it in every other case.
+say (never after a bodiless HEAD, 204 or 304 answer) and the origin allows reuse
+(before the last bytes go to the client, so the client's next request finds it there),
+and the `finally` in `forward` closes it in every other case.
 After a 101 to a request that asked to upgrade it is handed to the tunnel hub instead.
 
 The one retry: an idempotent request without a body that failed on a reused pooled
