@@ -442,14 +442,14 @@ def _stream_body(
     try:
         while True:
             if data:
-                pieces = reader.feed(data)
-                out = b"".join(b"".join(chunk(p)) for p in pieces) if chunked else b"".join(pieces)
+                body = reader.feed(data)
+                out = b"".join(chunk(body)) if chunked and body else body
                 if reader.done:
                     origin_done()
                 if out or pending:
                     client.send(pending + out)
                     pending = b""
-                sent += sum(len(p) for p in pieces)
+                sent += len(body)
             if reader.done:
                 origin_done()  # once is enough: a lease released stays so
                 break

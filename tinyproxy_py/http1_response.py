@@ -175,9 +175,9 @@ def _apply_transfer_encoding(head: ResponseHead) -> None:
 class BodyReader:
     """Where a response body ends, fed the bytes that follow its head.
 
-    `feed` returns body bytes (chunk framing removed). `done` is set when the body ended
-    exactly where its framing says; `unused` then holds whatever came after it, which
-    makes the connection unfit for another request.
+    `feed` returns the body bytes in what it was given (chunk framing removed). `done` is
+    set when the body ended exactly where its framing says; `unused` then holds whatever
+    came after it, which makes the connection unfit for another request.
     """
 
     def __init__(self, head: ResponseHead, limits: Config) -> None:
@@ -194,23 +194,23 @@ class BodyReader:
                 too_large=BadResponse,
             )
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> bytes:
         if self.done:
             self.unused += data
-            return []
+            return b""
         if self._chunks is not None:
-            pieces = [piece for piece in self._chunks.feed(data) if piece]
+            body = self._chunks.feed(data)
             if self._chunks.done:
                 self.done, self.unused = True, self._chunks.unused
-            return pieces
+            return body
         if self.framing == "close":
-            return [data]
+            return data
         if len(data) < self.remaining:
             self.remaining -= len(data)
-            return [data]
+            return data
         body, self.unused = data[: self.remaining], data[self.remaining :]
         self.remaining, self.done = 0, True
-        return [body]
+        return body
 
     def end_of_stream(self) -> None:
         """The origin closed the connection: complete for "close" framing, else cut short."""

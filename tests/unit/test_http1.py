@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinyproxy_py.config import Config
-from tinyproxy_py.errors import ProxyError
+from tinyproxy_py.errors import BadRequest, ProxyError
 from tinyproxy_py.http1 import ChunkedDecoder, RequestHead, parse_request_head, response_head
 
 from ..data.hostile_requests import ALL_CASES, CLOSE, LIMITS, Expected, for_upstream
@@ -56,7 +56,7 @@ class Reader:
 
     def _feed_body(self, data: bytes) -> None:
         if self.decoder is not None:
-            self.body += b"".join(self.decoder.feed(data))
+            self.body += self.decoder.feed(data)
             return
         taken = data[: self.remaining]
         self.body += taken
@@ -445,7 +445,7 @@ def feed_all(pieces: list[bytes]) -> tuple[bytes, bool, bytes] | int:
     out = bytearray()
     try:
         for piece in pieces:
-            out += b"".join(decoder.feed(piece))
+            out += decoder.feed(piece)
     except ProxyError as error:
         return error.status.value
     return bytes(out), decoder.done, decoder.unused
@@ -463,6 +463,36 @@ def test_chunked_decoder_returns_data_or_its_own_error_whatever_the_split(
         assert isinstance(whole, int) and isinstance(split, int)
     else:
         assert split == whole
+
+
+@pytest.mark.parametrize(
+    ("body", "refused"),
+    [
+        (b"1\r\nx\r\n" * 1000, True),  # 5 framing bytes per data byte
+        (b"8\r\n12345678\r\n" * 1000, False),  # tiny, but the data outweighs the framing
+        (b"2000\r\n" + b"x" * 0x2000 + b"\r\n" + b"1\r\nx\r\n" * 1500, False),  # earned by data
+        ((b"1;" + b"e" * 2100 + b"\r\nx\r\n") * 2, True),  # extensions are framing too
+    ],
+    ids=["one-byte-chunks", "eight-byte-chunks", "tiny-after-large", "long-extension"],
+)
+def test_chunk_framing_may_not_outweigh_the_data(body: bytes, refused: bool) -> None:
+    decoder = ChunkedDecoder(max_overhead=4096)
+    try:
+        for start in range(0, len(body), 1000):
+            decoder.feed(body[start : start + 1000])
+    except BadRequest as error:
+        assert refused, error
+        assert "framing outweighs its data" in error.message
+        assert decoder.framing <= 4096 + 4010
+    else:
+        assert not refused
+        assert decoder.framing > 4096
+
+
+def test_a_feed_of_many_chunks_decodes_to_one_piece() -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"1\r\na\r\n2\r\nbc\r\n3;x=y\r\ndef\r\n0\r\n\r\n") == b"abcdef"
+    assert decoder.done and (decoder.framing, decoder.payload) == (24, 6)
 
 
 # --- differential: h11 and this parser agree on valid requests ----------------------------

@@ -813,8 +813,8 @@ def read_body(head: ResponseHead, pieces: list[bytes], eof: bool) -> Body | str:
     try:
         for piece in pieces:
             decoded = reader.feed(piece)
-            assert isinstance(decoded, list) and all(isinstance(d, bytes) for d in decoded)
-            out += b"".join(decoded)
+            assert isinstance(decoded, bytes)  # one piece per feed, however many chunks
+            out += decoded
         if eof:
             reader.end_of_stream()
     except BadResponse:
@@ -895,7 +895,7 @@ class Exchange:
                     self.reader = BodyReader(head, self.config)
             data = bytes(self.buf)
             self.buf.clear()
-        self.body += b"".join(self.reader.feed(data))
+        self.body += self.reader.feed(data)
 
     def end_of_stream(self) -> None:
         if self.reader is not None:

@@ -330,6 +330,29 @@ def test_a_body_below_the_minimum_rate_is_cut_off(make_proxy: MakeProxy, origin:
     assert_still_serving(proxy, origin)
 
 
+def test_a_body_of_one_byte_chunks_is_refused_before_it_costs_much(
+    proxy: ProxyServer, origin: OriginServer
+) -> None:
+    """3 MB of 1-byte chunks cost some 4 s of CPU per chunk re-framed and sent (issue 24);
+    past 4 KiB of framing that outweighs the data, the body is refused instead."""
+    head = f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    flood = b"1\r\nx\r\n" * 500_000
+    cpu = time.process_time()
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+        sock.sendall(head.encode())
+        try:
+            for start in range(0, len(flood), 65536):
+                sock.sendall(flood[start : start + 65536])
+        except OSError:
+            pass  # refused and closed while we were still sending
+        answer, _ = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"framing outweighs its data" in answer
+    assert time.process_time() - cpu < 1.0
+    assert not any(len(body) > 4096 for _, _, _, body in origin.requests)
+    assert_still_serving(proxy, origin)
+
+
 # --- framing that must keep working ---------------------------------------------------------
 
 
