@@ -31,6 +31,10 @@ RECV_SIZE = 65536
 # chunk costs about 1.6 µs to decode, so 1-byte chunks would let one client keep a CPU
 # busy at line rate. 4 KiB is some 800 tiny chunks, about a millisecond, then 400.
 MAX_CHUNK_OVERHEAD = 4096
+# How long a new connection may stay silent before it counts as idle (and may be closed
+# to admit another at max_clients): a client sends its first request right after
+# connecting, but the proxy may accept before those bytes arrive.
+FIRST_REQUEST_GRACE = 1.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -56,6 +60,8 @@ class ClientConnection:
         # Since when it waits for a request to begin (None: a request is under way). At
         # max_clients the server closes the connection idle longest to admit a new one.
         self.idle_since: float | None = None
+        self._served_one = False  # a keep-alive connection is idle at once; a new one after a grace
+        self._opened = time.monotonic()
         self.address = ""  # the client's address once the server counts it (PROXY header applied)
         self._body_pace = _Pace(config.read_timeout, config.request_body_min_rate)
 
@@ -74,6 +80,7 @@ class ClientConnection:
                     if parsed is not None:
                         head, used = parsed
                         del self.buffer[:used]
+                        self._served_one = True
                         return head
             timeout = idle_timeout if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
@@ -88,6 +95,18 @@ class ClientConnection:
                 return None
             self.buffer += data
             fresh = data
+
+    def evictable(self, now: float) -> bool:
+        """Idle (a new connection: silent past its grace) with no request bytes waiting
+        unread: closing it cuts nothing the client has sent."""
+        if self.idle_since is None or (not self._served_one and now - self._opened < FIRST_REQUEST_GRACE):
+            return False
+        try:
+            return not self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing waiting
+        except OSError:
+            return True  # broken already: closing it loses nothing
 
     def evict(self) -> None:
         """Close an idle connection from another thread to free its slot: its thread

@@ -49,7 +49,11 @@ log = logging.getLogger(__name__)
 
 _OVERLOADED = render(Overloaded("too many client connections"))
 EVICTION_WAIT = 1.0  # how long a new connection waits for an evicted one's thread to end
+ACCEPT_PAUSE = (0.1, 1.0)  # out of descriptors: accepts pause this long, doubling up to the second
 _rejections = EpisodeLog(log, logging.WARNING)
+# At the open-files limit, each freed descriptor admits one connection before the next
+# pause: episodes, not a line per connection.
+_starved, _recovered = EpisodeLog(log, logging.WARNING), EpisodeLog(log, logging.INFO)
 
 
 class _Clients:

@@ -68,13 +68,17 @@ def test_threads_are_reused_across_rounds_and_bounded_by_max_clients(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer
 ) -> None:
     proxy = make_proxy(max_clients=4)
+    raw = request(origin)
     for _ in range(3):
         with held(proxy, 4) as socks:
+            for sock in socks:
+                sock.sendall(raw[:10])  # a head under way: busy, so none is closed to make room
             assert handler_threads() == 4
+            time.sleep(0.1)  # the first bytes are read
             with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as extra:
                 assert Response(extra).status == 503  # over capacity: at once, on the accepting thread
             for sock in socks:
-                assert request_over(sock, request(origin)).body == pattern_bytes(10)
+                assert request_over(sock, raw[10:]).body == pattern_bytes(10)
         assert wait_until(lambda: idle(proxy) == 4)
     assert started(proxy) == 4  # the first round's threads served the next rounds
     assert proxy.stats.counter("errors.overloaded") == 3

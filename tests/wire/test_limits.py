@@ -9,6 +9,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from tinyproxy_py import ProxyServer
+from tinyproxy_py.clientconn import FIRST_REQUEST_GRACE
 
 from ..kit.clients import open_tunnel
 from ..kit.origins import OriginServer, pattern_bytes, running_origin
@@ -63,6 +64,22 @@ def test_at_max_clients_the_longest_idle_connection_makes_room(
             sock.close()
     assert proxy.stats.counter("clients_evicted") == 3
     assert proxy.stats.counter("errors.overloaded") == 0
+
+
+def test_a_new_connection_counts_as_idle_only_after_a_grace(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    """A client sends its request right after connecting, but the proxy may accept before
+    the bytes arrive: closing it then would cut a request, so a silent new connection is
+    not closed to make room until FIRST_REQUEST_GRACE has passed."""
+    proxy = make_proxy(max_clients=1, header_timeout=10.0)
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as silent:
+        assert wait_until(lambda: proxy.stats.gauge("clients") == 1)
+        assert get(proxy.address, origin.url("/bytes/10")).status == 503
+        time.sleep(FIRST_REQUEST_GRACE)
+        assert get(proxy.address, origin.url("/bytes/10")).status == 200
+        assert silent.recv(1) == b""
+    assert proxy.stats.counter("clients_evicted") == 1
 
 
 def test_one_address_holds_at_most_its_share_of_connections_and_tunnels(
