@@ -6,6 +6,7 @@ the rest, shared with scripts/.
 from __future__ import annotations
 
 import os
+import resource
 import selectors
 import subprocess
 import sys
@@ -35,14 +36,24 @@ def address_of(url: str) -> tuple[str, int]:
 
 
 @contextmanager
-def proxy_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def proxy_process(*args: str, open_files: int = 0) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`python -m tinyproxy_py serve --port 0 ARGS` in a child; yields (process, proxy URL).
 
+    `open_files`: its RLIMIT_NOFILE, as `prlimit --nofile=N:N` sets it (0: inherited).
     Stopped with SIGTERM on exit (killed if it does not exit in time).
     """
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     command = [sys.executable, "-m", "tinyproxy_py", "serve", "--port", "0", *args]
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env()
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=client_env(),
+        preexec_fn=limit if open_files else None,
     )
     try:
         line = _read_line(proc, MUST_NOT_EXPIRE)

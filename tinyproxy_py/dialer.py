@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-from .errors import BadGateway, Cause, GatewayTimeout, ProxyError
+from .errors import EXHAUSTED, BadGateway, Cause, GatewayTimeout, ProxyError, exhausted
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Dialer:
             attempt.candidates = _interleaved(candidates)
             sock = attempt.run()
         except OSError as exc:  # no selector, no socket (EMFILE): the connect failed here
-            raise BadGateway(f"cannot connect to {name}", cause=refused) from exc
+            raise exhausted(exc) or BadGateway(f"cannot connect to {name}", cause=refused) from exc
         finally:
             self._count(attempt)
         if sock is None:
@@ -339,6 +339,8 @@ class _Attempts:
         try:
             sock = _nonblocking_socket(family)
         except OSError as exc:
+            if exc.errno in EXHAUSTED:
+                raise  # no other address fares better: a 503, not a 502
             self.failures.append((sockaddr, exc.strerror or str(exc)))
             return None
         try:
@@ -368,8 +370,10 @@ class _Attempts:
         family, sockaddr = candidate = self.candidates[self.started]
         self.started += 1
         try:
-            sock = _nonblocking_socket(family)  # EAFNOSUPPORT without IPv6, EMFILE
+            sock = _nonblocking_socket(family)  # EAFNOSUPPORT without IPv6
         except OSError as exc:
+            if exc.errno in EXHAUSTED:
+                raise
             self.failures.append((sockaddr, exc.strerror or str(exc)))
             return
         try:

@@ -11,6 +11,7 @@ Rule: code raises a ProxyError subclass; only the handler turns it into a reply
 
 from __future__ import annotations
 
+import errno
 from enum import Enum
 from http import HTTPStatus
 
@@ -178,6 +179,18 @@ class ResponseTimeout(GatewayTimeout):
 class Overloaded(ProxyError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     cause = Cause.OVERLOADED
+
+
+# The process or the host ran out of something: file descriptors, socket buffers, memory.
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def exhausted(exc: OSError) -> Overloaded | None:
+    """The 503 for an OSError that says the proxy ran out of a resource (the peer is
+    not at fault, and it passes); None for any other error."""
+    if exc.errno not in EXHAUSTED:
+        return None
+    return Overloaded(f"the proxy is out of resources ({exc.strerror})")
 
 
 class Aborted(ProxyError):

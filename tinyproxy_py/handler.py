@@ -24,7 +24,17 @@ from .accesslog import AccessRecord
 from .chain import connect_through
 from .clientconn import ClientConnection
 from .dialer import DIRECT, Dialer, is_local_address
-from .errors import Aborted, BadRequest, Cause, NotFound, Overloaded, ProxyAuthRequired, ProxyError, render
+from .errors import (
+    Aborted,
+    BadRequest,
+    Cause,
+    NotFound,
+    Overloaded,
+    ProxyAuthRequired,
+    ProxyError,
+    exhausted,
+    render,
+)
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
 from .proxyprotocol import BadProxyHeader
@@ -120,7 +130,12 @@ class ClientHandler:
                 if runtime.policy is not admitted_by:  # reloaded: revocations apply now
                     runtime.policy.check_client(self.client_address[0])
                     admitted_by = runtime.policy
-                outcome = self._dispatch(head, client, runtime)
+                try:
+                    outcome = self._dispatch(head, client, runtime)
+                except OSError as exc:  # out of descriptors: a socket, an import, a file
+                    if (overloaded := exhausted(exc)) is None:
+                        raise
+                    raise overloaded from exc
             except ProxyError as error:
                 # A second 407 closes: a connection without credentials holds a slot for nothing.
                 retry = not challenged and _retry_expected(error, head, client)

@@ -29,7 +29,7 @@ from . import __version__
 from .accesslog import AccessRecord, access_log, emit
 from .clientconn import ClientConnection, send_quietly
 from .config import Config
-from .errors import Overloaded, render
+from .errors import EXHAUSTED, Overloaded, render
 from .handler import ClientHandler
 from .handlerthreads import HandlerThreads
 from .lookups import Lookups
@@ -90,7 +90,8 @@ class _Clients:
             return self._evict_idle(address)
 
     def _evict_idle(self, address: str | None) -> bool:
-        idle = [c for c in self._open if c.idle_since is not None and address in (None, c.address)]
+        now = time.monotonic()
+        idle = [c for c in self._open if address in (None, c.address) and c.evictable(now)]
         oldest = min(idle, key=lambda c: c.idle_since or 0.0, default=None)
         if oldest is None:
             return False
@@ -148,8 +149,45 @@ class _Listener(socketserver.TCPServer):
         # `Listen 0.0.0.0` together must not collide. A lone `::` stays dual-stack.
         self.v6only = len(services.config.host) > 1
         self.services, self.clients = services, clients
+        self._starved_since: float | None = None  # out of descriptors since (monotonic)
+        self._accept_pause = ACCEPT_PAUSE[0]
+        self._stopping = threading.Event()
         # finish_request builds the handler, with the services instead of this server
         super().__init__(address, socketserver.BaseRequestHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """accept(), pausing when the process is out of descriptors (or the host of
+        buffers): the connection stays in the kernel's queue, and retrying at once
+        would spin a CPU for as long as that lasts (nginx and HAProxy pause too)."""
+        try:
+            request = super().get_request()
+        except OSError as exc:
+            if exc.errno in EXHAUSTED:
+                self._starving(exc)
+            raise  # socketserver skips this round
+        if self._starved_since is not None:
+            _recovered(
+                "accepting again after %.1f s out of resources", time.monotonic() - self._starved_since
+            )
+            self._starved_since, self._accept_pause = None, ACCEPT_PAUSE[0]
+        return request
+
+    def _starving(self, exc: OSError) -> None:
+        if self._starved_since is None:
+            self._starved_since = time.monotonic()
+            _starved(
+                "cannot accept on port %s: %s; pausing accepts until resources free up "
+                "(raise the open-files limit or lower max_clients/max_tunnels)",
+                self.server_address[1],
+                exc.strerror,
+            )
+        self.clients.stats.count("accept_pauses")
+        self._stopping.wait(self._accept_pause)
+        self._accept_pause = min(self._accept_pause * 2, ACCEPT_PAUSE[1])
+
+    def shutdown(self) -> None:
+        self._stopping.set()  # a pause ends at once
+        super().shutdown()
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.v6only:

@@ -62,6 +62,12 @@ def rollup_field(pid: int, name: str, fallback: str) -> int:
     raise KeyError(f"no {name} line in {path}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     return rollup_field(pid, "Rss", "VmRSS")
 
