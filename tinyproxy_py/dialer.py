@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-from .errors import EXHAUSTED, BadGateway, Cause, GatewayTimeout, ProxyError, exhausted
+from .errors import EXHAUSTED, BadGateway, Cause, Forbidden, GatewayTimeout, ProxyError, exhausted
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -91,17 +91,29 @@ class Dialer:
             return True
         return (self.resolve, self.connect_to) == (other.resolve, other.connect_to)
 
-    def judge_literal(self, host: str, port: int) -> None:
-        """Judge a target that is an address in any spelling (127.1 too) though a parent
-        proxy will dial it: a parent on this host must not open its loopback to others.
-        A name is the parent's to resolve, and to judge."""
+    def judge_before_parent(self, host: str, port: int) -> None:
+        """Judge a target a parent proxy will dial, as far as this proxy can tell where it
+        leads: an address in any spelling (127.1 too), a name --connect-to or --resolve
+        maps, a name for this host (localhost, *.localhost, its own host name). A parent on
+        this host must not open its loopback to others. Any other name is the parent's
+        to resolve, and to judge."""
         if self.judge is None:
             return
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-        except (OSError, UnicodeError):
-            return  # a name
-        _judged([(socket.AddressFamily(f), (str(a[0]), int(a[1]))) for f, _, _, _, a in infos], self.judge)
+        shown = f"{host}:{port}"
+        name, port = key = (host.lower().rstrip("."), port)
+        if self.connect_to:
+            name, port = key = self.connect_to.get(key, key)
+        addresses = self.resolve.get(key) if self.resolve else None
+        if addresses is None and _names_this_host(name):
+            addresses = ("127.0.0.1", "::1")  # whatever resolves them (RFC 6761 §6.3)
+        if addresses is None:
+            try:
+                infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+            except (OSError, UnicodeError):
+                return  # a name
+            addresses = tuple(str(info[4][0]) for info in infos)
+        for address in addresses:  # the parent may pick any of them
+            _judged([(_family(address), (address, port))], self.judge, shown)
 
     def dial(
         self,
@@ -130,7 +142,7 @@ class Dialer:
         attempt = _Attempts([], self.attempt_delay, deadline)
         try:
             if judge is not None:
-                candidates = _judged(candidates, judge)
+                candidates = _judged(candidates, judge, name)
             attempt.candidates = _interleaved(candidates)
             sock = attempt.run()
         except OSError as exc:  # no selector, no socket (EMFILE): the connect failed here
@@ -196,6 +208,18 @@ def is_local_address(address: Address) -> bool:
         return False
 
 
+@functools.cache
+def _host_name() -> str:
+    return socket.gethostname().lower().rstrip(".")
+
+
+def _names_this_host(name: str) -> bool:
+    """Whether `name` means this host wherever it is resolved."""
+    if name in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"):
+        return True
+    return name.endswith(".localhost") or name == _host_name()
+
+
 @functools.lru_cache(maxsize=1024)
 def _parsed(address: str) -> Address:
     """An address from getaddrinfo or getpeername, its zone dropped. Cached: the same
@@ -238,7 +262,7 @@ def _shown(sockaddr: SockAddr) -> str:
 
 
 def _judged(
-    candidates: list[tuple[socket.AddressFamily, SockAddr]], judge: Judge
+    candidates: list[tuple[socket.AddressFamily, SockAddr]], judge: Judge, name: str
 ) -> list[tuple[socket.AddressFamily, SockAddr]]:
     """The addresses the judge lets through; if it refuses all, its first refusal."""
     allowed, refusals = [], []
@@ -250,8 +274,19 @@ def _judged(
             continue
         allowed.append((family, sockaddr))
     if not allowed:
-        raise refusals[0]
+        raise _naming(refusals[0], name)
     return allowed
+
+
+def _naming(refusal: ProxyError, name: str) -> ProxyError:
+    """A 403 as the client sees it: naming the target it asked for, not the address a
+    name resolved to (a remote client has no business learning internal addresses)."""
+    if not isinstance(refusal, Forbidden):
+        return refusal  # 508: the proxy's own address, which the client dialled already
+    log.debug("refused %s: %s", name, refusal.message)
+    named = Forbidden(f"connecting to {name} is not allowed", cause=refusal.cause)
+    named.__cause__ = refusal
+    return named
 
 
 def _interleaved(

@@ -187,7 +187,7 @@ class ClientHandler:
         self.parent = via.url if via is not None else ""
         dialer = self._dialer(runtime)
         if via is not None:
-            dialer.judge_literal(head.host, head.port)  # a parent on this host is no way around
+            dialer.judge_before_parent(head.host, head.port)  # a parent on this host is no way around
         with self.server.stats.live("requests_in_flight"):
             return forward(
                 head,
@@ -258,7 +258,7 @@ class ClientHandler:
         if via is None:
             target, early = dialer.dial((head.host, head.port), timeout, blocking=False), b""
         else:
-            dialer.judge_literal(head.host, head.port)  # a parent on this host is no way around
+            dialer.judge_before_parent(head.host, head.port)  # a parent on this host is no way around
             pseudonym = runtime.rewrite.pseudonym
             member = via_value(head.version, pseudonym) if pseudonym else ""
             target, early = connect_through(

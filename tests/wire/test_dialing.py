@@ -21,7 +21,7 @@ import pytest
 
 from tinyproxy_py import ProxyServer
 from tinyproxy_py.dialer import Dialer
-from tinyproxy_py.errors import BadGateway
+from tinyproxy_py.errors import Overloaded
 
 from ..kit.clients import connect_request, recv_head
 from ..kit.origins import OriginServer, pattern_bytes
@@ -251,28 +251,47 @@ def test_a_family_the_kernel_lacks_is_skipped_and_the_next_address_is_tried(
         assert sock.getpeername()[:2] == ("127.0.0.1", origin.port)
 
 
-def test_no_socket_at_all_is_a_502(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_socket_at_all_is_a_503_not_the_origins_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     def exhausted(*args: object, **kwargs: object) -> socket.socket:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    dialer = Dialer(resolver=offline_resolver())
     monkeypatch.setattr(socket, "socket", exhausted)
-    with pytest.raises(BadGateway) as caught:
-        dialer.dial(("127.0.0.1", 9), MUST_NOT_EXPIRE)
-    assert caught.value.cause == "refused"
+    for addresses in (["127.0.0.1"], ["::1", "127.0.0.1"]):  # one address, and a race
+        dialer = Dialer(resolver=offline_resolver({"web.test": addresses}))
+        with pytest.raises(Overloaded) as caught:
+            dialer.dial(("web.test", 9), MUST_NOT_EXPIRE)
+        assert caught.value.cause == "overloaded"
 
 
 def test_a_parent_on_this_host_does_not_open_its_loopback_to_others(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer
 ) -> None:
     parent = make_proxy()  # say cntlm or ssh -D on the proxy's host
-    proxy = make_proxy(upstream=(parent.url,), local_clients=("127.0.0.1/32",))
-    for spelling in ("127.0.0.1", "127.1"):
+    proxy = make_proxy(
+        upstream=(parent.url,),
+        local_clients=("127.0.0.1/32",),
+        resolve=(f"pinned.test:{origin.port}:127.0.0.1",),
+        connect_to=(f"moved.test:{origin.port}:localhost:{origin.port}",),
+    )
+    names = ("localhost", "LocalHost", "localhost.", "app.localhost", socket.gethostname())
+    for spelling in ("127.0.0.1", "127.1", *names, "pinned.test", "moved.test"):
         assert connect_status(proxy.address, f"{spelling}:{origin.port}", source="127.0.0.2") == 403
         with client_from("127.0.0.2", proxy.address) as sock:
             sock.sendall(f"GET http://{spelling}:{origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             assert Response(sock).status == 403
     assert origin.requests == []
+
+
+def test_a_refusal_names_the_target_asked_for_not_the_address_it_resolved_to(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(resolve=(f"intranet.test:{origin.port}:127.0.0.1",), local_clients=("127.0.0.1/32",))
+    with client_from("127.0.0.2", proxy.address) as sock:
+        sock.sendall(f"GET http://intranet.test:{origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        response = Response(sock)
+    assert response.status == 403
+    assert f"connecting to intranet.test:{origin.port} is not allowed".encode() in response.body
+    assert b"127.0.0.1" not in response.body
 
 
 def test_overrides_match_a_name_with_its_trailing_dot(
