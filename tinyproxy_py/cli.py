@@ -42,9 +42,9 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # `run` wraps one command on this machine: a free port always, and unless a file or the
-# environment says otherwise, CONNECT to any port (local test servers use ephemeral ones,
+# environment says otherwise, CONNECT and requests to any port (local test servers use ephemeral ones,
 # as the pytest fixture allows); no serve-only options.
-RUN_DEFAULTS: dict[str, Any] = {"port": 0, "connect_ports": (0,)}
+RUN_DEFAULTS: dict[str, Any] = {"port": 0, "connect_ports": (0,), "http_ports": ("any",)}
 SERVE_ONLY = frozenset({"workers", "pid_file"})
 
 

@@ -21,6 +21,10 @@ CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
     "access_log_format": ("default", "common", "combined"),
 }
+# Squid's Safe_ports for the protocols a plain request can speak here: HTTP's, and every
+# unprivileged port (where development servers listen).
+HTTP_PORTS = ("80", "443", "280", "488", "591", "777", "1025-65535")
+_PORT_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _HEADER_LINE = re.compile(_TOKEN + r": [\x20-\x7e]*")
 # A realm goes inside a quoted-string (RFC 9110 §5.6.4): printable ASCII without " or \.
@@ -197,6 +201,13 @@ class Config:
         "every port, 'none' refuses CONNECT.",
         flag="connect-port",
     )
+    http_ports: tuple[str, ...] = _opt(
+        HTTP_PORTS,
+        "Port a plain http:// request may reach: N or N-M (repeatable; replaces the default "
+        "list, which keeps requests off mail and other line-based services). 'any' allows "
+        "every port.",
+        flag="http-port",
+    )
     filter_hosts: tuple[str, ...] = _opt(
         (),
         "Host filter: example.com, *.example.com (subdomains) or re:REGEX (repeatable).",
@@ -301,6 +312,8 @@ def _why_not(name: str, kind: str, value: Any) -> str:
         return f"must be a token (letters, digits, -._~ and the like), got {value!r}"
     if name == "connect_ports" and not all(0 <= port <= 65535 for port in value):
         return "must be ports (0 allows every port, none at all refuses CONNECT)"
+    if name == "http_ports":
+        return next((problem for text in value if (problem := _port_range_problem(text))), "")
     if name == "host":
         return _listen_problem(value)
     if name in ("resolve", "connect_to"):
@@ -447,6 +460,28 @@ def coerce(name: str, values: list[str]) -> Any:
     if kind == "float":
         return float(text)
     return text
+
+
+def port_ranges(texts: tuple[str, ...]) -> tuple[tuple[int, int], ...] | None:
+    """`http_ports` as (first, last) pairs; None for 'any'. The texts are checked."""
+    if any(text.strip().lower() == "any" for text in texts):
+        return None
+    ranges = []
+    for text in texts:
+        match = _PORT_RANGE.fullmatch(text.strip())
+        assert match is not None, text
+        first = int(match[1])
+        ranges.append((first, int(match[2] or first)))
+    return tuple(ranges)
+
+
+def _port_range_problem(text: str) -> str:
+    if text.strip().lower() == "any":
+        return ""
+    match = _PORT_RANGE.fullmatch(text.strip())
+    if match is None or not 1 <= int(match[1]) <= int(match[2] or match[1]) <= 65535:
+        return f"must be ports or ranges of ports (80, 8000-8999) or 'any'; got {text!r}"
+    return ""
 
 
 def _connect_ports(values: list[str]) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ class Cause(str, Enum):
     AUTH = "auth"
     FILTERED = "filtered"
     CONNECT_PORT = "connect-port"
+    HTTP_PORT = "http-port"
     DESTINATION = "destination"
     LOOP = "loop"
     # The proxy's own bounds and lifecycle

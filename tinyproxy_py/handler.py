@@ -216,6 +216,8 @@ class ClientHandler:
         policy.check_loop(head.host, head.port, via, self.server.addresses)
         if head.method == "CONNECT":
             policy.check_connect_port(head.port)
+        else:
+            policy.check_http_port(head.port)
         policy.check_host(head.host)
 
     def _answer_stats(self, head: RequestHead, client: ClientConnection) -> Outcome:

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .config import Config, parse_credential
+from .config import Config, parse_credential, port_ranges
 from .errors import Cause, Forbidden, LoopDetected, ProxyAuthRequired
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -106,6 +106,7 @@ class Policy:
         self._local_verdicts: dict[str, bool] = {}  # client address -> on this machine
         self.deny_destinations = parse_networks(config.deny_destinations)
         self.allow_destinations = parse_networks(config.allow_destinations)
+        self.http_ports = port_ranges(config.http_ports)
 
     @property
     def requires_auth(self) -> bool:
@@ -221,6 +222,15 @@ class Policy:
             allowed = ", ".join(map(str, ports))
             raise Forbidden(
                 f"CONNECT to port {port} is not allowed (allowed: {allowed})", cause=Cause.CONNECT_PORT
+            )
+
+    def check_http_port(self, port: int) -> None:
+        """A plain request carries whatever body the client writes to whatever listens:
+        only to the ports web servers use (`http_ports`), not to mail or cache servers."""
+        if self.http_ports is not None and not any(first <= port <= last for first, last in self.http_ports):
+            allowed = ", ".join(self.config.http_ports)
+            raise Forbidden(
+                f"requests to port {port} are not allowed (allowed: {allowed})", cause=Cause.HTTP_PORT
             )
 
     def check_host(self, host: str) -> None:

@@ -4,8 +4,8 @@
         fetch("http://127.0.0.1:8000/", proxy=tinyproxy.url)
         assert [r.status for r in tinyproxy.wait_for_requests(1)] == [200]
 
-The fixture's proxy listens on a free loopback port, allows CONNECT to any port (test
-servers use ephemeral ones), records every exchange but health probes in `.requests`
+The fixture's proxy listens on a free loopback port, allows CONNECT and requests to any port
+(test servers use ephemeral ones), records every exchange but health probes in `.requests`
 (a CONNECT as soon as its tunnel opens, completed when it closes; `.wait_for_requests(n)`
 waits for them),
 exposes
@@ -60,7 +60,7 @@ class RecordingProxy(ProxyServer):
 
 @pytest.fixture
 def tinyproxy_config() -> Config:
-    return Config(port=0, connect_ports=(0,))
+    return Config(port=0, connect_ports=(0,), http_ports=("any",))
 
 
 @pytest.fixture

@@ -111,6 +111,7 @@ def test_our_own_limits_have_keywords() -> None:
             "f.conf:2: AddHeader: cannot set Content-Length",
         ),
         ("ConnectPort 443\nConnectPort 70000\n", "f.conf:2: ConnectPort: must be ports"),
+        ("HttpPort 80\nHttpPort 90-80\n", "f.conf:2: HttpPort: must be ports or ranges of ports"),
         ("MaxClients 0\n", "f.conf:1: MaxClients: must be at least 1"),
         ("ReadTimeout 0\n", "f.conf:1: ReadTimeout: must be greater than 0"),
     ],

@@ -9,6 +9,7 @@ import ipaddress
 import pytest
 
 from tinyproxy_py import Config
+from tinyproxy_py.config import SettingError
 from tinyproxy_py.errors import Forbidden, LoopDetected, ProxyAuthRequired, ProxyError
 from tinyproxy_py.policy import Policy, check_exposure, parse_host_patterns, parse_networks
 
@@ -133,6 +134,29 @@ def test_connect_ports_default_and_any() -> None:
     with pytest.raises(Forbidden, match="port 8443 is not allowed"):
         default.check_connect_port(8443)
     Policy(Config(connect_ports=(0,))).check_connect_port(8443)
+
+
+def test_plain_requests_reach_web_ports_only_by_default() -> None:
+    default = Policy(Config())
+    for port in (80, 443, 591, 777, 1025, 8080, 11211, 65535):
+        default.check_http_port(port)
+    for port in (1, 22, 25, 110, 143, 1024):
+        with pytest.raises(Forbidden, match=f"port {port} are not allowed") as refused:
+            default.check_http_port(port)
+        assert refused.value.cause == "http-port"
+    Policy(Config(http_ports=("any",))).check_http_port(25)
+    narrow = Policy(Config(http_ports=("80", "8000-8999")))
+    for port in (80, 8000, 8999):
+        narrow.check_http_port(port)
+    for port in (443, 7999, 9000):
+        with pytest.raises(Forbidden):
+            narrow.check_http_port(port)
+
+
+@pytest.mark.parametrize("text", ["0", "65536", "9-1", "80-", "http", "1-2-3", ""])
+def test_a_bad_http_port_is_refused(text: str) -> None:
+    with pytest.raises(SettingError, match="must be ports or ranges of ports"):
+        Config(http_ports=("80", text))
 
 
 @pytest.mark.parametrize(

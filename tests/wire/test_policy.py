@@ -16,6 +16,7 @@ from tinyproxy_py import ProxyServer
 from ..kit.clients import recv_all
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.responses import Response, get, refused_connect, request_over
+from ..kit.servers import scripted_server
 from ..kit.waits import EXPIRE_SOON, MUST_NOT_EXPIRE
 from ..support import client_env, proxy_process
 
@@ -134,6 +135,36 @@ def test_connect_to_a_port_not_allowed_gets_403(
     response = refused_connect(proxy.address, f"127.0.0.1:{origin.port}")
     assert response.status == 403
     assert f"port {origin.port} is not allowed".encode() in response.body
+
+
+def test_a_plain_request_to_a_port_not_allowed_gets_403_and_reaches_nothing(
+    make_proxy: Callable[..., ProxyServer],
+) -> None:
+    """A POST carries its body to whatever listens: a line-based service (memcached,
+    SMTP) would run it as commands. The reviewer's `set pwned 0 0 5` must not arrive."""
+    received: list[bytes] = []
+
+    def line_server(sock: socket.socket) -> None:
+        sock.settimeout(EXPIRE_SOON)
+        try:
+            received.append(sock.recv(65536))
+        except OSError:
+            pass
+
+    with scripted_server(line_server) as server:
+        proxy = make_proxy(http_ports=("80", "443"))
+        body = b"set pwned 0 0 5\r\nowned\r\n"
+        head = (
+            f"POST http://127.0.0.1:{server.port}/ HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as sock:
+            response = request_over(sock, head.encode() + body)
+        assert (response.status, response.header("X-Tinyproxy-Py-Cause")) == (403, "http-port")
+        assert f"requests to port {server.port} are not allowed".encode() in response.body
+    assert received == []
+    # By default: the ports below 1025 other than web ones (SMTP here), refused before any dial.
+    default = make_proxy()
+    assert get(default.address, "http://127.0.0.1:25/").status == 403
 
 
 def test_filtered_host_refused_over_http_and_connect(

@@ -21,6 +21,7 @@ from tinyproxy_py.accesslog import AccessRecord
 from ..kit.clients import recv_all, recv_head
 from ..kit.origins import OriginServer
 from ..kit.responses import Response, get
+from ..kit.servers import free_port
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..support import client_env, proxy_process
 
@@ -41,7 +42,7 @@ def metrics(proxy: ProxyServer) -> dict[str, dict[tuple[tuple[str, str], ...], f
 
 def test_metrics_parse_as_prometheus_text_and_count_traffic(proxy: ProxyServer, origin: OriginServer) -> None:
     assert get(proxy.address, origin.url("/bytes/10")).status == 200
-    assert get(proxy.address, "http://127.0.0.1:1/").status == 502
+    assert get(proxy.address, f"http://127.0.0.1:{free_port()}/").status == 502  # nothing listens
     # A response is counted just after it is sent, and a reused handler thread may
     # answer the scrape first: wait until both connections are done.
     assert wait_until(lambda: proxy.stats.gauge("clients") == 0)
