@@ -183,6 +183,12 @@ class Config:
         "loopback and link-local services, which the destination policy refuses to others.",
         flag="local-client",
     )
+    stats_allow: tuple[str, ...] = _opt(
+        ("127.0.0.0/8", "::1"),
+        "Client address or CIDR block that may read the stats pages (/, /metrics, /json), "
+        "which show every client's traffic (repeatable; replaces the default). /healthz and "
+        "/readyz answer every allowed client.",
+    )
     deny_destinations: tuple[str, ...] = _opt(
         (),
         "Address or CIDR block no client may reach, checked on the resolved address "
@@ -322,6 +328,7 @@ def _why_not(name: str, kind: str, value: Any) -> str:
         "allow",
         "deny",
         "local_clients",
+        "stats_allow",
         "deny_destinations",
         "allow_destinations",
         "proxy_protocol_from",

@@ -176,8 +176,7 @@ class ClientHandler:
         if head.form == "origin" or head.host.lower() in runtime.stat_hosts:
             if head.path in PROBES:  # load balancers probe without credentials; the ACL held
                 return self._answer_probe(head, client)
-            policy.check_credentials(head.get("Proxy-Authorization"))
-            return self._answer_stats(head, client)
+            return self._answer_stats(head, client, policy)
         self._admit(head, policy)
         if head.method == "CONNECT":
             with self.server.stats.live("requests_in_flight"):  # a graceful stop waits for the dial
@@ -220,15 +219,19 @@ class ClientHandler:
             policy.check_http_port(head.port)
         policy.check_host(head.host)
 
-    def _answer_stats(self, head: RequestHead, client: ClientConnection) -> Outcome:
-        """The proxy's own pages: /, /metrics, /json (origin-form, or via the stat host)."""
+    def _answer_stats(self, head: RequestHead, client: ClientConnection, policy: Policy) -> Outcome:
+        """The proxy's own pages: /, /metrics, /json (origin-form, or via the stat host),
+        for the clients `stats_allow` names, with credentials if the proxy wants them."""
+        if not statspage.has_page(head.path):
+            if head.form == "origin":
+                raise BadRequest("this is a proxy: send absolute-form requests (http://host/path)")
+            raise NotFound(f"no stats page at {head.path} (try /, /metrics or /json)")
+        policy.check_stats_client(self.client_address[0])
+        policy.check_credentials(head.get("Proxy-Authorization"))
         if head.has_body or head.method not in ("GET", "HEAD"):
             raise BadRequest("the stats pages take GET or HEAD without a body")
         page = statspage.render(head.path, self.server.snapshot)
-        if page is None and head.form == "origin":
-            raise BadRequest("this is a proxy: send absolute-form requests (http://host/path)")
-        if page is None:
-            raise NotFound(f"no stats page at {head.path} (try /, /metrics or /json)")
+        assert page is not None  # has_page said so
         content_type, body = page
         return _answer(head, client, 200, content_type, body)
 

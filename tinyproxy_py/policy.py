@@ -39,9 +39,13 @@ def parse_networks(rules: Iterable[str]) -> tuple[Network, ...]:
     networks = []
     for rule in rules:
         try:
-            networks.append(ipaddress.ip_network(rule.strip(), strict=False))
+            network = ipaddress.ip_network(rule.strip(), strict=False)
         except ValueError:
             raise ValueError(f"not an address or CIDR block: {rule!r}") from None
+        mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+        if mapped is not None and network.prefixlen >= 96:  # ::ffff:a.b.c.d: addresses are
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")  # judged as IPv4
+        networks.append(network)
     return tuple(networks)
 
 
@@ -107,6 +111,7 @@ class Policy:
         self.deny_destinations = parse_networks(config.deny_destinations)
         self.allow_destinations = parse_networks(config.allow_destinations)
         self.http_ports = port_ranges(config.http_ports)
+        self.stats_clients = parse_networks(config.stats_allow)
 
     @property
     def requires_auth(self) -> bool:
@@ -203,6 +208,11 @@ class Policy:
                 self._local_verdicts.clear()
             self._local_verdicts[client] = local
         return local
+
+    def check_stats_client(self, client: str) -> None:
+        """The stats pages show every client's traffic: only `stats_allow` may read them."""
+        if not any(_client_ip(client) in network for network in self.stats_clients):
+            raise Forbidden(f"the stats pages are not open to {client} (see --stats-allow)", cause=Cause.ACL)
 
     def may_send_proxy_header(self, peer: str) -> bool:
         """Whether `peer` is a load balancer trusted to name the client (--proxy-protocol-from)."""

@@ -15,14 +15,22 @@ from typing import Any
 Snapshot = dict[str, Any]
 
 
+def has_page(path: str) -> bool:
+    return _page_name(path) in PAGES
+
+
 def render(path: str, snapshot: Callable[[], Snapshot]) -> tuple[str, bytes] | None:
     """The page at `path`, or None; `snapshot` is only taken for a page that exists
     (it lists /proc and every pool: not work to do for a stray request)."""
-    page = PAGES.get(path.split("?", 1)[0].rstrip("/") or "/")
+    page = PAGES.get(_page_name(path))
     if page is None:
         return None
     content_type, renderer = page
     return content_type, renderer(snapshot()).encode("utf-8")
+
+
+def _page_name(path: str) -> str:
+    return path.split("?", 1)[0].rstrip("/") or "/"
 
 
 def _prefixed(counters: dict[str, int], prefix: str) -> dict[str, int]:

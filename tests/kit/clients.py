@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .waits import MUST_NOT_EXPIRE
+
+
+@contextmanager
+def client_from(source: str, address: tuple[str, int]) -> Iterator[socket.socket]:
+    """A client connection from `source` (127.0.0.2 is "another machine" to a proxy whose
+    local clients are 127.0.0.1 only)."""
+    sock = socket.create_connection(address, timeout=MUST_NOT_EXPIRE, source_address=(source, 0))
+    with sock:
+        yield sock
+
 
 KiB, MiB = 1024, 1024 * 1024
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset

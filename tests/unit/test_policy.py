@@ -38,6 +38,22 @@ def test_deny_is_checked_before_allow_and_allow_replaces_the_default() -> None:
             policy.check_client(refused)
 
 
+def test_rules_written_as_ipv4_mapped_addresses_match_ipv4_clients_and_destinations() -> None:
+    """A dual-stack listener reports ::ffff:a.b.c.d, and addresses are judged as IPv4: a
+    rule spelled the same way must not silently never match."""
+    assert parse_networks(["::ffff:10.0.0.0/104", "::ffff:127.0.0.2"]) == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.2/32"),
+    )
+    policy = Policy(Config(deny=("::ffff:127.0.0.2",), deny_destinations=("::ffff:10.0.0.0/104",)))
+    for client in ("127.0.0.2", "::ffff:127.0.0.2"):
+        with pytest.raises(Forbidden):
+            policy.check_client(client)
+    judge = policy.destination_judge("127.0.0.1", [])
+    with pytest.raises(Forbidden):
+        judge(ipaddress.ip_address("10.1.2.3"), 80)
+
+
 def test_bad_acl_rule_is_refused() -> None:
     with pytest.raises(ValueError, match="not an address or CIDR block"):
         parse_networks(["10.0.0.0/33"])

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import pytest
 
@@ -23,7 +23,7 @@ from tinyproxy_py import ProxyServer
 from tinyproxy_py.dialer import Dialer
 from tinyproxy_py.errors import Overloaded
 
-from ..kit.clients import connect_request, recv_head
+from ..kit.clients import client_from, connect_request, recv_head
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.resolver import Resolved, offline_resolver
 from ..kit.responses import Response, get
@@ -45,15 +45,6 @@ def connect_status(address: tuple[str, int], target: str, source: str = "127.0.0
     with client_from(source, address) as sock:
         sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         return int(recv_head(sock).split(b" ", 2)[1])
-
-
-@contextmanager
-def client_from(source: str, address: tuple[str, int]) -> Iterator[socket.socket]:
-    """A client connection from `source` (127.0.0.2 is "another machine" to a proxy whose
-    local clients are 127.0.0.1 only)."""
-    sock = socket.create_connection(address, timeout=MUST_NOT_EXPIRE, source_address=(source, 0))
-    with sock:
-        yield sock
 
 
 # --- Happy Eyeballs ----------------------------------------------------------------------------

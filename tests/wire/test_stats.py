@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tinyproxy_py import ProxyServer
 from tinyproxy_py.accesslog import AccessRecord
 
-from ..kit.clients import recv_all, recv_head
+from ..kit.clients import client_from, recv_all, recv_head
 from ..kit.origins import OriginServer
-from ..kit.responses import Response, get
+from ..kit.responses import Response, get, request_over
 from ..kit.servers import free_port
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
 from ..support import client_env, proxy_process
@@ -109,6 +109,25 @@ def test_unknown_stats_path_is_404_and_post_is_400(proxy: ProxyServer) -> None:
 def test_stats_behind_proxy_auth_when_configured(make_proxy: Callable[..., ProxyServer]) -> None:
     proxy = make_proxy(basic_auth=("u:p",))
     assert get(proxy.address, f"{STATS}/").status == 407
+
+
+def test_the_stats_pages_are_for_stats_allow_clients_and_probes_for_everyone_allowed(
+    make_proxy: Callable[..., ProxyServer],
+) -> None:
+    """They list every client's targets and bytes: by default loopback clients alone may
+    read them, while a balancer elsewhere still probes /healthz and /readyz."""
+    proxy = make_proxy(stats_allow=("127.0.0.1",), allow=("127.0.0.0/8",))
+    for path in ("/", "/metrics", "/json"):
+        for form in (f"GET {path}", f"GET {STATS}{path}"):
+            request = f"{form} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            with client_from("127.0.0.2", proxy.address) as sock:
+                refused = request_over(sock, request)
+            assert (refused.status, refused.header("X-Tinyproxy-Py-Cause")) == (403, "acl")
+            assert b"tinyproxy_py" not in refused.body and b"127.0.0.1" not in refused.body
+    for path in ("/healthz", "/readyz"):
+        with client_from("127.0.0.2", proxy.address) as sock:
+            assert request_over(sock, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()).status == 200
+    assert get(proxy.address, f"{STATS}/metrics").status == 200  # from 127.0.0.1
 
 
 def test_html_escapes_hostile_targets(proxy: ProxyServer) -> None:
