@@ -105,8 +105,10 @@ def load_file(path: str) -> FileSettings:
 
 def parse(text: str, path: str = "<config>") -> FileSettings:
     parser = _Parser(path)
-    for number, line in enumerate(text.splitlines(), 1):
-        parser.line(number, line)
+    # Lines end at LF (CRLF too), as tinyproxy reads them; splitlines() would also end one
+    # at a lone CR or U+0085 inside a value and start a directive no editor shows.
+    for number, line in enumerate(text.split("\n"), 1):
+        parser.line(number, line.removesuffix("\r"))
     return parser.finish()
 
 
@@ -114,7 +116,7 @@ class _Parser:
     def __init__(self, path: str) -> None:
         self.path = path
         self.result = FileSettings()
-        self.repeated: dict[str, list[str]] = {}
+        self.repeated: dict[str, list[Any]] = {}  # repeatable field → its items so far
         self.timeout: float | None = None
         self.filter: tuple[str, int] | None = None
         self.filter_type = "ere"
@@ -153,12 +155,12 @@ class _Parser:
     def set(self, name: str, values: list[str]) -> None:
         if not values:
             raise ValueError("needs a value")
-        if FIELD_TYPES[name].startswith("tuple["):
-            _checked(name, coerce(name, values))  # this line's values, named by this line
-            self.repeated.setdefault(name, []).extend(values)
-            values = self.repeated[name]
-        self.result.values[name] = _checked(name, coerce(name, values))
+        value = _checked(name, coerce(name, values))  # this line's values, named by this line
         self.result.where[name] = self.current
+        if FIELD_TYPES[name].startswith("tuple["):  # the whole list is checked once, at the end:
+            self.repeated.setdefault(name, []).extend(value)  # per line, n lines cost n^2
+        else:
+            self.result.values[name] = value
 
     # tinyproxy directives whose shape differs from ours.
     def _timeout(self, number: int, values: list[str]) -> None:
@@ -225,6 +227,11 @@ class _Parser:
 
     def finish(self) -> FileSettings:
         values, notes = self.result.values, self.result.notes
+        for name, items in self.repeated.items():
+            try:  # rules about the list as a whole (listen addresses that collide)
+                values[name] = _checked(name, tuple(items))
+            except ValueError as exc:
+                raise ConfigFileError(f"{self.result.where[name]}: {exc}") from None
         if "connect_ports" not in values:
             values["connect_ports"] = (0,)
             notes["connect_ports"] = (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyproxy_py import Config
+from tinyproxy_py import Config, conffile
 from tinyproxy_py.conffile import ConfigFileError, from_environment, load_file, parse
 
 DEBIAN_DEFAULT = """\
@@ -111,6 +111,9 @@ def test_our_own_limits_have_keywords() -> None:
             "f.conf:2: AddHeader: cannot set Content-Length",
         ),
         ("ConnectPort 443\nConnectPort 70000\n", "f.conf:2: ConnectPort: must be ports"),
+        # A line ends at LF alone: a lone CR or U+0085 does not start a directive.
+        ("Allow 10.0.0.1\rAllow 0.0.0.0/0\n", "f.conf:1: Allow: 'Allow' is not an address"),
+        ("Port 1\nAllow 10.0.0.1\x85Allow 0.0.0.0/0\n", "f.conf:2: Allow: '10.0.0.1"),
         ("HttpPort 80\nHttpPort 90-80\n", "f.conf:2: HttpPort: must be ports or ranges of ports"),
         ("MaxClients 0\n", "f.conf:1: MaxClients: must be at least 1"),
         ("ReadTimeout 0\n", "f.conf:1: ReadTimeout: must be greater than 0"),
@@ -164,3 +167,24 @@ def test_environment_variables() -> None:
         from_environment({"TINYPROXY_PY_MAX_CLIENTS": "many"})
     with pytest.raises(ValueError, match=r"^TINYPROXY_PY_READ_TIMEOUT: must be a finite number, got nan$"):
         from_environment({"TINYPROXY_PY_READ_TIMEOUT": "nan"})
+
+
+def test_crlf_files_read_as_lf_files() -> None:
+    assert parse("Port 8\r\nAllow 10.0.0.1\r\nAllow ::1\r\n").values["allow"] == ("10.0.0.1", "::1")
+
+
+def test_repeated_directives_cost_linear_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each line's values are checked once, and the whole list once at the end: a file
+    of n Allow lines must not re-check the list on every line (8,000 lines took 109 s)."""
+    checks: list[int] = []
+    real = conffile.check_setting
+
+    def counting(name: str, value: object) -> None:
+        checks.append(len(value) if isinstance(value, tuple) else 1)
+        real(name, value)
+
+    monkeypatch.setattr(conffile, "check_setting", counting)
+    lines = 2000
+    result = parse("".join(f"Allow 10.0.{i // 256}.{i % 256}\n" for i in range(lines)))
+    assert len(result.values["allow"]) == lines
+    assert sum(checks) <= 2 * lines + 10, sum(checks)
