@@ -21,7 +21,7 @@ from .errors import Aborted, Cause, RequestTimeout
 from .http1 import ChunkedDecoder, RequestHead, parse_request_head
 from .proxyprotocol import BadProxyHeader, ProxyHeader
 from .proxyprotocol import parse as parse_proxy_header
-from .stream import Stream
+from .stream import Stream, reset_on_close
 
 if TYPE_CHECKING:
     from .tunnel import TunnelHub
@@ -57,6 +57,7 @@ class ClientConnection:
         self.body_pending = False
         self.body_bytes = 0  # of the current request, for the access log
         self.handed_off = False  # the hub has the socket: its owner now
+        self.cut = False  # a response broke off after its head: close with a reset
         # Since when it waits for a request to begin (None: a request is under way). At
         # max_clients the server closes the connection idle longest to admit a new one.
         self.idle_since: float | None = None
@@ -95,6 +96,12 @@ class ClientConnection:
                 return None
             self.buffer += data
             fresh = data
+
+    def cut_off(self) -> None:
+        """End the connection with a reset (SO_LINGER 0), not a FIN: a body delimited by
+        the close (HTTP/1.0) would look complete. The owner closes it without shutdown()."""
+        self.cut = True
+        reset_on_close(self.sock)
 
     def evictable(self, now: float) -> bool:
         """Idle (a new connection: silent past its grace) with no request bytes waiting

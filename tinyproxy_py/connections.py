@@ -83,6 +83,11 @@ class _DialingConnectionMixin:
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
+        tls: Any = self.sock  # an SSLSocket, or urllib3's SSLTransport (TLS in TLS)
+        if hasattr(tls, "suppress_ragged_eofs"):
+            # A close without close_notify is a cut, not the end of a close-delimited
+            # body (RFC 9112 §9.8): recv raises SSLEOFError instead of returning b"".
+            tls.suppress_ragged_eofs = False
         if self.tracker is not None:
             self.tracker.opened(self)  # type: ignore[arg-type]
 

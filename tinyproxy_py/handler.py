@@ -291,6 +291,8 @@ class ClientHandler:
         self.server.stats.count(f"errors.{error.cause}")
         if isinstance(error, Aborted):  # nothing more can be said: log what was sent
             outcome = Outcome(status=error.status_sent, bytes_down=error.bytes_sent)
+            if error.status_sent:  # a response went out and broke off: it must not look whole
+                client.cut_off()
         else:
             outcome = Outcome(status=error.status.value)
             client.send_quietly(render(error, close=close))

@@ -227,7 +227,9 @@ class _Listener(socketserver.TCPServer):
             self.handle_error(request, client_address)
         finally:
             try:
-                if client is None or not client.handed_off:  # else the hub owns it now
+                if client is not None and client.cut:
+                    request.close()  # a reset: shutdown() would send a FIN first
+                elif client is None or not client.handed_off:  # else the hub owns it now
                     self.shutdown_request(request)
             finally:
                 if client is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 import time
 
 from .errors import Aborted, Cause
@@ -25,6 +26,18 @@ _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 class _NotTLS(Exception):
     """Never raised: what a plain socket's TLS waits are."""
+
+
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make close() send RST, not FIN (and drop what is unsent): a stream cut short must
+    not look like one that ended, to a peer reading up to the close."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    except OSError:
+        pass  # reset already: close() is all that is left
 
 
 class Stream:

@@ -11,7 +11,7 @@ reading its source (backpressure). So a tunnel holds at most one buffer's worth 
 direction (plus the bytes the client sent with its CONNECT), and an idle tunnel none.
 The bookkeeping (`Flow`, `TunnelState`) touches no socket and no clock; the hub does the
 I/O and asks the state what to wait for. This module knows nothing of HTTP.
-Imports: errors, config, stats; socket, selectors.
+Imports: errors, config, stats, stream; socket, selectors.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections import Counter, deque
@@ -31,6 +30,7 @@ from typing import Any
 from .config import Config
 from .errors import Cause, Overloaded
 from .stats import Stats
+from .stream import reset_on_close
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 BUFFER_SIZE = 512 * 1024
 _READS_PER_EVENT = 4  # then let other tunnels have a turn
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 @dataclass
@@ -573,11 +572,8 @@ class TunnelHub:
                 self._selector.unregister(sock)
             except (KeyError, ValueError) as exc:
                 log.warning("unregistering a tunnel socket failed: %r", exc)
-        try:
-            if abort:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
-        except OSError:
-            pass  # already reset: close() is all that is left
+        if abort:
+            reset_on_close(sock)
         try:
             sock.close()
         except OSError as exc:
