@@ -425,6 +425,8 @@ def parse_credential(text: str) -> tuple[str, str]:
     user, colon, password = text.partition(":")
     if not colon or not user:
         raise ValueError("credentials must look like USER:PASSWORD")
+    if not password:  # `--basic-auth bob:` is a slip, not a wish for a door without a lock
+        raise ValueError(f"the password for {user} is empty")
     return user, password
 
 

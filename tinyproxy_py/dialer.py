@@ -10,7 +10,8 @@ connect wins and the others are closed at once. The connect timeout bounds the w
 the lookup too when a running proxy gives the dialer its lookup threads (lookups.py).
 
 One place turns the ways a connect fails into the ProxyError a client should see.
-Imports: errors, stats (lookups for its type only: it raises Overloaded at its limit).
+Imports: errors, policy (names alone), stats (lookups for its type only: it raises Overloaded
+at its limit).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from .errors import EXHAUSTED, BadGateway, Cause, Forbidden, GatewayTimeout, ProxyError, exhausted
+from .policy import is_loopback_name
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -214,10 +216,8 @@ def _host_name() -> str:
 
 
 def _names_this_host(name: str) -> bool:
-    """Whether `name` means this host wherever it is resolved."""
-    if name in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"):
-        return True
-    return name.endswith(".localhost") or name == _host_name()
+    """Whether `name` means this host wherever it is resolved: its own name too."""
+    return is_loopback_name(name) or name == _host_name()
 
 
 @functools.lru_cache(maxsize=1024)

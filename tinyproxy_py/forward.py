@@ -39,7 +39,7 @@ from .errors import (
     ProxyError,
     ResponseTimeout,
 )
-from .http1 import LAST_CHUNK, Headers, RequestHead, chunk, strip_hop_by_hop, via_value
+from .http1 import HOP_BY_HOP, LAST_CHUNK, Headers, RequestHead, chunk, strip_hop_by_hop, via_value
 from .http1_response import MAX_INTERIM, BodyReader, ResponseHead, parse_response_head
 from .pool import Lease, OriginPool, origin_key
 from .routes import Parent
@@ -55,6 +55,11 @@ CHUNK_SIZE = 256 * 1024
 HEAD_RECV_SIZE = 65536
 COALESCE_LIMIT = 65536  # a known-length body up to this size goes out with the head
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
+# Fields the proxy sets, strips or frames with. Spelled with underscores they are dropped:
+# CGI, PHP and many frameworks read X_Forwarded_For as X-Forwarded-For (nginx drops them).
+_MANAGED = (
+    HOP_BY_HOP | _NOT_FORWARDED | {"transfer-encoding", "via", "x-forwarded-for", "forwarded", "x-tinyproxy"}
+)
 _FRAMING_FIELDS = frozenset({"content-length", "transfer-encoding"})
 
 
@@ -140,7 +145,11 @@ def _check_upgrade(head: RequestHead, hub: TunnelHub) -> None:
 
 def _origin_headers(head: RequestHead, rewrite: Rewrite, client_ip: str, upgrade: str) -> Headers:
     """The request's fields as the origin gets them (the request line and Host aside)."""
-    headers = strip_hop_by_hop(head.headers, head.connection_tokens | _NOT_FORWARDED)
+    headers = [
+        (name, value)
+        for name, value in strip_hop_by_hop(head.headers, head.connection_tokens | _NOT_FORWARDED)
+        if "_" not in name or name.replace("_", "-").lower() not in _MANAGED
+    ]
     if head.content_length is not None:
         headers.append(("Content-Length", str(head.content_length)))
     elif head.chunked:
@@ -153,7 +162,8 @@ def _origin_headers(head: RequestHead, rewrite: Rewrite, client_ip: str, upgrade
         prior = [value for name, value in headers if name.lower() == "x-forwarded-for"]
         headers = [(name, value) for name, value in headers if name.lower() != "x-forwarded-for"]
         headers.append(("X-Forwarded-For", ", ".join([*prior, client_ip])))
-    if rewrite.x_tinyproxy:
+    if rewrite.x_tinyproxy:  # the proxy's word alone: a client's own would come first
+        headers = [(name, value) for name, value in headers if name.lower() != "x-tinyproxy"]
         headers.append(("X-Tinyproxy", client_ip))
     headers += rewrite.add_headers
     return headers

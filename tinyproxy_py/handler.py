@@ -5,8 +5,8 @@ response has been sent yet. One exception: a 407 to a request with nothing left 
 keeps the connection for the client's retry with credentials. A CONNECT ends the loop
 too: the sockets go to the hub.
 The handler knows its server only as `Services`, the few things it uses of it.
-Imports: clientconn, forward, http1, proxyprotocol, errors, chain, dialer, accesslog, statspage
-(policy, pool, runtime, stats, tunnel for types only).
+Imports: clientconn, forward, http1, proxyprotocol, errors, chain, dialer, accesslog, statspage,
+quietlog (policy, pool, runtime, stats, tunnel for types only).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .errors import (
 from .forward import Outcome, forward
 from .http1 import RequestHead, response_head, via_value
 from .proxyprotocol import BadProxyHeader
+from .quietlog import EpisodeLog
 
 if TYPE_CHECKING:
     from .policy import Policy
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 CONNECTION_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 PROBES = frozenset({"/healthz", "/readyz"})
+# Connections closed for a missing or bad PROXY header: anyone can send them by the thousand.
+_strangers = EpisodeLog(log, logging.WARNING)
 
 
 class Services(Protocol):
@@ -159,12 +162,12 @@ class ClientHandler:
         False: the connection is to be closed, unanswered (the spec forbids guessing)."""
         peer = self.client_address[0]
         if not runtime.policy.may_send_proxy_header(peer):
-            log.warning("closing %s: not a --proxy-protocol-from address", peer)
+            _strangers("closing %s: not a --proxy-protocol-from address", peer)
             return False
         try:
             header = client.read_proxy_header(runtime.config.proxy_protocol)
         except BadProxyHeader as exc:
-            log.warning("closing %s: %s", peer, exc)
+            _strangers("closing %s: %s", peer, exc)
             self.server.stats.count("errors.bad-proxy-header")
             return False
         if header.source is not None:  # LOCAL (a health check) or UNKNOWN: the peer it is

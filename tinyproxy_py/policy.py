@@ -31,7 +31,16 @@ from .errors import Cause, Forbidden, LoopDetected, ProxyAuthRequired
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 CLIENT_VERDICTS = 4096  # remembered client addresses; the table is emptied when full
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+# Cloud metadata services outside link-local space (169.254.0.0/16 and fe80::/10 are
+# refused as link-local): AWS's IPv6 endpoint, Alibaba Cloud's.
+METADATA = (ipaddress.ip_network("fd00:ec2::254/128"), ipaddress.ip_network("100.100.100.200/32"))
+
+
+def is_loopback_name(name: str) -> bool:
+    """A name that means this host wherever it is resolved (RFC 6761 §6.3: *.localhost too)."""
+    name = name.lower().rstrip(".")
+    return name in LOOPBACK_NAMES or name.endswith(".localhost")
 
 
 def parse_networks(rules: Iterable[str]) -> tuple[Network, ...]:
@@ -192,7 +201,7 @@ class Policy:
                 raise Forbidden(f"connecting to {address} is not allowed", cause=Cause.DESTINATION)
             if local or any(address in network for network in self.allow_destinations):
                 return
-            if _on_this_host(address) or address.is_link_local or is_local(address):
+            if _on_this_host(address) or address.is_link_local or is_local(address) or _metadata(address):
                 raise Forbidden(
                     f"connecting to {address} is not allowed from {client}", cause=Cause.DESTINATION
                 )
@@ -288,6 +297,10 @@ def _same_host(address: Address, bound: Address) -> bool:
     return address.is_unspecified and bound.is_loopback and address.version == bound.version
 
 
+def _metadata(address: Address) -> bool:
+    return any(address in network for network in METADATA)
+
+
 def _on_this_host(address: Address) -> bool:
     """Loopback, or unspecified (0.0.0.0 and :: reach this host when dialled)."""
     return address.is_loopback or address.is_unspecified
@@ -295,7 +308,7 @@ def _on_this_host(address: Address) -> bool:
 
 def _is_self(host: str, listening_host: str) -> bool:
     """Whether `host` names the address we listen on (without asking DNS)."""
-    if host.lower() in LOOPBACK_NAMES:
+    if is_loopback_name(host):
         host = "127.0.0.1"
     try:
         ip = _client_ip(host)

@@ -83,6 +83,12 @@ def test_missing_or_wrong_credentials_get_407_with_a_challenge(header: str | Non
     assert info.value.headers == (("Proxy-Authenticate", 'Basic realm="corp"'),)
 
 
+@pytest.mark.parametrize("credential", ["bob:", "bob", ":secret"])
+def test_credentials_without_a_user_or_a_password_are_refused(credential: str) -> None:
+    with pytest.raises(ValueError, match=r"empty|USER:PASSWORD"):
+        Policy(Config(basic_auth=(credential,)))
+
+
 def test_right_credentials_pass_for_any_configured_user() -> None:
     policy = Policy(Config(basic_auth=("u:p",)), users=[("file-user", "pa:ss")])
     policy.check_credentials(basic("u", "p"))
@@ -261,6 +267,10 @@ OWN = [("127.0.0.1", 8888), ("::", 3128)]
         ("10.0.0.7", "::1", 80, Forbidden),
         ("10.0.0.7", "169.254.169.254", 80, Forbidden),
         ("10.0.0.7", "fe80::1", 80, Forbidden),
+        ("10.0.0.7", "fd00:ec2::254", 80, Forbidden),  # metadata outside link-local
+        ("10.0.0.7", "100.100.100.200", 80, Forbidden),
+        ("127.0.0.1", "100.100.100.200", 80, None),
+        ("10.0.0.7", "100.100.100.201", 80, None),
         ("10.0.0.7", "0.0.0.0", 80, Forbidden),
         ("10.0.0.7", "93.184.215.14", 80, None),
         ("10.0.0.7", "10.0.0.8", 80, None),

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -147,6 +148,24 @@ def test_request_hop_by_hop_headers_removed(proxy: ProxyServer, origin: OriginSe
     assert seen["x-end"] == ["kept"]
     assert seen["user-agent"] == ["tester"]
     assert seen["via"] == [f"1.1 {proxy.pseudonym}"]
+
+
+def test_underscore_spellings_of_fields_the_proxy_manages_are_dropped(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    """CGI, PHP and many frameworks read X_Forwarded_For as X-Forwarded-For: a client must
+    not slip in what the proxy sets or strips by spelling it with underscores."""
+    proxy = make_proxy(forwarded_for=True, x_tinyproxy=True)
+    raw = (
+        "X_Forwarded_For: 10.9.9.9\r\nTransfer_Encoding: chunked\r\nProxy_Authorization: Basic dTpw\r\n"
+        "X_Tinyproxy: 10.9.9.9\r\nX-Tinyproxy: 10.9.9.9\r\nVia_: x\r\nX_Custom: kept\r\n"
+    )
+    seen = origin_saw(proxy, origin, raw)
+    for dropped in ("x_forwarded_for", "transfer_encoding", "proxy_authorization", "x_tinyproxy"):
+        assert dropped not in seen
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-tinyproxy"] == ["127.0.0.1"]  # the proxy's word alone, not the client's first
+    assert seen["x_custom"] == ["kept"] and seen["via_"] == ["x"]
 
 
 def test_host_comes_from_the_request_url(proxy: ProxyServer, origin: OriginServer) -> None:
