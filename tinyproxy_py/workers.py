@@ -3,9 +3,10 @@
 Python runs one thread of bytecode at a time per process, so a second process is what
 doubles plain-HTTP throughput on a second core. The kernel spreads connections over the
 workers' listening sockets (SO_REUSEPORT). The parent only supervises: it reserves the
-port, forks the workers, passes signals on (stop, reload, drain) and waits for them; a second
-stop signal kills them. Each worker publishes its stats snapshot to a shared folder
-every second and before it answers a stats page, which adds up all of them.
+port, forks the workers, passes signals on (stop, reload, drain), replaces a worker that
+dies, and waits for them; a second stop signal kills them. Each worker publishes its
+stats snapshot to a shared folder every second and before it answers a stats page,
+which adds up all of them.
 Used by the CLI only (it forks: an embedding program decides that for itself).
 """
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_INTERVAL = 1.0
 STALE_AFTER = 5.0  # a snapshot older than this belongs to a worker that is gone
+RESTART_AFTER = 2.0  # a worker that ends sooner after its start is not replaced: all stop
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -38,29 +40,33 @@ def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None])
     import shutil  # here, not at the top: a proxy without --workers never needs them
     import tempfile
 
-    reserved = _reserve_port(config)
+    reserved = _reserve_port(config)  # held until the end: a restarted worker binds it again
     config = config.replace(port=reserved.getsockname()[1])
     folder = Path(tempfile.mkdtemp(prefix="tinyproxy-py-"))
-    children: set[int] = set()
+    children: dict[int, tuple[int, float]] = {}  # pid → (worker index, started, monotonic)
     stops = _pass_signals_on(children)  # before forking: no window where a signal is lost
-    # Blocked while forking: a child has no handlers of its own until run_worker installs
-    # them (and unblocks), and a SIGUSR2's default action would kill it. The parent gets
-    # what arrived meanwhile once all children exist, and passes it on.
-    signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)
-    try:
+
+    def spawn(index: int) -> None:
+        # Blocked while forking: a child has no handlers of its own until run_worker
+        # installs them (and unblocks), and a SIGUSR2's default action would kill it. The
+        # parent gets what arrived meanwhile once the child exists, and passes it on.
+        signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)
         try:
-            for index in range(config.workers):
-                pid = os.fork()
-                if pid == 0:  # the worker
-                    reserved.close()
-                    os._exit(_worker_main(run_worker, config, SharedStats(folder, index)))
-                children.add(pid)
+            pid = os.fork()
+            if pid == 0:  # the worker
+                reserved.close()
+                os._exit(_worker_main(run_worker, config, SharedStats(folder, index)))
+            children[pid] = (index, time.monotonic())
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
-        reserved.close()
+
+    try:
+        for index in range(config.workers):
+            spawn(index)
         log.info("%d workers on port %d: %s", len(children), config.port, ", ".join(map(str, children)))
-        return _wait_for(children, stops)
+        return _wait_for(children, stops, spawn)
     finally:
+        reserved.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -92,7 +98,7 @@ def _worker_main(
     return 0
 
 
-def _pass_signals_on(children: set[int]) -> list[int]:
+def _pass_signals_on(children: dict[int, tuple[int, float]]) -> list[int]:
     """Send stop and reload signals on to the workers; a second stop signal kills them.
 
     Returns the list that records the stop signals received (for _wait_for)."""
@@ -113,18 +119,30 @@ def _pass_signals_on(children: set[int]) -> list[int]:
     return stops
 
 
-def _wait_for(children: set[int], stops: list[int]) -> int:
-    """Wait for every worker; if one fails on its own, stop the others. The exit status."""
+def _wait_for(children: dict[int, tuple[int, float]], stops: list[int], spawn: Callable[[int], None]) -> int:
+    """Wait for every worker. One that ends on its own (a crash, the OOM killer) is
+    replaced, unless it ended within RESTART_AFTER of its start: it would again (a broken
+    start), so the others stop too. The exit status."""
     status = 0
     while children:
         pid, code = os.wait()
-        children.discard(pid)
+        index, started = children.pop(pid)
         exit_code = os.waitstatus_to_exitcode(code)
-        if exit_code != 0:
-            status = 1
-            if not stops:
-                log.error("worker %d exited with %d; stopping the others", pid, exit_code)
-                signal.raise_signal(signal.SIGTERM)
+        if stops:  # the parent is stopping them
+            status = status or int(exit_code != 0)
+            continue
+        lived = time.monotonic() - started
+        if lived >= RESTART_AFTER:
+            log.error(
+                "worker %d ended (exit status %d) after %.0f s; starting another", pid, exit_code, lived
+            )
+            spawn(index)
+            continue
+        status = 1
+        log.error(
+            "worker %d exited with %d %.1f s after it started; stopping the others", pid, exit_code, lived
+        )
+        signal.raise_signal(signal.SIGTERM)
     return status
 
 

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from tinyproxy_py.workers import RESTART_AFTER
+
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.responses import get
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
@@ -170,6 +172,29 @@ def test_workers_share_the_port_add_up_their_stats_and_stop_together(origin: Ori
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(MUST_NOT_EXPIRE) == 0
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+
+
+def test_a_worker_that_dies_is_replaced_and_the_others_serve_on(origin: OriginServer) -> None:
+    with proxy_process("--workers", "2", "--log-level", "warning") as (proc, url):
+        address = address_of(url)
+
+        def workers() -> list[int]:
+            try:
+                return sorted(json.loads(get(address, "http://tinyproxy-py.stats/json").body)["workers"])
+            except ConnectionResetError:  # queued for the killed worker: the kernel resets those
+                return []
+
+        assert wait_until(lambda: len(workers()) == 2)
+        first = workers()
+        time.sleep(RESTART_AFTER)  # one that dies sooner is a broken start: all would stop
+        os.kill(first[0], signal.SIGKILL)  # as the OOM killer would
+        assert wait_until(lambda: len(set(workers()) - set(first)) == 1 and first[1] in workers())
+        for _ in range(20):
+            assert get(address, origin.url("/bytes/10")).status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(MUST_NOT_EXPIRE) == 0
+        assert proc.stderr is not None
+        assert f"worker {first[0]} ended (exit status -9)" in proc.stderr.read()
 
 
 def counters(metrics: bytes) -> dict[str, float]:
