@@ -96,6 +96,8 @@ COUNTERS = {
     "lookup_threads_started": "Name lookup threads started (a lookup found no idle one).",
     "handler_thread_start_failures": "Handler threads that could not be started (the connection was closed).",
     "lookup_thread_start_failures": "Lookup threads that could not be started (their lookup got a 503).",
+    "clients_evicted": "Idle client connections closed to admit new ones (max_clients, per-address caps).",
+    "accept_pauses": "Pauses of accept(): the process was out of file descriptors (or the host of memory).",
 }
 GAUGES = {
     "clients": "Open client connections.",
