@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tinyproxy_py.conffile import reference_table  # noqa: E402
+from tinyproxy_py.settings.conffile import reference_table  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN GENERATED: scripts/gen_docs.py -->\n", "<!-- END GENERATED -->\n"
 

@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from tinyproxy_py import Config, ProxyServer
-from tinyproxy_py.dialer import Resolver
+from tinyproxy_py.net.dialer import Resolver
 
 from .kit.origins import OriginServer
 from .kit.procfs import open_fds, thread_count

@@ -1,5 +1,5 @@
 """`python -m tinyproxy_py` runs the command line."""
 
-from .cli import main
+from .app.cli import main
 
 main(prog_name="tinyproxy-py")

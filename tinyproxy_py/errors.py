@@ -6,7 +6,7 @@ goes, a *parent* is an upstream proxy we chain through (`--upstream`). Causes ar
 are one enumeration, checked against the table in docs/operations.md.
 
 Rule: code raises a ProxyError subclass; only the handler turns it into a reply
-(`render`). Imports: stdlib only.
+(wire/writer.py's `render`). Imports: stdlib only.
 """
 
 from __future__ import annotations
@@ -207,18 +207,3 @@ class Aborted(ProxyError):
     # (0: nothing) and how many body bytes.
     status_sent = 0
     bytes_sent = 0
-
-
-def render(error: ProxyError, *, close: bool = True) -> bytes:
-    """A complete HTTP/1.1 response for `error`: short plain text that names the cause."""
-    body = f"{error.status.value} {error.status.phrase}: {error.message}\n".encode()
-    head = (
-        f"HTTP/1.1 {error.status.value} {error.status.phrase}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"X-Tinyproxy-Py-Cause: {error.cause}\r\n"
-    )
-    head += "".join(f"{name}: {value}\r\n" for name, value in error.headers)
-    if close:
-        head += "Connection: close\r\n"
-    return head.encode("latin-1") + b"\r\n" + body

@@ -161,7 +161,7 @@ FRAMING: list[Case] = [
     ("unknown-expectation", post_with(b"Content-Length: 0\r\n", b"Expect: 200-ok\r\n"), 417),
 ]
 
-# Limits (DESIGN.md): request line → 414; head size or field count → 431.
+# Limits (docs/architecture.md): request line → 414; head size or field count → 431.
 LIMIT_CASES: list[Case] = [
     ("target-over-line-limit", b"GET http://ORIGIN/" + b"a" * 1100 + b" HTTP/1.1\r\n" + HOST + b"\r\n", 414),
     ("method-over-line-limit", b"G" * 2000 + b" http://ORIGIN/ HTTP/1.1\r\n" + HOST + b"\r\n", 414),

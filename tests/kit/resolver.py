@@ -1,4 +1,4 @@
-"""A resolver for proxies under test: addresses and a fixed table, never DNS (TESTING.md).
+"""A resolver for proxies under test: addresses and a fixed table, never DNS: tests make no DNS traffic.
 
 `offline_resolver({"dual.test": ["192.0.2.1", "127.0.0.1"]})` answers those names with
 those addresses in that order (a test of Happy Eyeballs puts a black hole first); an

@@ -11,7 +11,8 @@ import base64
 
 import pytest
 
-from tinyproxy_py.chain import (
+from tinyproxy_py.errors import BadGateway, BadRequest, Cause, GatewayTimeout, LoopDetected, ProxyError
+from tinyproxy_py.net.chain import (
     MAX_INTERIM,
     ConnectHandshake,
     Handshake,
@@ -20,8 +21,7 @@ from tinyproxy_py.chain import (
     connect_request,
     greeting,
 )
-from tinyproxy_py.errors import BadGateway, BadRequest, Cause, GatewayTimeout, LoopDetected, ProxyError
-from tinyproxy_py.routes import Parent
+from tinyproxy_py.settings.routes import Parent
 
 LABEL = "parent proxy P"
 SPLITS = pytest.mark.parametrize("piecewise", [False, True], ids=["whole", "bytewise"])

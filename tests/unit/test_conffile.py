@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tinyproxy_py import Config, conffile
-from tinyproxy_py.conffile import ConfigFileError, from_environment, load_file, parse
+from tinyproxy_py import Config
+from tinyproxy_py.settings import conffile
+from tinyproxy_py.settings.conffile import ConfigFileError, from_environment, load_file, parse
 
 DEBIAN_DEFAULT = """\
 ##
@@ -133,7 +134,7 @@ def test_bad_values_name_file_line_and_reason(text: str, reason: str) -> None:
     ],
 )
 def test_filter_files(tmp_path: Path, filter_type: str, lines: list[str], blocked: str, passed: str) -> None:
-    from tinyproxy_py.policy import Policy
+    from tinyproxy_py.settings.policy import Policy
 
     (tmp_path / "filter").write_text("# blocked hosts\n" + "\n".join(lines) + "\n")
     conf = tmp_path / "tinyproxy.conf"

@@ -1,11 +1,11 @@
-"""Config: defaults from DESIGN.md, validation that names the field."""
+"""Config: defaults (docs/architecture.md#limits-and-their-defaults), validation that names the field."""
 
 from __future__ import annotations
 
 import pytest
 
 from tinyproxy_py import Config
-from tinyproxy_py.config import describe
+from tinyproxy_py.settings.config import describe
 
 
 def test_defaults_match_the_design_table() -> None:

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from tinyproxy_py.conffile import env_variable
-from tinyproxy_py.config import FIELD_TYPES, Config, flag
+from tinyproxy_py.settings.conffile import env_variable
+from tinyproxy_py.settings.config import FIELD_TYPES, Config, flag
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from tinyproxy_py.config import parse_override
-from tinyproxy_py.dialer import _interleaved
+from tinyproxy_py.net.dialer import _interleaved
+from tinyproxy_py.settings.config import parse_override
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 

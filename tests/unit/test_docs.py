@@ -43,3 +43,13 @@ def test_the_causes_table_lists_exactly_the_causes_in_the_code() -> None:
 
 def test_a_cause_formats_as_its_token() -> None:
     assert f"{Cause.ORIGIN_ABORT}" == str(Cause.ORIGIN_ABORT) == "origin-abort"
+
+
+def test_the_public_face_is_exactly_what_the_embedding_guide_lists() -> None:
+    import tinyproxy_py
+
+    text = (ROOT / "docs" / "embedding.md").read_text()
+    table = text.split("## The public face", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([A-Za-z_]+)` \|", table, re.M)
+    assert sorted(documented) == sorted(tinyproxy_py.__all__)
+    assert all(hasattr(tinyproxy_py, name) for name in tinyproxy_py.__all__)

@@ -1,11 +1,12 @@
-"""The error classes answer as DESIGN.md's error table says."""
+"""The error classes answer as the error table in docs/architecture.md says."""
 
 from __future__ import annotations
 
 import pytest
 
 from tinyproxy_py import errors
-from tinyproxy_py.accesslog import AccessRecord, format_record
+from tinyproxy_py.observe.accesslog import AccessRecord, format_record
+from tinyproxy_py.wire.writer import render
 
 
 @pytest.mark.parametrize(
@@ -28,7 +29,7 @@ def test_status_of_each_error(error: type[errors.ProxyError], status: int) -> No
 
 
 def test_render_is_a_complete_response_naming_the_cause() -> None:
-    raw = errors.render(errors.GatewayTimeout("origin slow", cause=errors.Cause.READ_TIMEOUT))
+    raw = render(errors.GatewayTimeout("origin slow", cause=errors.Cause.READ_TIMEOUT))
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
     assert b"Connection: close" in head

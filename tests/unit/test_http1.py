@@ -18,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyproxy_py.config import Config
 from tinyproxy_py.errors import BadRequest, ProxyError
-from tinyproxy_py.http1 import ChunkedDecoder, RequestHead, parse_request_head, response_head
+from tinyproxy_py.settings.config import Config
+from tinyproxy_py.wire.body import ChunkedDecoder
+from tinyproxy_py.wire.request import RequestHead, parse_request_head
+from tinyproxy_py.wire.writer import response_head
 
 from ..data.hostile_requests import ALL_CASES, CLOSE, LIMITS, Expected, for_upstream
 

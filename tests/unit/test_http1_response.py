@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyproxy_py.config import Config
 from tinyproxy_py.errors import BadGateway, BadResponse
-from tinyproxy_py.http1_response import BodyReader, ResponseHead, parse_response_head
+from tinyproxy_py.settings.config import Config
+from tinyproxy_py.wire.response import BodyReader, ResponseHead, parse_response_head
 
 from .test_http1 import CHUNK_FRAGMENTS, TCHARS, VCHARS, chunked_bodies, grammar
 
@@ -368,7 +368,7 @@ VALID: list[tuple[str, bytes, bytes, str, Want]] = [
     ),
     (
         # SPEC: "Content-Length ignored, dropped": ignored here; whether head.headers or the
-        # forwarder drops it, SPEC.md does not say (forward.py drops it on relay).
+        # forwarder drops it, SPEC.md does not say (origin/exchange.py drops it on relay).
         "chunked-overrides-content-length",
         OK + b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\nX-A: a\r\n\r\n",
         b"",

@@ -9,9 +9,9 @@ import ipaddress
 import pytest
 
 from tinyproxy_py import Config
-from tinyproxy_py.config import SettingError
 from tinyproxy_py.errors import Forbidden, LoopDetected, ProxyAuthRequired, ProxyError
-from tinyproxy_py.policy import Policy, check_exposure, parse_host_patterns, parse_networks
+from tinyproxy_py.settings.config import SettingError
+from tinyproxy_py.settings.policy import Policy, check_exposure, parse_host_patterns, parse_networks
 
 
 def basic(user: str, password: str) -> str:

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from tinyproxy_py.proxyprotocol import MAX_V2_BODY, V2_SIGNATURE, BadProxyHeader, ProxyHeader, parse
+from tinyproxy_py.wire.proxyprotocol import MAX_V2_BODY, V2_SIGNATURE, BadProxyHeader, ProxyHeader, parse
 
 AFTER = b"GET http://o/ HTTP/1.1\r\n\r\n"  # the client's request follows the header
 

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from tinyproxy_py.routes import (
+from tinyproxy_py.settings.routes import (
     Parent,
     Routes,
     Rule,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinyproxy_py.tunnel import READ, WRITE, Flow, TunnelState
+from tinyproxy_py.tunnel.state import READ, WRITE, Flow, TunnelState
 
 
 def state_with(up: Flow | None = None, down: Flow | None = None, opened: float = 100.0) -> TunnelState:

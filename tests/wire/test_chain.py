@@ -13,15 +13,15 @@ from contextlib import closing, contextmanager
 import pytest
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.chain import (
+from tinyproxy_py.errors import BadGateway, Cause, GatewayTimeout, ProxyError
+from tinyproxy_py.net.chain import (
     MAX_ANSWER_BYTES,
     ConnectHandshake,
     Socks5Handshake,
     connect_through,
     run,
 )
-from tinyproxy_py.errors import BadGateway, Cause, GatewayTimeout, ProxyError
-from tinyproxy_py.routes import Parent
+from tinyproxy_py.settings.routes import Parent
 
 from ..kit.faults import echo
 from ..kit.procfs import open_fds

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.accesslog import AccessRecord
-from tinyproxy_py.routes import join_host_port
+from tinyproxy_py.observe.accesslog import AccessRecord
+from tinyproxy_py.settings.routes import join_host_port
 
 from ..kit.clients import raw_exchange
 from ..kit.origins import OriginServer, pattern_bytes

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tinyproxy_py.workers import RESTART_AFTER
+from tinyproxy_py.app.workers import RESTART_AFTER
 
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.responses import get

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from tinyproxy_py import Config, ProxyServer
-from tinyproxy_py.accesslog import AccessRecord
 from tinyproxy_py.errors import Overloaded
-from tinyproxy_py.handlerthreads import HandlerThreads
-from tinyproxy_py.stats import Stats
-from tinyproxy_py.tunnel import BUFFER_SIZE, TunnelHub
+from tinyproxy_py.net.threads import HandlerThreads
+from tinyproxy_py.observe.accesslog import AccessRecord
+from tinyproxy_py.observe.stats import Stats
+from tinyproxy_py.tunnel.hub import BUFFER_SIZE, TunnelHub
 
 from ..kit.clients import MiB, abort, recv_exactly, recv_to_eof
 from ..kit.clients import open_tunnel as kit_open_tunnel
@@ -242,7 +242,7 @@ def test_connect_timeout_is_504(make_proxy: Callable[..., ProxyServer]) -> None:
 
 
 def test_16_mib_each_way_at_once_byte_exact(proxy: ProxyServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="tinyproxy_py.tunnel")  # the close line is debug
+    caplog.set_level(logging.DEBUG, logger="tinyproxy_py.tunnel.hub")  # the close line is debug
     payload = os.urandom(16 * MiB)
     with scripted_server(echo) as server:
         sock, rest = open_tunnel(proxy, f"127.0.0.1:{server.port}")
@@ -262,7 +262,7 @@ def test_16_mib_each_way_at_once_byte_exact(proxy: ProxyServer, caplog: pytest.L
     assert tunnels_gone(proxy)
 
     def close_lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "tinyproxy_py.tunnel"]
+        return [r.getMessage() for r in caplog.records if r.name == "tinyproxy_py.tunnel.hub"]
 
     # The hub counts the tunnel gone, then counts the reason, then logs: wait for the line.
     assert wait_until(lambda: len(close_lines()) == 1), close_lines()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.accesslog import AccessRecord
+from tinyproxy_py.observe.accesslog import AccessRecord
 
 from ..kit.clients import recv_all
 from ..kit.origins import OriginServer, pattern_bytes

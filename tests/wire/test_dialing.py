@@ -20,8 +20,8 @@ from contextlib import ExitStack
 import pytest
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.dialer import Dialer
 from tinyproxy_py.errors import Overloaded
+from tinyproxy_py.net.dialer import Dialer
 
 from ..kit.clients import client_from, connect_request, recv_head
 from ..kit.origins import OriginServer, pattern_bytes

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyproxy_py.pytest_plugin import RecordingProxy, tinyproxy_config
+from tinyproxy_py.app.pytest_plugin import RecordingProxy, tinyproxy_config
 
 from ..kit.clients import recv_head
 from ..kit.origins import OriginServer, pattern_bytes
@@ -22,7 +22,7 @@ from ..kit.waits import MUST_NOT_EXPIRE
 from ..support import client_env
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tinyproxy_py"
-PLUGIN_ONLY = ("-p", "no:tinyproxy", "-p", "tinyproxy_py.pytest_plugin", "-p", "no:cacheprovider")
+PLUGIN_ONLY = ("-p", "no:tinyproxy", "-p", "tinyproxy_py.app.pytest_plugin", "-p", "no:cacheprovider")
 
 
 def test_recording_proxy_records_requests_and_leaves_nothing_behind(

@@ -19,9 +19,9 @@ import pytest
 
 from tinyproxy_py import ProxyServer
 from tinyproxy_py.errors import Cause, Overloaded
-from tinyproxy_py.handlerthreads import HandlerThreads
-from tinyproxy_py.lookups import Lookups
-from tinyproxy_py.stats import Stats
+from tinyproxy_py.net.lookups import Lookups
+from tinyproxy_py.net.threads import HandlerThreads
+from tinyproxy_py.observe.stats import Stats
 
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.procfs import handler_threads

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.clientconn import FIRST_REQUEST_GRACE
+from tinyproxy_py.net.clientconn import FIRST_REQUEST_GRACE
 
 from ..kit.clients import open_tunnel
 from ..kit.origins import OriginServer, pattern_bytes, running_origin

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import pytest
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.accesslog import AccessRecord
-from tinyproxy_py.proxyprotocol import V2_SIGNATURE
+from tinyproxy_py.observe.accesslog import AccessRecord
+from tinyproxy_py.wire.proxyprotocol import V2_SIGNATURE
 
 from ..kit.clients import recv_all
 from ..kit.origins import OriginServer, pattern_bytes

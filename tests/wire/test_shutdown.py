@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.accesslog import AccessRecord
-from tinyproxy_py.server import _Accepted
+from tinyproxy_py.observe.accesslog import AccessRecord
+from tinyproxy_py.server.listener import _Accepted
 
 from ..kit.clients import open_tunnel, recv_all, recv_head, recv_to_eof
 from ..kit.faults import echo

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import pytest
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.handlerthreads import HandlerThreads
+from tinyproxy_py.net.threads import HandlerThreads
 
 from ..kit.procfs import open_fds, thread_count
 from ..kit.traffic import Traffic, mix_against

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tinyproxy_py import ProxyServer
-from tinyproxy_py.accesslog import AccessRecord
+from tinyproxy_py.observe.accesslog import AccessRecord
 
 from ..kit.clients import client_from, recv_all, recv_head
 from ..kit.origins import OriginServer

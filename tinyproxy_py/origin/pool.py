@@ -2,7 +2,7 @@
 
 urllib3 creates the connections (the dial, TLS with certifi's bundle, chaining through a
 parent proxy), bounds them and keeps the idle ones; the proxy writes each request and
-reads each response on a checked-out connection itself (forward.py, stream.py), and
+reads each response on a checked-out connection itself (origin/exchange.py, net/stream.py), and
 gives it back only when clean. Bounds: `pool_hosts` host pools (LRU), `pool_idle_per_host`
 idle connections per host (`block=False`: extra connections are made when needed and
 closed when returned to a full pool), the connect timeout on every dial. A reaper closes
@@ -10,8 +10,6 @@ idle connections past the idle timeout, and within a second any idle connection 
 origin closed or wrote to (Go's transport reads every idle connection for the same
 reason): an idle connection has nothing to say, and what it says would otherwise reach
 the next request.
-Imports: config, stats, dialer, chain, routes, errors, connections (when first needed);
-urllib3 (for types only).
 """
 
 from __future__ import annotations
@@ -24,53 +22,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .chain import label
-from .config import Config
-from .dialer import DIRECT, Dialer
-from .errors import BadGateway, Cause, GatewayTimeout, Overloaded, ProxyError
-from .routes import Parent, join_host_port
-from .stats import Stats
+from ..errors import BadGateway, Cause, GatewayTimeout, Overloaded, ProxyError
+from ..net.chain import label
+from ..net.dialer import DIRECT, Dialer
+from ..observe.stats import Stats
+from ..settings.config import Config
+from ..settings.routes import Parent, join_host_port
+from .tracker import ConnectionTracker
 
 if TYPE_CHECKING:
     import urllib3
-    from urllib3.connection import HTTPConnection
 
 IDLE_WATCH_INTERVAL = 1.0  # how soon an idle connection that its origin closed is closed
-
-
-class ConnectionTracker:
-    """Knows every open connection of one pool manager."""
-
-    def __init__(self, stats: Stats) -> None:
-        self._lock = threading.Lock()
-        self._open: set[HTTPConnection] = set()
-        self._stats = stats
-
-    def opened(self, conn: HTTPConnection) -> None:
-        with self._lock:
-            if conn not in self._open:
-                self._open.add(conn)
-                self._stats.adjust("pool_open", 1)
-
-    def closed(self, conn: HTTPConnection) -> None:
-        with self._lock:
-            if conn in self._open:
-                self._open.discard(conn)
-                self._stats.adjust("pool_open", -1)
-
-    def abort_all(self) -> None:
-        """Shut down every open socket of the pool, waking threads blocked reading them."""
-        with self._lock:
-            conns = list(self._open)
-        for conn in conns:
-            sock = conn.sock
-            if sock is not None:
-                try:
-                    # The base method: SSLSocket.shutdown would tear down its SSL
-                    # object under the thread that is still using it.
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 @dataclass(eq=False)
@@ -309,7 +272,7 @@ def _connect_error(
 ) -> BaseException:
     """What a client is told when a new connection could not be set up.
 
-    The dial itself already raises ProxyErrors (dialer.py, chain.py); what is
+    The dial itself already raises ProxyErrors (net/dialer.py, net/chain.py); what is
     left is TLS with the origin, and errors of our own making, which pass unchanged.
     """
     if isinstance(exc, ProxyError) or not isinstance(exc, OSError):  # TLS errors are OSErrors

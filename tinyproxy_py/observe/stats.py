@@ -2,7 +2,6 @@
 
 Every live object the proxy owns is counted by a gauge; a gauge that does not return
 to zero once traffic stops is a leak, and the tests look for exactly that.
-Imports: stdlib only.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reads and writes on a non-blocking socket, every wait under a deadline.
 
-Both sides use it: the client's connection (clientconn.py) and an origin connection
-(forward.py). A call tries the socket first and waits in poll() only when the kernel
+Both sides use it: the client's connection (net/clientconn.py) and an origin connection
+(origin/exchange.py). A call tries the socket first and waits in poll() only when the kernel
 says it must, so a socket never keeps a timeout setting of its own: Python's timeout
 mode would cost a settimeout syscall per change and a poll before every send and recv.
 An origin stream can also watch the client's socket while it waits: a client that hangs
@@ -9,7 +9,6 @@ up is noticed at once, not when the origin answers or the deadline passes (a cli
 that pipelines its next request is not gone). Socket errors pass through as OSError
 (TimeoutError for a deadline); the caller decides what they mean. TLS sockets work the
 same way (SSLWantRead/Write are waits). The owner of the socket stays its owner.
-Imports: errors; socket, select (ssl only once a TLS socket exists: it costs 5 MiB).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import socket
 import struct
 import time
 
-from .errors import Aborted, Cause
+from ..errors import Aborted, Cause
 
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 

@@ -2,7 +2,6 @@
 
 A reload builds a new `Runtime` and swaps one reference; a handler takes it once per
 request, so no request is admitted by one configuration and routed by another.
-Imports: config, dialer, forward, lookups, policy, routes, stats.
 """
 
 from __future__ import annotations
@@ -11,13 +10,13 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .config import Config, load_credentials, parse_override
-from .dialer import DIRECT, Dialer, Resolver, system_resolver
-from .forward import Rewrite
-from .lookups import Lookups
-from .policy import Policy, check_exposure
-from .routes import Routes, parse_rules, rules_from_env, rules_from_options
-from .stats import Stats
+from ..net.dialer import DIRECT, Dialer, Resolver, system_resolver
+from ..net.lookups import Lookups
+from ..observe.stats import Stats
+from ..origin.exchange import Rewrite
+from ..settings.config import Config, parse_override
+from ..settings.policy import Policy, check_exposure, load_credentials
+from ..settings.routes import Routes, parse_rules, rules_from_env, rules_from_options
 
 log = logging.getLogger(__name__)
 TINYPROXY_STAT_HOST = "tinyproxy.stats"

@@ -1,9 +1,9 @@
 """One plain-HTTP request through a pooled connection, streamed both ways.
 
 The proxy speaks HTTP/1.1 to the origin itself: it writes the request head and body,
-reads the response with http1_response.py (as strictly as requests are read), relays
+reads the response with wire/response.py (as strictly as requests are read), relays
 interim responses, and streams the body framed for this client. urllib3 only owns the
-connections (pool.py). A connection is finished in one of two places: `_relay` puts it
+connections (origin/pool.py). A connection is finished in one of two places: `_relay` puts it
 back in the pool the moment a response body has ended exactly where its length or chunks
 say (never after a bodiless HEAD, 204 or 304 answer) and the origin allows reuse
 (before the last bytes go to the client, so the client's next request finds it there),
@@ -13,8 +13,6 @@ After a 101 to a request that asked to upgrade it is handed to the tunnel hub in
 The one retry: an idempotent request without a body that failed on a reused pooled
 connection before any response byte arrived (the origin closed an idle connection as
 we sent on it). Nothing reached the origin's application, so sending again is safe.
-Imports: http1, http1_response, stream, clientconn, pool, config, errors, routes, chain, dialer,
-tunnel (its hub, for an upgrade).
 """
 
 from __future__ import annotations
@@ -24,11 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .chain import auth_refused, label
-from .clientconn import ClientConnection
-from .config import Config
-from .dialer import DIRECT, Dialer
-from .errors import (
+from ..errors import (
     Aborted,
     BadGateway,
     BadResponse,
@@ -39,12 +33,19 @@ from .errors import (
     ProxyError,
     ResponseTimeout,
 )
-from .http1 import HOP_BY_HOP, LAST_CHUNK, Headers, RequestHead, chunk, strip_hop_by_hop, via_value
-from .http1_response import MAX_INTERIM, BodyReader, ResponseHead, parse_response_head
+from ..net.chain import auth_refused, label
+from ..net.clientconn import ClientConnection
+from ..net.dialer import DIRECT, Dialer
+from ..net.stream import Stream
+from ..settings.config import Config
+from ..settings.routes import Parent
+from ..tunnel.hub import TunnelHub
+from ..wire.grammar import HOP_BY_HOP, MAX_INTERIM, Headers
+from ..wire.request import RequestHead
+from ..wire.response import BodyReader, ResponseHead, parse_response_head
+from ..wire.writer import LAST_CHUNK, chunk, request_line, status_line, strip_hop_by_hop, via_value
+from ..wire.writer import head as write_head
 from .pool import Lease, OriginPool, origin_key
-from .routes import Parent
-from .stream import Stream
-from .tunnel import TunnelHub
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +172,10 @@ def _origin_headers(head: RequestHead, rewrite: Rewrite, client_ip: str, upgrade
 
 def _request_bytes(head: RequestHead, headers: Headers, lease: Lease) -> bytes:
     target = head.url if lease.target_form == "absolute" else head.path
-    lines = [f"{head.method} {target} HTTP/1.1", f"Host: {head.authority}"]
-    lines += [f"{name}: {value}" for name, value in headers]
+    fields = [("Host", head.authority), *headers]
     if lease.proxy_authorization is not None:
-        lines.append(f"Proxy-Authorization: {lease.proxy_authorization}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        fields.append(("Proxy-Authorization", lease.proxy_authorization))
+    return write_head(request_line(head.method, target), fields)
 
 
 def _exchange(
@@ -363,9 +363,7 @@ def _client_head(
         fields += [(k, v) for k, v in response.headers if k.lower() in ("connection", "upgrade")]
     if pseudonym:
         fields.append(("Via", via_value(response.version, pseudonym)))
-    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
-    lines += [f"{name}: {value}" for name, value in fields + headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return write_head(status_line(response.status, response.reason), fields + headers)
 
 
 def _relay(

@@ -17,7 +17,6 @@ one wait about 250 ms for its thread. Now each connection waits for its own thre
 Rule: a thread counts itself idle *before* it calls `done` for the job it finished.
 `done` frees the caller's admission slot, so every started thread holds a slot or is
 idle, and there are never more threads than slots (`limit`).
-Imports: stats.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .stats import Stats
+from ..observe.stats import Stats
 
 log = logging.getLogger(__name__)
 

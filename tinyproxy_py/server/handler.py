@@ -5,8 +5,6 @@ response has been sent yet. One exception: a 407 to a request with nothing left 
 keeps the connection for the client's retry with credentials. A CONNECT ends the loop
 too: the sockets go to the hub.
 The handler knows its server only as `Services`, the few things it uses of it.
-Imports: clientconn, forward, http1, proxyprotocol, errors, chain, dialer, accesslog, statspage,
-quietlog (policy, pool, runtime, stats, tunnel for types only).
 """
 
 from __future__ import annotations
@@ -19,12 +17,7 @@ from dataclasses import replace
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import statspage
-from .accesslog import AccessRecord
-from .chain import connect_through
-from .clientconn import ClientConnection
-from .dialer import DIRECT, Dialer, is_local_address
-from .errors import (
+from ..errors import (
     Aborted,
     BadRequest,
     Cause,
@@ -33,30 +26,34 @@ from .errors import (
     ProxyAuthRequired,
     ProxyError,
     exhausted,
-    render,
 )
-from .forward import Outcome, forward
-from .http1 import RequestHead, response_head, via_value
-from .proxyprotocol import BadProxyHeader
-from .quietlog import EpisodeLog
+from ..net.chain import connect_through
+from ..net.clientconn import ClientConnection
+from ..net.dialer import DIRECT, Dialer, is_local_address
+from ..observe import statspage
+from ..observe.accesslog import AccessRecord
+from ..observe.quietlog import EpisodeLog
+from ..origin.exchange import Outcome, forward
+from ..wire.proxyprotocol import BadProxyHeader
+from ..wire.request import RequestHead
+from ..wire.writer import CONNECTION_ESTABLISHED, render, response_head, via_value
 
 if TYPE_CHECKING:
-    from .policy import Policy
-    from .pool import OriginPool
+    from ..observe.stats import Stats
+    from ..origin.pool import OriginPool
+    from ..settings.policy import Policy
+    from ..tunnel.hub import TunnelHub
     from .runtime import Runtime
-    from .stats import Stats
-    from .tunnel import TunnelHub
 
 log = logging.getLogger(__name__)
 
-CONNECTION_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 PROBES = frozenset({"/healthz", "/readyz"})
 # Connections closed for a missing or bad PROXY header: anyone can send them by the thousand.
 _strangers = EpisodeLog(log, logging.WARNING)
 
 
 class Services(Protocol):
-    """What a handler uses of the proxy that runs it (server.ProxyServer)."""
+    """What a handler uses of the proxy that runs it (server.proxy.ProxyServer)."""
 
     runtime: Runtime  # replaced whole by a reload: read it once per request
     stats: Stats
@@ -212,7 +209,7 @@ class ClientHandler:
         return self._dialing[1]
 
     def _admit(self, head: RequestHead, policy: Policy) -> None:
-        """Apply the policy (policy.py gives the order) before anything is sent on."""
+        """Apply the policy (settings/policy.py gives the order) before anything is sent on."""
         policy.check_credentials(head.get("Proxy-Authorization"))
         via = head.fields.get("via", [])
         policy.check_loop(head.host, head.port, via, self.server.addresses)

@@ -1,6 +1,6 @@
 """The command line: serve, check-config, run, env. The only module that imports click.
 
-Options are generated from `Config` (config.py), so every setting has a flag whose
+Options are generated from `Config` (settings/config.py), so every setting has a flag whose
 default and help text come from the one source of truth. Settings are merged as:
 command line > environment (TINYPROXY_PY_...) > config file > defaults.
 Process-wide concerns live here, never in the core: logging handlers, signals, the
@@ -25,10 +25,10 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from . import __version__
-from .conffile import ConfigFileError, env_variable, from_environment, load_file
-from .config import CHOICES, SPELLED, Config, SettingError, check_setting, coerce, flag
-from .server import ProxyServer
+from ..server.proxy import ProxyServer
+from ..settings.conffile import ConfigFileError, env_variable, from_environment, load_file
+from ..settings.config import CHOICES, SPELLED, Config, SettingError, check_setting, coerce, flag
+from ..version import __version__
 from .workers import PASSED_ON, SharedStats, supervise
 
 THREAD_STACK_SIZE = 512 * 1024
@@ -279,7 +279,7 @@ def _signal_events() -> queue.SimpleQueue[int]:
 
     for signum in PASSED_ON:
         signal.signal(signum, handler)
-    # A --workers child starts with them blocked (workers.py): none is lost or fatal
+    # A --workers child starts with them blocked (app/workers.py): none is lost or fatal
     # before the handlers are in place.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
     return events

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .accesslog import AccessRecord
-from .config import Config
-from .server import ProxyServer
+from ..observe.accesslog import AccessRecord
+from ..server.proxy import ProxyServer
+from ..settings.config import Config
 
 
 class RecordingProxy(ProxyServer):

@@ -2,13 +2,12 @@
 
 getaddrinfo cannot be interrupted, and the system resolver's own limits add up to tens
 of seconds (resolv.conf: timeout x attempts x servers). So a lookup runs on a thread of
-a small reused set (handlerthreads.py) and its caller waits for it only until the
+a small reused set (net/threads.py) and its caller waits for it only until the
 deadline it was given: the connect timeout then bounds lookup and connect together. A
 lookup given up on finishes on its thread, its answer dropped, and keeps its place in
 the set until then: a resolver that hangs shows as busy lookups (the `lookups` gauge),
 and at the limit a new lookup fails at once instead of adding threads.
-An address literal needs no lookup: dialer.py answers it before it comes here.
-Imports: handlerthreads, errors, stats.
+An address literal needs no lookup: net/dialer.py answers it before it comes here.
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from .errors import Cause, Overloaded
-from .handlerthreads import HandlerThreads
-from .stats import Stats
+from ..errors import Cause, Overloaded
+from ..observe.stats import Stats
+from .threads import HandlerThreads
 
 T = TypeVar("T")
 
@@ -57,7 +56,7 @@ class Lookups:
 
 
 class _Lookup(Generic[T]):
-    """One lookup as a job for a lookup thread (handlerthreads.Job)."""
+    """One lookup as a job for a lookup thread (net.threads.Job)."""
 
     __slots__ = ("_error", "_result", "finished", "host", "lookup", "port")
 

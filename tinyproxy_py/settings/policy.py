@@ -12,7 +12,6 @@ Precedence, in the order the handler applies the checks:
 3. loop: our own Via token in the request, or a target that is our own listening address.
 4. CONNECT port: must be in the allowed list (0 in the list allows every port).
 5. host filter: deny mode refuses listed hosts; allow mode admits only listed hosts.
-Imports: errors, config.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .config import Config, parse_credential, port_ranges
-from .errors import Cause, Forbidden, LoopDetected, ProxyAuthRequired
+from ..errors import Cause, Forbidden, LoopDetected, ProxyAuthRequired
+from .config import Config, port_ranges
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -177,14 +176,14 @@ class Policy:
         listening: Iterable[tuple[str, int]],
         is_local: Callable[[Address], bool] = lambda address: False,
     ) -> Callable[[Address, int], None]:
-        """What `client` may connect to, judged on each resolved address (dialer.py):
+        """What `client` may connect to, judged on each resolved address (net/dialer.py):
 
         - an address this proxy listens on, with its port: 508 (any spelling of it);
         - `deny_destinations`: 403 for every client;
         - loopback, link-local, unspecified and the proxy's own addresses: 403 for a client
           that is not on this machine (`local_clients`), unless `allow_destinations` says so.
 
-        `is_local` says whether an address belongs to this host (dialer.is_local_address):
+        `is_local` says whether an address belongs to this host (net.dialer.is_local_address):
         a wildcard listener answers on all of them.
         """
         local = self.is_local_client(client)
@@ -355,3 +354,26 @@ def check_exposure(config: Config, *, has_users: bool = False) -> None:
             "authentication is configured. Open it deliberately with --allow CIDR for the "
             "clients that may use it (--allow 0.0.0.0/0 for everyone) and/or --basic-auth USER:PASSWORD."
         )
+
+
+def parse_credential(text: str) -> tuple[str, str]:
+    user, colon, password = text.partition(":")
+    if not colon or not user:
+        raise ValueError("credentials must look like USER:PASSWORD")
+    if not password:  # `--basic-auth bob:` is a slip, not a wish for a door without a lock
+        raise ValueError(f"the password for {user} is empty")
+    return user, password
+
+
+def load_credentials(path: str) -> tuple[tuple[str, str], ...]:
+    """USER:PASSWORD lines of an auth file (blank lines and # comments skipped)."""
+    users = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                try:
+                    users.append(parse_credential(line))
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{number}: {exc}") from None
+    return tuple(users)

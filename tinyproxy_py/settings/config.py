@@ -1,8 +1,8 @@
 """The one source of truth for every setting: name, type, default, help text.
 
 The CLI builds its options from `fields(Config)`, and the docs list the same metadata,
-so neither can drift from the code. Defaults follow DESIGN.md (Go's http.Transport and
-http.Server for the timeouts). Imports: stdlib only.
+so neither can drift from the code. The timeouts' defaults follow Go's http.Transport
+and http.Server (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -419,29 +419,6 @@ def flag(name: str) -> str:
 def describe() -> list[tuple[str, Any, str, str]]:
     """(name, default, unit, help) for every setting, in declaration order."""
     return [(f.name, f.default, f.metadata["unit"], f.metadata["help"]) for f in dataclasses.fields(Config)]
-
-
-def parse_credential(text: str) -> tuple[str, str]:
-    user, colon, password = text.partition(":")
-    if not colon or not user:
-        raise ValueError("credentials must look like USER:PASSWORD")
-    if not password:  # `--basic-auth bob:` is a slip, not a wish for a door without a lock
-        raise ValueError(f"the password for {user} is empty")
-    return user, password
-
-
-def load_credentials(path: str) -> tuple[tuple[str, str], ...]:
-    """USER:PASSWORD lines of an auth file (blank lines and # comments skipped)."""
-    users = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                try:
-                    users.append(parse_credential(line))
-                except ValueError as exc:
-                    raise ValueError(f"{path}:{number}: {exc}") from None
-    return tuple(users)
 
 
 FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Config)}

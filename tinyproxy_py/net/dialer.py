@@ -2,16 +2,14 @@
 
 One lookup (A and AAAA together), host overrides applied first (curl's --resolve and
 --connect-to), every address judged before it is dialled (the destination policy and
-loop detection, policy.py) and the connection made to exactly the address judged, so a
+loop detection, settings/policy.py) and the connection made to exactly the address judged, so a
 second lookup cannot move it (DNS rebinding). Addresses are tried as RFC 8305 (Happy
 Eyeballs v2) says: families interleaved, the first family first, the next attempt
 started `attempt_delay` after the previous one while it is still pending; the first to
 connect wins and the others are closed at once. The connect timeout bounds the whole,
-the lookup too when a running proxy gives the dialer its lookup threads (lookups.py).
+the lookup too when a running proxy gives the dialer its lookup threads (net/lookups.py).
 
 One place turns the ways a connect fails into the ProxyError a client should see.
-Imports: errors, policy (names alone), stats (lookups for its type only: it raises Overloaded
-at its limit).
 """
 
 from __future__ import annotations
@@ -29,9 +27,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-from .errors import EXHAUSTED, BadGateway, Cause, Forbidden, GatewayTimeout, ProxyError, exhausted
-from .policy import is_loopback_name
-from .stats import Stats
+from ..errors import EXHAUSTED, BadGateway, Cause, Forbidden, GatewayTimeout, ProxyError, exhausted
+from ..observe.stats import Stats
+from ..settings.policy import is_loopback_name
 
 if TYPE_CHECKING:
     from .lookups import Lookups

@@ -1,6 +1,6 @@
 """Sans-IO HTTP/1.1 for the origin side: response heads in, body framing decided.
 
-Strategy (as http1.py, after h11): `parse_response_head` is handed the bytes received
+Strategy (as wire/request.py, after h11): `parse_response_head` is handed the bytes received
 so far and returns a head and how many bytes it used, or None for "need more", or
 raises BadResponse (502). `BodyReader` is fed what arrives after the head and says when
 the body has ended exactly where its framing says, and what came after it.
@@ -9,7 +9,6 @@ a client (a bare CR or a NUL would let an origin split the response), the head i
 bounded in size and fields, and framing follows RFC 9112 §6.3 with no guessing: any
 doubt about where a response ends is a 502, never a connection to reuse. Lines may end
 in a bare LF (§2.2 allows a recipient that), and are sent on with CRLF.
-Imports: errors, config, http1.
 """
 
 from __future__ import annotations
@@ -17,16 +16,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .config import Config
-from .errors import BadResponse
-from .http1 import _TOKEN, _TOKEN_TEXT, ChunkedDecoder, Headers, _values, field_index, persistence
+from ..errors import BadResponse
+from .body import ChunkedDecoder
+from .grammar import (
+    STATUS_LINE,
+    TOKEN,
+    TOKEN_TEXT,
+    Headers,
+    HeadLimits,
+    field_index,
+    list_values,
+    persistence,
+)
 
-_STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # Anything but HTAB, CR and LF below SP, and DEL: never valid in a head (RFC 9110 §5.5).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
-MAX_INTERIM = 16  # interim (1xx) responses before the final one; more is a flood
 
 
 @dataclass
@@ -57,7 +63,7 @@ class ResponseHead:
 
 
 def parse_response_head(
-    buf: bytes | bytearray, limits: Config, method: str
+    buf: bytes | bytearray, limits: HeadLimits, method: str
 ) -> tuple[ResponseHead, int] | None:
     """Parse one response head (to a request of `method`) from the front of `buf`.
 
@@ -87,7 +93,7 @@ def _head_end(buf: bytes | bytearray, limit: int) -> int:
     return crlf + 3 if crlf >= 0 else -1
 
 
-def _check_incomplete(buf: bytes | bytearray, limits: Config) -> None:
+def _check_incomplete(buf: bytes | bytearray, limits: HeadLimits) -> None:
     """Refuse a partial head that can never be valid, without waiting for the rest."""
     if len(buf) >= limits.max_response_head_bytes:
         raise BadResponse(f"response head larger than {limits.max_response_head_bytes} bytes")
@@ -110,7 +116,7 @@ def _check_bytes(data: bytes | bytearray) -> None:
 
 
 def _status_line(line: bytes) -> tuple[str, int, str]:
-    match = _STATUS_LINE.fullmatch(line)
+    match = STATUS_LINE.fullmatch(line)
     if match is None:
         raise BadResponse("malformed status line")
     major, minor, status, reason = match.groups()
@@ -122,7 +128,7 @@ def _status_line(line: bytes) -> tuple[str, int, str]:
     return f"HTTP/1.{minor.decode()}", code, (reason or b"").decode("latin-1")
 
 
-def _fields(lines: list[bytes], limits: Config) -> Headers:
+def _fields(lines: list[bytes], limits: HeadLimits) -> Headers:
     headers: Headers = []
     for line in lines:
         if line[:1] in (b" ", b"\t"):
@@ -134,7 +140,7 @@ def _fields(lines: list[bytes], limits: Config) -> Headers:
             continue
         name, colon, value = line.partition(b":")
         name = name.rstrip(b" \t")  # a proxy removes whitespace before the colon (§5.1)
-        if not colon or not _TOKEN.fullmatch(name):
+        if not colon or not TOKEN.fullmatch(name):
             raise BadResponse("response header field name is not a token")
         headers.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
         if len(headers) > limits.max_response_headers:
@@ -161,8 +167,8 @@ def _apply_framing(head: ResponseHead, method: str) -> None:
 def _apply_transfer_encoding(head: ResponseHead) -> None:
     if head.version == "HTTP/1.0":
         raise BadResponse("Transfer-Encoding in an HTTP/1.0 response")  # §6.1: faulty framing
-    codings = _values(head.fields, "transfer-encoding")
-    if not codings or not all(_TOKEN_TEXT.fullmatch(coding) for coding in codings):
+    codings = list_values(head.fields, "transfer-encoding")
+    if not codings or not all(TOKEN_TEXT.fullmatch(coding) for coding in codings):
         raise BadResponse("malformed Transfer-Encoding")
     if codings.count("chunked") > 1:
         raise BadResponse("chunked applied more than once")
@@ -180,7 +186,7 @@ class BodyReader:
     came after it, which makes the connection unfit for another request.
     """
 
-    def __init__(self, head: ResponseHead, limits: Config) -> None:
+    def __init__(self, head: ResponseHead, limits: HeadLimits) -> None:
         self.framing = head.framing
         self.remaining = head.length or 0
         self.done = head.framing == "none" or (head.framing == "length" and not self.remaining)

@@ -1,9 +1,8 @@
-"""urllib3's connection and pool classes, made to dial with dialer.py (or through a parent,
-chain.py), to report every connection to the pool's tracker, and to keep idle ones quietly.
+"""urllib3's connection and pool classes, made to dial with net/dialer.py (or through a parent,
+net/chain.py), to report every connection to the pool's tracker, and to keep idle ones quietly.
 
-pool.py imports this module when it builds its first pool manager: urllib3 brings
+origin/pool.py imports this module when it builds its first pool manager: urllib3 brings
 http.client and ssl, about 12 MiB of a process that may only ever tunnel.
-Imports: config, dialer, chain, routes, errors; urllib3, certifi.
 """
 
 from __future__ import annotations
@@ -13,21 +12,19 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import certifi
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from .chain import connect_through, dial_parent, label
-from .config import Config
-from .dialer import DIRECT, Dialer
-from .errors import BadGateway, Cause
-from .routes import Parent
-
-if TYPE_CHECKING:
-    from .pool import ConnectionTracker
+from ..errors import BadGateway, Cause
+from ..net.chain import connect_through, dial_parent, label
+from ..net.dialer import DIRECT, Dialer
+from ..settings.config import Config
+from ..settings.routes import Parent
+from .tracker import ConnectionTracker
 
 
 def new_manager(config: Config, via: Parent | None, tracker: ConnectionTracker) -> urllib3.PoolManager:
@@ -50,7 +47,7 @@ def new_manager(config: Config, via: Parent | None, tracker: ConnectionTracker) 
 
 
 class _DialingConnectionMixin:
-    """Connections dial with dialer.py (or through a parent proxy, chain.py) and report to a tracker.
+    """Connections dial with net/dialer.py (or through a parent proxy, net/chain.py) and report to a tracker.
 
     `via` and `to_proxy` are bound per pool class: `via` set and `to_proxy` False tunnels
     through that parent (CONNECT or SOCKS5) to the origin; `to_proxy` True is a plain
@@ -89,14 +86,14 @@ class _DialingConnectionMixin:
             # body (RFC 9112 §9.8): recv raises SSLEOFError instead of returning b"".
             tls.suppress_ragged_eofs = False
         if self.tracker is not None:
-            self.tracker.opened(self)  # type: ignore[arg-type]
+            self.tracker.opened(self)
 
     def close(self) -> None:
         try:
             super().close()  # type: ignore[misc]
         finally:
             if self.tracker is not None:
-                self.tracker.closed(self)  # type: ignore[arg-type]
+                self.tracker.closed(self)
 
     def detach(self) -> socket.socket:
         """Take the socket away from this connection (an upgraded stream leaves the pool)."""
@@ -104,7 +101,7 @@ class _DialingConnectionMixin:
         assert sock is not None
         self.sock = None
         if self.tracker is not None:
-            self.tracker.closed(self)  # type: ignore[arg-type]
+            self.tracker.closed(self)
         return sock
 
 

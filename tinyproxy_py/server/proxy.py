@@ -2,13 +2,11 @@
 
 A TCPServer per listening address accepts; each client connection is served by one
 handler thread at a time, at most `max_clients` at once, from a set of reused threads
-(handlerthreads.py) shared by every listener. Beyond `max_clients` a client gets a
+(net/threads.py) shared by every listener. Beyond `max_clients` a client gets a
 canned 503 on the accepting thread and is closed at once instead of waiting in a queue.
 `stop()` drains (/readyz 503, still accepting for the drain delay), stops accepting, lets
 requests in flight and busy tunnels finish within the grace period, then closes client
 sockets, tunnels and the pool, and ends the handler threads.
-Imports: handler, handlerthreads, lookups, runtime, clientconn, tunnel, pool, accesslog, config, quietlog,
-stats, errors (forward, policy, routes for types only).
 """
 
 from __future__ import annotations
@@ -16,247 +14,35 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
-import socketserver
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import __version__
-from .accesslog import AccessRecord, access_log, emit
-from .clientconn import ClientConnection, send_quietly
-from .config import Config
-from .errors import EXHAUSTED, Overloaded, render
-from .handler import ClientHandler
-from .handlerthreads import HandlerThreads
-from .lookups import Lookups
-from .pool import OriginPool
-from .quietlog import EpisodeLog
+from ..net.clientconn import ClientConnection
+from ..net.lookups import Lookups
+from ..observe.accesslog import AccessRecord, access_log, emit
+from ..observe.stats import Stats
+from ..origin.pool import OriginPool
+from ..settings.config import Config
+from ..tunnel.hub import SHUTDOWN_IDLE, TunnelHub
+from ..tunnel.state import ClosedTunnel
+from ..version import __version__
+from .listener import Clients, Listener, bind
 from .runtime import Runtime
-from .stats import Stats
-from .tunnel import SHUTDOWN_IDLE, ClosedTunnel, TunnelHub
 
 if TYPE_CHECKING:
-    from .dialer import Resolver
-    from .forward import Rewrite
-    from .policy import Policy
-    from .routes import Routes
+    from ..net.dialer import Resolver
+    from ..origin.exchange import Rewrite
+    from ..settings.policy import Policy
+    from ..settings.routes import Routes
 
 log = logging.getLogger(__name__)
 
-_OVERLOADED = render(Overloaded("too many client connections"))
-EVICTION_WAIT = 1.0  # how long a new connection waits for an evicted one's thread to end
-ACCEPT_PAUSE = (0.1, 1.0)  # out of descriptors: accepts pause this long, doubling up to the second
-_rejections = EpisodeLog(log, logging.WARNING)
-# At the open-files limit, each freed descriptor admits one connection before the next
-# pause: episodes, not a line per connection.
-_starved, _recovered = EpisodeLog(log, logging.WARNING), EpisodeLog(log, logging.INFO)
-
-
-class _Clients:
-    """The client connections of every listener: at most `max_clients` at once, each
-    counted and reachable by stop() while it is open, and the threads that serve them.
-
-    Slots cannot be hoarded by idle connections: when none is free, the connection that
-    has waited longest for its next request is closed to admit the new one (as nginx
-    does when it runs out of connections)."""
-
-    def __init__(self, max_clients: int, stats: Stats) -> None:
-        self.max_clients, self.stats = max_clients, stats
-        self._slots = threading.BoundedSemaphore(max_clients)
-        self._lock = threading.Lock()
-        self._open: set[ClientConnection] = set()
-        self._per_address: Counter[str] = Counter()  # claimed connections by client address
-        # A thread frees its connection's slot once it is idle again: never more
-        # threads than slots.
-        self.threads = HandlerThreads(max_clients, "tinyproxy-py-handler", stats, done=self.free_slot)
-
-    def take_slot(self) -> bool:
-        """A slot now, or after closing the longest-idle connection (waiting a moment
-        for its thread to end); False if every connection is busy."""
-        if self._slots.acquire(blocking=False):
-            return True
-        return self.evict_idle() and self._slots.acquire(timeout=EVICTION_WAIT)
-
-    def free_slot(self) -> None:
-        self._slots.release()
-
-    def evict_idle(self, address: str | None = None) -> bool:
-        """Close the connection idle longest (of `address`, if given); whether there was one."""
-        with self._lock:
-            return self._evict_idle(address)
-
-    def _evict_idle(self, address: str | None) -> bool:
-        now = time.monotonic()
-        idle = [c for c in self._open if address in (None, c.address) and c.evictable(now)]
-        oldest = min(idle, key=lambda c: c.idle_since or 0.0, default=None)
-        if oldest is None:
-            return False
-        oldest.evict()
-        self.stats.count("clients_evicted")
-        return True
-
-    def claim_address(self, client: ClientConnection, address: str, cap: int) -> None:
-        """Count `client` as one of `address`'s connections. At `cap` (0: none), the
-        address's longest-idle connection makes room (it ends in a moment), else Overloaded."""
-        with self._lock:
-            if cap and self._per_address[address] >= cap and not self._evict_idle(address):
-                raise Overloaded(f"too many connections from {address} (max {cap})")
-            self._per_address[address] += 1
-            client.address = address
-
-    def register(self, client: ClientConnection) -> None:
-        """Open: counted, and reachable by abort(). unregister() when it ends."""
-        with self._lock:
-            self._open.add(client)
-        self.stats.adjust("clients", 1)
-
-    def unregister(self, client: ClientConnection) -> None:
-        self.stats.adjust("clients", -1)
-        with self._lock:
-            self._open.discard(client)
-            if client.address:
-                self._per_address[client.address] -= 1
-                if not self._per_address[client.address]:
-                    del self._per_address[client.address]
-
-    def abort(self) -> None:
-        """Shut every open client connection down: its thread sees EOF and ends."""
-        with self._lock:
-            clients = list(self._open)
-        for client in clients:
-            try:
-                client.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class _Listener(socketserver.TCPServer):
-    """One listening address: accepts clients and hands each to a handler thread, within
-    the slots every listener shares. Handlers get `services` (the ProxyServer, see
-    handler.Services) instead of this server."""
-
-    allow_reuse_address = True
-    request_queue_size = 128  # the kernel's accept backlog, not a queue of ours
-
-    def __init__(self, address: tuple[str, int], services: ProxyServer, clients: _Clients) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.allow_reuse_port = services.config.workers > 1  # sibling workers share the port
-        # With several addresses, `::` is IPv6 only (as tinyproxy does): `Listen ::` and
-        # `Listen 0.0.0.0` together must not collide. A lone `::` stays dual-stack.
-        self.v6only = len(services.config.host) > 1
-        self.services, self.clients = services, clients
-        self._starved_since: float | None = None  # out of descriptors since (monotonic)
-        self._accept_pause = ACCEPT_PAUSE[0]
-        self._stopping = threading.Event()
-        # finish_request builds the handler, with the services instead of this server
-        super().__init__(address, socketserver.BaseRequestHandler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        """accept(), pausing when the process is out of descriptors (or the host of
-        buffers): the connection stays in the kernel's queue, and retrying at once
-        would spin a CPU for as long as that lasts (nginx and HAProxy pause too)."""
-        try:
-            request = super().get_request()
-        except OSError as exc:
-            if exc.errno in EXHAUSTED:
-                self._starving(exc)
-            raise  # socketserver skips this round
-        if self._starved_since is not None:
-            _recovered(
-                "accepting again after %.1f s out of resources", time.monotonic() - self._starved_since
-            )
-            self._starved_since, self._accept_pause = None, ACCEPT_PAUSE[0]
-        return request
-
-    def _starving(self, exc: OSError) -> None:
-        if self._starved_since is None:
-            self._starved_since = time.monotonic()
-            _starved(
-                "cannot accept on port %s: %s; pausing accepts until resources free up "
-                "(raise the open-files limit or lower max_clients/max_tunnels)",
-                self.server_address[1],
-                exc.strerror,
-            )
-        self.clients.stats.count("accept_pauses")
-        self._stopping.wait(self._accept_pause)
-        self._accept_pause = min(self._accept_pause * 2, ACCEPT_PAUSE[1])
-
-    def shutdown(self) -> None:
-        self._stopping.set()  # a pause ends at once
-        super().shutdown()
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6 and self.v6only:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        super().server_bind()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """On the accepting thread: a slot, then a handler thread (the slot is freed
-        when that thread is idle again); without a slot, the 503."""
-        if not self.clients.take_slot():
-            self.clients.stats.count("errors.overloaded")
-            _rejections(
-                "rejecting %s: max_clients (%d) reached and no connection is idle",
-                client_address[0],
-                self.clients.max_clients,
-            )
-            send_quietly(request, _OVERLOADED)
-            self.shutdown_request(request)
-            return
-        self.clients.stats.adjust("opening_clients", 1)  # until its first request is done
-        try:
-            self.clients.threads.submit(_Accepted(self, request, client_address))
-        except BaseException:  # socketserver logs it and closes the request
-            self.clients.stats.adjust("opening_clients", -1)
-            self.clients.free_slot()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """On a handler thread, as socketserver.ThreadingMixIn does it."""
-        client: ClientConnection | None = None
-        try:
-            client = ClientConnection(request, self.services.runtime.config, self.services.draining)
-            self.clients.register(client)
-            with self.clients.stats.live("handler_threads"):
-                ClientHandler(client, client_address, self.services).handle()
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            try:
-                if client is not None and client.cut:
-                    request.close()  # a reset: shutdown() would send a FIN first
-                elif client is None or not client.handed_off:  # else the hub owns it now
-                    self.shutdown_request(request)
-            finally:
-                if client is not None:
-                    self.clients.unregister(client)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("unexpected error serving %s", client_address)
-
-
-class _Accepted:
-    """An accepted connection, as a job for a handler thread (handlerthreads.Job)."""
-
-    __slots__ = ("client_address", "listener", "request")
-
-    def __init__(self, listener: _Listener, request: socket.socket, client_address: Any) -> None:
-        self.listener, self.request, self.client_address = listener, request, client_address
-
-    def run(self) -> None:
-        self.listener.process_request_thread(self.request, self.client_address)
-
-    def cancel(self, stopping: bool) -> None:
-        self.listener.clients.stats.adjust("opening_clients", -1)
-        self.listener.shutdown_request(self.request)
-
 
 class Siblings(Protocol):
-    """The workers of `serve --workers` (workers.SharedStats), for pages that add them up.
+    """The workers of `serve --workers` (app.workers.SharedStats), for pages that add them up.
 
     Totals never go down between scrapes, whichever worker answers: each publishes its
     share before adding up, and every share read was published, so each worker's part
@@ -302,8 +88,8 @@ class ProxyServer:
         # Each client waits for one lookup at a time; lookups given up on count too.
         self._lookups = Lookups(config.max_clients, self.stats)
         self.runtime = Runtime.compile(config, self._token, self.stats, resolver, self._lookups)
-        self._listeners: list[tuple[_Listener, threading.Thread]] = []
-        self._clients = _Clients(self.config.max_clients, self.stats)
+        self._listeners: list[tuple[Listener, threading.Thread]] = []
+        self._clients = Clients(self.config.max_clients, self.stats)
         self.addresses: tuple[tuple[str, int], ...] = ()  # kept after stop: draining handlers read it
         self.draining = threading.Event()  # set by drain(): /readyz 503, no more keep-alive
         self._drain_started: float | None = None
@@ -413,15 +199,15 @@ class ProxyServer:
             self._listeners.append((listener, thread))
         log.info("listening on %s", ", ".join(map(_url, self.addresses)))
 
-    def _bind_all(self, tries: int = 5) -> list[_Listener]:
+    def _bind_all(self, tries: int = 5) -> list[Listener]:
         """A listener per address, all on one port; with port 0 the first picks it, and if
         another address has that port taken already, the whole set tries again."""
         for attempt in range(tries):
-            listeners: list[_Listener] = []
+            listeners: list[Listener] = []
             try:
                 port = self.config.port
                 for host in self.config.host:
-                    listeners.append(_bind(host, port, self, self._clients))
+                    listeners.append(bind(host, port, self, self.config, self._clients))
                     port = listeners[0].server_address[1]
                 return listeners
             except OSError as exc:
@@ -524,7 +310,7 @@ class ProxyServer:
         self.record_access(record)
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything the stats pages show, as plain data (statspage.py renders it),
+        """Everything the stats pages show, as plain data (observe/statspage.py renders it),
         added up over sibling workers when there are some (`--workers`)."""
         if self.siblings is None:
             return self.local_snapshot()
@@ -574,15 +360,6 @@ class ProxyServer:
         fixed = self._HUB_FDS + len(self.addresses)
         counts["fds_accounted"] = fixed + counts["clients"] + 2 * counts["tunnels"] + pool_open
         return counts
-
-
-def _bind(host: str, port: int, services: ProxyServer, clients: _Clients) -> _Listener:
-    try:
-        return _Listener((host, port), services, clients)
-    except OSError as exc:
-        raise OSError(
-            exc.errno, exc.strerror, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        ) from exc
 
 
 def _url(address: tuple[str, int]) -> str:

@@ -1,11 +1,10 @@
 """The client's socket and the bytes received from it but not yet used.
 
-Owned by exactly one handler thread. Every read has a deadline (stream.py): the
+Owned by exactly one handler thread. Every read has a deadline (net/stream.py): the
 keep-alive idle timeout before a request starts, the header deadline for the whole head
 (counted from its first byte, so a client dribbling bytes is still cut off), the read
 timeout for body bytes and for sends to a client that stopped reading. Socket errors become Aborted,
 which is not an OSError, so urllib3 never mistakes a client failure for an origin's.
-Imports: http1, proxyprotocol, stream, errors, config (tunnel for its type only).
 """
 
 from __future__ import annotations
@@ -14,17 +13,16 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .config import Config
-from .errors import Aborted, Cause, RequestTimeout
-from .http1 import ChunkedDecoder, RequestHead, parse_request_head
-from .proxyprotocol import BadProxyHeader, ProxyHeader
-from .proxyprotocol import parse as parse_proxy_header
+from ..errors import Aborted, Cause, RequestTimeout
+from ..settings.config import Config
+from ..wire.body import ChunkedDecoder
+from ..wire.proxyprotocol import BadProxyHeader, ProxyHeader
+from ..wire.proxyprotocol import parse as parse_proxy_header
+from ..wire.request import RequestHead, parse_request_head
+from ..wire.writer import CONTINUE
 from .stream import Stream, reset_on_close
-
-if TYPE_CHECKING:
-    from .tunnel import TunnelHub
 
 RECV_SIZE = 65536
 # Chunked framing a request body may carry before it must weigh less than the data: a
@@ -35,7 +33,6 @@ MAX_CHUNK_OVERHEAD = 4096
 # to admit another at max_clients): a client sends its first request right after
 # connecting, but the proxy may accept before those bytes arrive.
 FIRST_REQUEST_GRACE = 1.0
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def send_quietly(sock: socket.socket, data: bytes, timeout: float = 1.0) -> None:
@@ -45,6 +42,22 @@ def send_quietly(sock: socket.socket, data: bytes, timeout: float = 1.0) -> None
         sock.sendall(data)
     except OSError:
         pass
+
+
+class Adopter(Protocol):
+    """What hand_off needs of the tunnel hub (tunnel.hub, a layer above this one)."""
+
+    def adopt(
+        self,
+        client: socket.socket,
+        target: socket.socket,
+        pending: bytes,
+        label: str = "",
+        *,
+        greeting: bytes = b"",
+        tag: object = None,
+        owner: str = "",
+    ) -> None: ...
 
 
 class ClientConnection:
@@ -248,7 +261,7 @@ class ClientConnection:
         return f"{host}:{port}"
 
     def hand_off(
-        self, hub: TunnelHub, target: socket.socket, label: str, greeting: bytes, tag: object = None
+        self, hub: Adopter, target: socket.socket, label: str, greeting: bytes, tag: object = None
     ) -> None:
         """Give this connection and `target` to the hub as a tunnel; this object is done.
 

@@ -10,7 +10,6 @@ Every Config field has a keyword: its name in CamelCase (max_clients → MaxClie
 read_timeout → ReadTimeout), plus tinyproxy's own names listed in ALIASES. tinyproxy's
 single `Timeout` (idle seconds for any connection) sets our read, response-header,
 client-idle and tunnel-idle timeouts, unless the file also names one of those explicitly.
-Imports: config, routes.
 """
 
 from __future__ import annotations

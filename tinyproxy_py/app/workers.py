@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .server import ProxyServer
+from ..server.proxy import ProxyServer
+from ..settings.config import Config
 
 log = logging.getLogger(__name__)
 

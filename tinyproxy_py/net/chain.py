@@ -5,13 +5,12 @@ given the bytes the parent has sent so far and answer with a `Step` (how many by
 used, what to send next, whether the tunnel is open) or None ("need more"), or raise a
 ProxyError that names the parent. `connect_through` is their one driver: it dials the
 parent and runs a handshake on the socket under one deadline. `dial_parent` and
-`auth_refused` are the other two ways the proxy meets a parent (pool.py, forward.py).
+`auth_refused` are the other two ways the proxy meets a parent (origin/pool.py, origin/exchange.py).
 
 SOCKS5 (RFC 1928, RFC 1929 user/password) sends host names as names: the parent
 resolves them, never this proxy. Errors name the parent with its password masked and
 never echo what it sent. Rule: `connect_through` owns the socket until it returns it,
 and closes it on any raise.
-Imports: errors, dialer, routes.
 """
 
 from __future__ import annotations
@@ -26,17 +25,17 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 
+from ..errors import BadGateway, BadRequest, Cause, GatewayTimeout, LoopDetected, ProxyError
+from ..settings.routes import Parent, join_host_port
+from ..wire.grammar import MAX_INTERIM, STATUS_LINE
+from ..wire.writer import head, request_line
 from .dialer import DIRECT, Dialer
-from .errors import BadGateway, BadRequest, Cause, GatewayTimeout, LoopDetected, ProxyError
-from .routes import Parent, join_host_port
 
 # A handshake answer is a status line and a few fields (or a few SOCKS bytes); 16 KiB is
 # h11's bound for an incomplete event and four times what squid or tinyproxy send.
 MAX_ANSWER_BYTES = 16 * 1024
-MAX_INTERIM = 16  # 1xx answers to one CONNECT before it is a flood
 PARENT_CAUSES = (Cause.PARENT_TIMEOUT, Cause.PARENT_DNS, Cause.PARENT_CONNECT)
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: [^\r\n]*)?")
 _TARGET = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")
 
 
@@ -105,10 +104,10 @@ class ConnectHandshake:
         return Step(end + 4, done=True)
 
     def _status(self, head: bytes) -> int:
-        match = _STATUS_LINE.fullmatch(head.split(b"\r\n", 1)[0])
-        if match is None:
+        match = STATUS_LINE.fullmatch(head.split(b"\r\n", 1)[0])
+        if match is None or match[1] != b"1" or match[2] not in (b"0", b"1"):
             raise protocol_error(self.label, "did not answer CONNECT with an HTTP/1.x status line")
-        return int(match[1])
+        return int(match[3])
 
     def _check(self, status: int) -> None:
         if 200 <= status < 300:
@@ -127,13 +126,13 @@ def connect_head(authority: str, proxy_authorization: str | None, via: str = "")
     """The CONNECT request head; refuses a target or credential that would break framing."""
     if not _TARGET.fullmatch(authority):
         raise BadRequest(f"bad CONNECT target {authority!r}")
-    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    fields = [("Host", authority)]
     for name, value in (("Via", via), ("Proxy-Authorization", proxy_authorization or "")):
         if value and not (value.isprintable() and value.isascii()):
             raise ValueError(f"{name} must be printable ASCII")
         if value:
-            lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+            fields.append((name, value))
+    return head(request_line("CONNECT", authority), fields, encoding="ascii")
 
 
 def _describe(status: int) -> str:
