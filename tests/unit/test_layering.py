@@ -8,6 +8,8 @@ sockets, only the command line knows click, and only the pool's adapter knows ur
 from __future__ import annotations
 
 import ast
+import configparser
+import fnmatch
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,9 +159,9 @@ def test_only_the_command_line_imports_click_and_nothing_but_main_imports_the_ap
     assert importers - {m for m in MODULES if layer(m) == "app"} == {"__main__"}
 
 
-def test_only_the_origin_pool_knows_urllib3() -> None:
+def test_only_the_urllib3_adapter_knows_urllib3() -> None:
     """urllib3 owns the connections; the proxy's own code speaks HTTP on them."""
-    assert {m for m in MODULES if "urllib3" in outside_imports(m)} == {"origin.pool", "origin.connections"}
+    assert {m for m in MODULES if "urllib3" in outside_imports(m)} == {"origin.connections"}
 
 
 def test_the_package_imports_itself_only_relatively() -> None:
@@ -177,3 +179,16 @@ def test_handler_and_proxy_server_do_not_import_each_other() -> None:
 def test_no_module_is_too_long_to_read_in_one_sitting(module: str) -> None:
     lines = [line for line in MODULES[module].read_text().splitlines() if line.strip()]
     assert len(lines) <= MAX_NONBLANK_LINES
+
+
+def test_an_installed_copy_has_every_folder() -> None:
+    """`pip install .` installs what setup.cfg lists: every layer folder must match it
+    (a plain `packages = tinyproxy_py` would install the top folder alone)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(PACKAGE.parent / "setup.cfg")
+    assert cfg["options"]["packages"].strip() == "find:"
+    patterns = cfg["options.packages.find"]["include"].replace(",", " ").split()
+    folders = [path.parent for path in PACKAGE.rglob("__init__.py")]
+    names = [".".join(("tinyproxy_py", *folder.relative_to(PACKAGE).parts)) for folder in folders]
+    assert len(names) == len(LAYERS) - 1  # every folder but errors and version, plus the top
+    assert all(any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns) for name in names)

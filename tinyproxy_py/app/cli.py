@@ -85,7 +85,10 @@ def _shown(name: str, default: Any) -> bool | str:
 
 
 def _spelled(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if ctx.get_parameter_source(str(param.name)) != ParameterSource.COMMANDLINE:
+    """Words as well as numbers ('any', 'none'), parsed as the environment's are. Only
+    the command line gives text; a default is typed already. (Not by asking click where
+    the value came from: click 8.4.0 runs callbacks before it records that.)"""
+    if not value or not all(isinstance(item, str) for item in value):
         return value
     try:
         return coerce(str(param.name), list(value))

@@ -1,5 +1,21 @@
-"""urllib3's connection and pool classes, made to dial with net/dialer.py (or through a parent,
-net/chain.py), to report every connection to the pool's tracker, and to keep idle ones quietly.
+"""The urllib3 adapter: the one module that knows urllib3's insides. Its connection and
+pool classes dial with net/dialer.py (or through a parent, net/chain.py), report every
+connection to the pool's tracker and keep idle ones quietly; origin/pool.py uses only
+the names defined here.
+
+urllib3 names it relies on beyond its public API, and why (CI runs the wire tests with
+the oldest urllib3 setup.cfg allows as well as the newest):
+- `HTTPConnectionPool._get_conn` / `_put_conn`: take a pooled connection (or an empty
+  slot) and give it back, because the proxy writes requests and reads responses itself
+  instead of calling `urlopen`; `_put_conn` is overridden to close surplus connections
+  without urllib3's warning and to stamp when one went idle.
+- `HTTPConnectionPool.pool` (a `queue.LifoQueue`) and its `mutex`/`queue`: to count and
+  close idle connections without taking them out (the reaper, the stats page).
+- `PoolManager._merge_pool_kwargs`, `key_fn_by_scheme`, `connection_from_pool_key`: to
+  build a host pool's key once per host instead of on every request.
+- `PoolManager.pools` (a `RecentlyUsedContainer`): its `lock`, `_container` to list the
+  host pools and `dispose_func` to close an evicted one's idle connections.
+- `pool_classes_by_scheme`, `ConnectionCls`, and classes built with `type()` per parent.
 
 origin/pool.py imports this module when it builds its first pool manager: urllib3 brings
 http.client and ssl, about 12 MiB of a process that may only ever tunnel.
@@ -27,9 +43,36 @@ from ..settings.routes import Parent
 from .tracker import ConnectionTracker
 
 
-def new_manager(config: Config, via: Parent | None, tracker: ConnectionTracker) -> urllib3.PoolManager:
+class Manager(urllib3.PoolManager):
+    """A PoolManager that hands out its host pools by a key built once per host."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._keys: dict[tuple[str, str, int], tuple[Any, dict[str, Any]]] = {}
+        self._keys_bound = 4 * int(kwargs.get("num_pools", 10))
+
+    def host_pool(self, scheme: str, host: str, port: int) -> Any:
+        """connection_from_host, without building urllib3's 30-field pool key anew on
+        every request (a tenth of a keep-alive request's Python time)."""
+        key = self._keys.get((scheme, host, port))
+        if key is None:
+            context = self._merge_pool_kwargs(None)
+            context.update(scheme=scheme, host=host, port=port)
+            key = (self.key_fn_by_scheme[scheme](context), context)
+            if len(self._keys) >= self._keys_bound:
+                self._keys.clear()
+            self._keys[(scheme, host, port)] = key
+        pool_key, context = key
+        return self.connection_from_pool_key(pool_key, request_context=dict(context))
+
+    def host_pools(self) -> list[Any]:
+        with self.pools.lock:
+            return list(self.pools._container.values())
+
+
+def new_manager(config: Config, via: Parent | None, tracker: ConnectionTracker) -> Manager:
     """A bounded PoolManager whose connections reach origins directly or through `via`."""
-    manager = urllib3.PoolManager(
+    manager = Manager(
         num_pools=config.pool_hosts,
         maxsize=config.pool_idle_per_host,
         block=False,
@@ -116,6 +159,15 @@ class _HTTPSConnection(_DialingConnectionMixin, HTTPSConnection):
 class _TrackedPoolMixin:
     tracker: ConnectionTracker
     pool: queue.LifoQueue[Any] | None
+
+    def take(self) -> Any:
+        """A pooled connection, or an unconnected one in an empty slot: one of the
+        pool's slots either way, for give_back()."""
+        return self._get_conn()  # type: ignore[attr-defined]
+
+    def give_back(self, conn: Any) -> None:
+        """Back to the pool; None frees the slot of a connection that was closed."""
+        self._put_conn(conn)
 
     def _put_conn(self, conn: Any) -> None:
         if self.pool is not None and self.pool.full():

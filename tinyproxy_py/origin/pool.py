@@ -31,7 +31,7 @@ from ..settings.routes import Parent, join_host_port
 from .tracker import ConnectionTracker
 
 if TYPE_CHECKING:
-    import urllib3
+    from .connections import Manager
 
 IDLE_WATCH_INTERVAL = 1.0  # how soon an idle connection that its origin closed is closed
 
@@ -64,15 +64,15 @@ class Lease:
         self.done = True
         if not clean:
             self.conn.close()
-            self.pool._put_conn(None)  # keeps the pool's slot count, as urllib3 does
+            self.pool.give_back(None)  # keeps the pool's slot count, as urllib3 does
             return
-        self.pool._put_conn(self.conn)
+        self.pool.give_back(self.conn)
 
     def detach(self) -> socket.socket:
         """The socket, for a new owner (an upgraded stream); the connection is done."""
         self.done = True
         sock = self.conn.detach()
-        self.pool._put_conn(None)
+        self.pool.give_back(None)
         return sock  # type: ignore[no-any-return]
 
 
@@ -133,18 +133,16 @@ class OriginPool:
         self._stop = threading.Event()  # set by close(): no new connections from then on
         self._reaper = threading.Thread(target=self._reap, name="tinyproxy-py-reaper", daemon=True)
         self._managers_lock = threading.Lock()
-        self._managers: dict[Parent | None, urllib3.PoolManager] = {}
-        # Every manager has the same settings, so a pool key serves them all.
-        self._pool_keys: dict[tuple[str, str, int], tuple[Any, dict[str, Any]]] = {}
+        self._managers: dict[Parent | None, Manager] = {}
 
-    def _manager(self, via: Parent | None) -> urllib3.PoolManager:
+    def _manager(self, via: Parent | None) -> Manager:
         with self._managers_lock:
             manager = self._managers.get(via)
             if manager is None:
                 manager = self._managers[via] = self._new_manager(via)
             return manager
 
-    def _new_manager(self, via: Parent | None) -> urllib3.PoolManager:
+    def _new_manager(self, via: Parent | None) -> Manager:
         from . import connections  # urllib3 and ssl load with the first plain request
 
         return connections.new_manager(self.config, via, self.tracker)
@@ -173,10 +171,10 @@ class OriginPool:
         manager = self._manager(via)
         if to_proxy:
             assert via is not None
-            pool = self._host_pool(manager, "http", via.host, via.port)
+            pool = manager.host_pool("http", via.host, via.port)
         else:
-            pool = self._host_pool(manager, scheme, host, port)
-        conn: Any = pool._get_conn()  # takes one of the pool's slots, filled or empty
+            pool = manager.host_pool(scheme, host, port)
+        conn: Any = pool.take()
         if fresh and conn.sock is not None:
             conn.close()  # the object and its slot are kept; it dials anew below
         if conn.sock is not None and not conn.dialer.same_overrides(dialer):
@@ -189,7 +187,7 @@ class OriginPool:
                 conn.close()
                 reused = False
             except BaseException:
-                pool._put_conn(conn)  # fine for clients allowed there: back to the pool
+                pool.give_back(conn)  # fine for clients allowed there: back to the pool
                 raise
         if not reused:
             conn.dialer = dialer
@@ -197,7 +195,7 @@ class OriginPool:
                 conn.connect()
             except BaseException as exc:
                 conn.close()
-                pool._put_conn(None)
+                pool.give_back(None)
                 raise _connect_error(exc, scheme, host, port, via) from exc
         return Lease(
             pool,
@@ -206,21 +204,6 @@ class OriginPool:
             "absolute" if to_proxy else "origin",
             via.proxy_authorization() if to_proxy and via is not None else None,
         )
-
-    def _host_pool(self, manager: urllib3.PoolManager, scheme: str, host: str, port: int) -> Any:
-        """manager.connection_from_host, without building urllib3's 30-field pool key anew
-        on every request (a tenth of a keep-alive request's Python time): the keys are
-        remembered, at most a few per host pool the managers keep."""
-        key = self._pool_keys.get((scheme, host, port))
-        if key is None:
-            context = manager._merge_pool_kwargs(None)
-            context.update(scheme=scheme, host=host, port=port)
-            key = (manager.key_fn_by_scheme[scheme](context), context)
-            if len(self._pool_keys) >= 4 * self.config.pool_hosts:
-                self._pool_keys.clear()
-            self._pool_keys[(scheme, host, port)] = key
-        pool_key, context = key
-        return manager.connection_from_pool_key(pool_key, request_context=dict(context))
 
     def start(self) -> None:
         self._reaper.start()
@@ -235,11 +218,7 @@ class OriginPool:
     def _pools(self) -> list[Any]:
         with self._managers_lock:
             managers = list(self._managers.values())
-        found: list[Any] = []
-        for manager in managers:
-            with manager.pools.lock:
-                found.extend(manager.pools._container.values())
-        return found
+        return [pool for manager in managers for pool in manager.host_pools()]
 
     def usage(self) -> dict[str, dict[str, int]]:
         """Connections per origin, {"http://host:port": {"in_use": n, "idle": n}}, for the stats.
