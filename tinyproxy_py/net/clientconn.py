@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from ..errors import Aborted, Cause, RequestTimeout
+from ..observe.accesslog import AccessRecord
 from ..settings.config import Config
 from ..wire.body import ChunkedDecoder
 from ..wire.proxyprotocol import BadProxyHeader, ProxyHeader
@@ -55,7 +56,7 @@ class Adopter(Protocol):
         label: str = "",
         *,
         greeting: bytes = b"",
-        tag: object = None,
+        record: AccessRecord | None = None,
         owner: str = "",
     ) -> None: ...
 
@@ -252,8 +253,7 @@ class ClientConnection:
 
     @property
     def peer(self) -> str:
-        """host:port of the client, spelled as the handler's CONNECT labels spell it (the
-        close record of a tunnel takes the address back off with rsplit(":"))."""
+        """host:port of the client, as tunnel labels spell it."""
         try:
             host, port = self.sock.getpeername()[:2]
         except OSError:
@@ -261,7 +261,12 @@ class ClientConnection:
         return f"{host}:{port}"
 
     def hand_off(
-        self, hub: Adopter, target: socket.socket, label: str, greeting: bytes, tag: object = None
+        self,
+        hub: Adopter,
+        target: socket.socket,
+        label: str,
+        greeting: bytes,
+        record: AccessRecord | None = None,
     ) -> None:
         """Give this connection and `target` to the hub as a tunnel; this object is done.
 
@@ -275,7 +280,7 @@ class ClientConnection:
         """
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
-            hub.adopt(self.sock, target, pending, label, greeting=greeting, tag=tag, owner=self.address)
+            hub.adopt(self.sock, target, pending, label, greeting=greeting, record=record, owner=self.address)
         except BaseException:
             target.close()
             raise

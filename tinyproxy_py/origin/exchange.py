@@ -37,6 +37,7 @@ from ..net.chain import auth_refused, label
 from ..net.clientconn import ClientConnection
 from ..net.dialer import DIRECT, Dialer
 from ..net.stream import Stream
+from ..observe.accesslog import AccessRecord
 from ..settings.config import Config
 from ..settings.routes import Parent
 from ..tunnel.hub import TunnelHub
@@ -124,7 +125,7 @@ def forward(
             if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and via:
                 raise auth_refused(label(via), exchange.lease.proxy_authorization is not None)
             if exchange.response.status == 101:
-                return _hand_off(head, exchange, client, hub, rewrite.pseudonym)
+                return _hand_off(head, exchange, client, hub, rewrite.pseudonym, client_ip)
             return _relay(head, exchange, client, pool.config, rewrite.pseudonym, reusable=not upgrade)
         finally:
             exchange.lease.release(False)  # closed if it failed; nothing after a release or hand-off
@@ -492,11 +493,18 @@ def _broken_body(exc: Exception, head_sent: bool) -> ProxyError:
 
 
 def _hand_off(
-    head: RequestHead, exchange: _Exchange, client: ClientConnection, hub: TunnelHub, pseudonym: str
+    head: RequestHead,
+    exchange: _Exchange,
+    client: ClientConnection,
+    hub: TunnelHub,
+    pseudonym: str,
+    client_ip: str,
 ) -> Outcome:
-    """The origin switched protocols: both sockets become a tunnel in the hub."""
+    """The origin switched protocols: both sockets become a tunnel in the hub, whose
+    close gets an access line of its own (the 101 has had one)."""
     greeting = _client_head(exchange.response, [], pseudonym) + exchange.leftover
     origin_sock = exchange.lease.detach()
     label = f"{client.peer} -> {head.host}:{head.port}"
-    client.hand_off(hub, origin_sock, label, greeting)
+    record = AccessRecord(client_ip, "CONNECT", f"{head.host}:{head.port}", status=200)
+    client.hand_off(hub, origin_sock, label, greeting, record)
     return Outcome(status=101, keep_alive=False)  # the hub has the client now

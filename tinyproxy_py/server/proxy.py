@@ -298,13 +298,12 @@ class ProxyServer:
         """The access log line of a tunnel, written when it closes (with bytes and reason).
 
         A CONNECT's record was handed out when it opened; it is completed in place and
-        handed over again. An upgraded connection (its 101 already logged) gets a record
-        of its own now.
+        handed over again. An upgraded connection (its 101 already logged) brought a
+        record of its own.
         """
-        if not self.wants_access_records():
+        record = tunnel.record
+        if record is None or not self.wants_access_records():
             return
-        opened = tunnel.tag if isinstance(tunnel.tag, AccessRecord) else None
-        record = opened or AccessRecord(tunnel.client.rsplit(":", 1)[0], "CONNECT", tunnel.target, status=200)
         record.bytes_up, record.bytes_down = tunnel.bytes_up, tunnel.bytes_down
         record.duration, record.cause, record.ongoing = tunnel.duration, tunnel.reason, False
         self.record_access(record)

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import Cause, Overloaded
 from ..net.stream import reset_on_close
+from ..observe.accesslog import AccessRecord
 from ..observe.stats import Stats
 from ..settings.config import Config
 from .state import READ, WRITE, ClosedTunnel, Flow, Tunnel, TunnelState
@@ -133,7 +134,7 @@ class TunnelHub:
         label: str = "",
         *,
         greeting: bytes = b"",
-        tag: object = None,
+        record: AccessRecord | None = None,
         owner: str = "",
     ) -> None:
         """Take ownership of both sockets; `pending` are client bytes already read.
@@ -154,7 +155,7 @@ class TunnelHub:
         if greeting:
             state.down.tail = memoryview(greeting)
         client_name, _, target_name = (label or _label(client, target)).partition(" -> ")
-        tunnel = Tunnel(client, target, client_name, target_name or "?", state, tag=tag, owner=owner)
+        tunnel = Tunnel(client, target, client_name, target_name or "?", state, record=record, owner=owner)
         cap = self.config.max_tunnels_per_address if owner else 0
         with self._lock:
             if self._stopping:
@@ -410,7 +411,7 @@ class TunnelHub:
             state.down.bytes,
             reason,
             detail,
-            tunnel.tag,
+            tunnel.record,
         )
         self.stats.count(f"tunnels_closed.{reason.value}")
         log.debug(  # the access log has the line that counts (cause=...)

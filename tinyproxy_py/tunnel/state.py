@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass, field
 
 from ..errors import Cause
+from ..observe.accesslog import AccessRecord
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -112,7 +113,7 @@ class Tunnel:
     state: TunnelState
     masks: list[int] = field(default_factory=lambda: [0, 0])  # registered: client, target
     closed: bool = False
-    tag: object = None
+    record: AccessRecord | None = None  # the access record its close completes
     owner: str = ""  # whose tunnels it counts against (max_tunnels_per_address): "" for none
     # The client went away with everything delivered: (until when, why) the hub waits for
     # the target's own end, to tell a finished exchange from a cut one.
@@ -136,4 +137,4 @@ class ClosedTunnel:
     bytes_down: int
     reason: Cause  # eof, reset, idle, shutdown or error (a bug: logged with its traceback)
     detail: str = ""
-    tag: object = None  # what the caller gave adopt(), to find its own record again
+    record: AccessRecord | None = None  # what the caller gave adopt(), to complete
