@@ -21,8 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from ..observe.statspage import Snapshot
 from ..server.proxy import ProxyServer
 from ..settings.config import Config
 
@@ -174,7 +174,7 @@ class SharedStats:
         while not self._stop.wait(PUBLISH_INTERVAL):
             self.publish()
 
-    def publish(self) -> dict[str, Any]:
+    def publish(self) -> Snapshot:
         assert self._proxy is not None
         target = self.folder / f"{self.index}.json"
         with self._lock:
@@ -191,7 +191,7 @@ class SharedStats:
                 self._failed = False
         return snapshot
 
-    def read_others(self) -> list[dict[str, Any]]:
+    def read_others(self) -> list[Snapshot]:
         found = []
         for path in self.folder.glob("*.json"):
             if path.name == f"{self.index}.json":

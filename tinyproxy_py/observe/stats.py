@@ -10,6 +10,13 @@ import threading
 import time
 from collections import Counter
 from types import TracebackType
+from typing import TypedDict
+
+
+class Counts(TypedDict):
+    uptime: float
+    counters: dict[str, int]
+    gauges: dict[str, int]
 
 
 class Stats:
@@ -42,7 +49,7 @@ class Stats:
         with self._lock:
             return self._counters[name]
 
-    def snapshot(self) -> dict[str, dict[str, int] | float]:
+    def snapshot(self) -> Counts:
         with self._lock:
             return {
                 "uptime": time.monotonic() - self.started,

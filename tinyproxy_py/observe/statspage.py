@@ -10,9 +10,24 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypedDict
 
-Snapshot = dict[str, Any]
+
+class Snapshot(TypedDict):
+    """Everything the stats pages show, as plain data: ProxyServer.snapshot() builds it,
+    the pages render it, and `--workers` pass it between processes as JSON."""
+
+    version: str
+    workers: list[int]  # the pids whose shares are added up
+    listening: str
+    uptime: float
+    counters: dict[str, int]
+    gauges: dict[str, int]
+    resources: dict[str, int]
+    pool: dict[str, dict[str, int]]  # origin -> {"in_use": n, "idle": n}
+    tunnels: list[dict[str, Any]]  # open: client, target, age, idle, bytes each way
+    closed_tunnels: list[dict[str, Any]]  # the last ones to close, newest first
+    process: dict[str, int]  # open_fds, threads
 
 
 def has_page(path: str) -> bool:

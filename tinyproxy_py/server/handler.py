@@ -33,6 +33,7 @@ from ..net.dialer import DIRECT, Dialer, is_local_address
 from ..observe import statspage
 from ..observe.accesslog import AccessRecord
 from ..observe.quietlog import EpisodeLog
+from ..observe.statspage import Snapshot
 from ..origin.exchange import Outcome, forward
 from ..wire.proxyprotocol import BadProxyHeader
 from ..wire.request import RequestHead
@@ -64,7 +65,7 @@ class Services(Protocol):
 
     addresses: tuple[tuple[str, int], ...]  # every address it listens on
 
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self) -> Snapshot: ...
 
     def wants_access_records(self) -> bool: ...
 

@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..net.clientconn import ClientConnection
 from ..net.lookups import Lookups
 from ..observe.accesslog import AccessRecord, access_log, emit
 from ..observe.stats import Stats
+from ..observe.statspage import Snapshot
 from ..origin.pool import OriginPool
 from ..settings.config import Config
 from ..tunnel.hub import SHUTDOWN_IDLE, TunnelHub
@@ -49,10 +50,10 @@ class Siblings(Protocol):
     only grows (Prometheus reads a decrease as a restart).
     """
 
-    def publish(self) -> dict[str, Any]:
+    def publish(self) -> Snapshot:
         """This worker's snapshot, taken now and written where the others read it."""
 
-    def read_others(self) -> list[dict[str, Any]]: ...
+    def read_others(self) -> list[Snapshot]: ...
 
 
 class ProxyServer:
@@ -308,7 +309,7 @@ class ProxyServer:
         record.duration, record.cause, record.ongoing = tunnel.duration, tunnel.reason, False
         self.record_access(record)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """Everything the stats pages show, as plain data (observe/statspage.py renders it),
         added up over sibling workers when there are some (`--workers`)."""
         if self.siblings is None:
@@ -316,7 +317,7 @@ class ProxyServer:
         own = self.siblings.publish()  # the very numbers the other workers will read next
         return _add_up([own, *self.siblings.read_others()])
 
-    def local_snapshot(self) -> dict[str, Any]:
+    def local_snapshot(self) -> Snapshot:
         """This process's share of the snapshot."""
         stats = self.stats.snapshot()
         return {
@@ -373,11 +374,13 @@ def _open_fds() -> int:
         return -1  # no /proc: not Linux
 
 
-def _add_up(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+def _add_up(snapshots: list[Snapshot]) -> Snapshot:
     """One snapshot for several workers: counts summed, tunnels listed together."""
-    total = dict(snapshots[0])
-    for key in ("counters", "gauges", "resources", "process"):
-        total[key] = _sum_maps(s[key] for s in snapshots)
+    total = snapshots[0].copy()
+    total["counters"] = _sum_maps(s["counters"] for s in snapshots)
+    total["gauges"] = _sum_maps(s["gauges"] for s in snapshots)
+    total["resources"] = _sum_maps(s["resources"] for s in snapshots)
+    total["process"] = _sum_maps(s["process"] for s in snapshots)
     pool: dict[str, dict[str, int]] = {}
     for snapshot in snapshots:
         for origin, usage in snapshot["pool"].items():
