@@ -70,8 +70,8 @@ class Manager(urllib3.PoolManager):
             return list(self.pools._container.values())
 
 
-def new_manager(config: Config, via: Parent | None, tracker: ConnectionTracker) -> Manager:
-    """A bounded PoolManager whose connections reach origins directly or through `via`."""
+def new_manager(config: Config, parent: Parent | None, tracker: ConnectionTracker) -> Manager:
+    """A bounded PoolManager whose connections reach origins directly or through `parent`."""
     manager = Manager(
         num_pools=config.pool_hosts,
         maxsize=config.pool_idle_per_host,
@@ -81,7 +81,7 @@ def new_manager(config: Config, via: Parent | None, tracker: ConnectionTracker) 
         cert_reqs="CERT_REQUIRED",
         ca_certs=config.ca_bundle or certifi.where(),
     )
-    manager.pool_classes_by_scheme = _pool_classes(via, tracker)
+    manager.pool_classes_by_scheme = _pool_classes(parent, tracker)
     # urllib3 does not close an evicted host pool (a80c248c: another thread may still
     # be using it). Close its idle connections; one in use goes back into the evicted
     # pool when released, and urllib3's finalizer closes it once the pool is unreferenced.
@@ -92,14 +92,14 @@ def new_manager(config: Config, via: Parent | None, tracker: ConnectionTracker) 
 class _DialingConnectionMixin:
     """Connections dial with net/dialer.py (or through a parent proxy, net/chain.py) and report to a tracker.
 
-    `via` and `to_proxy` are bound per pool class: `via` set and `to_proxy` False tunnels
+    `parent` and `to_proxy` are bound per pool class: `parent` set and `to_proxy` False tunnels
     through that parent (CONNECT or SOCKS5) to the origin; `to_proxy` True is a plain
     connection to the HTTP parent itself, for absolute-form requests. Dial
     failures are ProxyErrors naming the right peer; urllib3 lets them through.
     """
 
     tracker: ConnectionTracker | None = None
-    via: Parent | None = None
+    parent: Parent | None = None
     to_proxy = False
     dialer: Dialer = DIRECT  # set by checkout() for each connection it dials
     host: str
@@ -108,16 +108,16 @@ class _DialingConnectionMixin:
     sock: socket.socket | None
 
     def _new_conn(self) -> socket.socket:
-        if self.via is None:
+        if self.parent is None:
             return self.dialer.dial((self.host, self.port), self.timeout)
         if self.to_proxy:
-            return dial_parent(self.via, self.timeout, self.dialer)
+            return dial_parent(self.parent, self.timeout, self.dialer)
         sock, early = connect_through(
-            self.via, self.host, self.port, timeout=self.timeout, dialer=self.dialer
+            self.parent, self.host, self.port, timeout=self.timeout, dialer=self.dialer
         )
         if early:  # the origin speaks after we do: bytes now are not the origin's
             sock.close()
-            raise BadGateway(f"{label(self.via)} sent bytes after its 200", cause=Cause.PARENT_PROTOCOL)
+            raise BadGateway(f"{label(self.parent)} sent bytes after its 200", cause=Cause.PARENT_PROTOCOL)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
@@ -213,16 +213,16 @@ class _HTTPSPool(_TrackedPoolMixin, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
-def _pool_classes(via: Parent | None, tracker: ConnectionTracker) -> dict[str, type]:
-    """Pool classes whose connections report to `tracker` and dial as `via` needs.
+def _pool_classes(parent: Parent | None, tracker: ConnectionTracker) -> dict[str, type]:
+    """Pool classes whose connections report to `tracker` and dial as `parent` needs.
 
-    Without `via`, and with a SOCKS5 parent, both schemes go to the origin (through
+    Without `parent`, and with a SOCKS5 parent, both schemes go to the origin (through
     the parent for SOCKS5). With an HTTP parent, https:// origins are reached through
     a CONNECT tunnel and http:// requests go to the parent itself in absolute form, so
     its "http" pool is a pool of plain connections to the parent.
     """
-    attrs = {"tracker": tracker, "via": via}
-    to_proxy = via is not None and via.scheme == "http"
+    attrs = {"tracker": tracker, "parent": parent}
+    to_proxy = parent is not None and parent.scheme == "http"
     http = type("HTTPConnection", (_HTTPConnection,), {**attrs, "to_proxy": to_proxy})
     https = type("HTTPSConnection", (_HTTPSConnection,), attrs)
     return {

@@ -109,21 +109,21 @@ def forward(
     pool: OriginPool,
     rewrite: Rewrite,
     client_ip: str,
-    via: Parent | None,
+    parent: Parent | None,
     hub: TunnelHub,
     dialer: Dialer = DIRECT,
 ) -> Outcome:
-    """Forward `head` (and its body) to the origin, through `via` if given, and relay the
+    """Forward `head` (and its body) to the origin, through `parent` if given, and relay the
     response. `dialer` makes new connections (and judges them for this client)."""
     upgrade = _upgrade_token(head)
     if upgrade:
         _check_upgrade(head, hub)
     headers = _origin_headers(head, rewrite, client_ip, upgrade)
     with pool.slots.hold(origin_key(head.scheme, head.host, head.port)):
-        exchange = _exchange(head, headers, client, pool, via, dialer)
+        exchange = _exchange(head, headers, client, pool, parent, dialer)
         try:
-            if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and via:
-                raise auth_refused(label(via), exchange.lease.proxy_authorization is not None)
+            if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and parent:
+                raise auth_refused(label(parent), exchange.lease.proxy_authorization is not None)
             if exchange.response.status == 101:
                 return _hand_off(head, exchange, client, hub, rewrite.pseudonym, client_ip)
             return _relay(head, exchange, client, pool.config, rewrite.pseudonym, reusable=not upgrade)
@@ -184,13 +184,13 @@ def _exchange(
     headers: Headers,
     client: ClientConnection,
     pool: OriginPool,
-    via: Parent | None,
+    parent: Parent | None,
     dialer: Dialer,
 ) -> _Exchange:
     """Send the request and read up to its final response head, retrying once if allowed."""
     retry = head.method in IDEMPOTENT and not head.has_body
-    peer = f"{head.host}:{head.port}" + (f" (via {label(via)})" if via is not None else "")
-    lease = pool.checkout(head.scheme, head.host, head.port, via, dialer=dialer)
+    peer = f"{head.host}:{head.port}" + (f" (via {label(parent)})" if parent is not None else "")
+    lease = pool.checkout(head.scheme, head.host, head.port, parent, dialer=dialer)
     while True:
         stream = Stream(lease.sock, client.sock)
         reader = _HeadReader(head, client, pool.config)
@@ -213,7 +213,7 @@ def _exchange(
             lease.release(False)
             raise
         retry = False
-        lease = pool.checkout(head.scheme, head.host, head.port, via, fresh=True, dialer=dialer)
+        lease = pool.checkout(head.scheme, head.host, head.port, parent, fresh=True, dialer=dialer)
 
 
 class _HeadReader:

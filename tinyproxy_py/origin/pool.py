@@ -135,29 +135,29 @@ class OriginPool:
         self._managers_lock = threading.Lock()
         self._managers: dict[Parent | None, Manager] = {}
 
-    def _manager(self, via: Parent | None) -> Manager:
+    def _manager(self, parent: Parent | None) -> Manager:
         with self._managers_lock:
-            manager = self._managers.get(via)
+            manager = self._managers.get(parent)
             if manager is None:
-                manager = self._managers[via] = self._new_manager(via)
+                manager = self._managers[parent] = self._new_manager(parent)
             return manager
 
-    def _new_manager(self, via: Parent | None) -> Manager:
+    def _new_manager(self, parent: Parent | None) -> Manager:
         from . import connections  # urllib3 and ssl load with the first plain request
 
-        return connections.new_manager(self.config, via, self.tracker)
+        return connections.new_manager(self.config, parent, self.tracker)
 
     def checkout(
         self,
         scheme: str,
         host: str,
         port: int,
-        via: Parent | None,
+        parent: Parent | None,
         *,
         fresh: bool = False,
         dialer: Dialer = DIRECT,
     ) -> Lease:
-        """A connected connection to origin (scheme, host, port), through `via` if given.
+        """A connected connection to origin (scheme, host, port), through `parent` if given.
 
         An idle pooled one if there is one (urllib3 drops it if its origin closed it),
         else a new one dialled with `dialer`; `fresh` always dials anew. A pooled one was
@@ -167,11 +167,11 @@ class OriginPool:
         """
         if self._stop.is_set():  # a retry during stop() would otherwise dial again
             raise Overloaded("the proxy is shutting down", cause=Cause.SHUTDOWN)
-        to_proxy = via is not None and via.scheme == "http" and scheme == "http"
-        manager = self._manager(via)
+        to_proxy = parent is not None and parent.scheme == "http" and scheme == "http"
+        manager = self._manager(parent)
         if to_proxy:
-            assert via is not None
-            pool = manager.host_pool("http", via.host, via.port)
+            assert parent is not None
+            pool = manager.host_pool("http", parent.host, parent.port)
         else:
             pool = manager.host_pool(scheme, host, port)
         conn: Any = pool.take()
@@ -180,7 +180,7 @@ class OriginPool:
         if conn.sock is not None and not conn.dialer.same_overrides(dialer):
             conn.close()  # dialled before a reload moved its name: it may go elsewhere now
         reused = conn.sock is not None
-        if reused and via is None:
+        if reused and parent is None:
             try:
                 dialer.check(conn.sock)
             except OSError:  # reset since urllib3 looked: dial anew below
@@ -196,13 +196,13 @@ class OriginPool:
             except BaseException as exc:
                 conn.close()
                 pool.give_back(None)
-                raise _connect_error(exc, scheme, host, port, via) from exc
+                raise _connect_error(exc, scheme, host, port, parent) from exc
         return Lease(
             pool,
             conn,
             reused,
             "absolute" if to_proxy else "origin",
-            via.proxy_authorization() if to_proxy and via is not None else None,
+            parent.proxy_authorization() if to_proxy and parent is not None else None,
         )
 
     def start(self) -> None:
@@ -247,7 +247,7 @@ class OriginPool:
 
 
 def _connect_error(
-    exc: BaseException, scheme: str, host: str, port: int, via: Parent | None
+    exc: BaseException, scheme: str, host: str, port: int, parent: Parent | None
 ) -> BaseException:
     """What a client is told when a new connection could not be set up.
 
@@ -257,8 +257,8 @@ def _connect_error(
     if isinstance(exc, ProxyError) or not isinstance(exc, OSError):  # TLS errors are OSErrors
         return exc
     origin = join_host_port(host, port)
-    if via is not None:
-        origin += f" (via {label(via)})"
+    if parent is not None:
+        origin += f" (via {label(parent)})"
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"TLS with {origin} timed out", cause=Cause.CONNECT_TIMEOUT)
     return BadGateway(f"TLS with {origin} failed", cause=Cause.TLS)

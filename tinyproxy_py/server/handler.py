@@ -89,7 +89,7 @@ class ClientHandler:
         self.client = client
         self.client_address = client_address
         self.server = server
-        self.parent = ""  # the parent proxy the current request goes through (its URL)
+        self.parent_url = ""  # the parent proxy the current request goes through
         self._dialing: tuple[Runtime | None, Dialer] = (None, DIRECT)
         self._opening = True
 
@@ -122,7 +122,7 @@ class ClientHandler:
         while True:
             started = time.monotonic()
             head: RequestHead | None = None
-            self.parent = ""
+            self.parent_url = ""
             try:
                 head = client.read_head(idle_timeout)
                 if head is None:
@@ -183,10 +183,10 @@ class ClientHandler:
             with self.server.stats.live("requests_in_flight"):  # a graceful stop waits for the dial
                 self._tunnel(head, client, runtime)
             return None
-        via = runtime.routes.choose(head.host, head.port, head.scheme)
-        self.parent = via.url if via is not None else ""
+        parent = runtime.routes.choose(head.host, head.port, head.scheme)
+        self.parent_url = parent.url if parent is not None else ""
         dialer = self._dialer(runtime)
-        if via is not None:
+        if parent is not None:
             dialer.judge_before_parent(head.host, head.port)  # a parent on this host is no way around
         with self.server.stats.live("requests_in_flight"):
             return forward(
@@ -195,7 +195,7 @@ class ClientHandler:
                 self.server.pool,
                 runtime.rewrite,
                 self.client_address[0],
-                via,
+                parent,
                 self.server.hub,
                 dialer,
             )
@@ -258,17 +258,17 @@ class ClientHandler:
         hub, timeout = self.server.hub, runtime.config.connect_timeout
         if hub.full:
             raise Overloaded(f"too many open tunnels (max {hub.config.max_tunnels})")
-        via = runtime.routes.choose(head.host, head.port, "https")
-        self.parent = via.url if via is not None else ""
+        parent = runtime.routes.choose(head.host, head.port, "https")
+        self.parent_url = parent.url if parent is not None else ""
         dialer = self._dialer(runtime)
-        if via is None:
+        if parent is None:
             target, early = dialer.dial((head.host, head.port), timeout, blocking=False), b""
         else:
             dialer.judge_before_parent(head.host, head.port)  # a parent on this host is no way around
             pseudonym = runtime.rewrite.pseudonym
             member = via_value(head.version, pseudonym) if pseudonym else ""
             target, early = connect_through(
-                via, head.host, head.port, timeout=timeout, via=member, dialer=dialer
+                parent, head.host, head.port, timeout=timeout, via=member, dialer=dialer
             )
         label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
         record = self._record(head, Outcome(status=200), client, time.monotonic())
@@ -333,7 +333,7 @@ class ClientHandler:
             bytes_down=outcome.bytes_down,
             duration=time.monotonic() - started,
             cause=cause,
-            parent=self.parent,
+            parent=self.parent_url,
         )
         if head is not None:
             record.method, record.target, record.version = head.method, head.target, head.version
