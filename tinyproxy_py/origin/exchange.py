@@ -103,29 +103,34 @@ class _Exchange:
     early: bool  # the origin answered before taking the whole request body
 
 
-def forward(
-    head: RequestHead,
-    client: ClientConnection,
-    pool: OriginPool,
-    rewrite: Rewrite,
-    client_ip: str,
-    parent: Parent | None,
-    hub: TunnelHub,
-    dialer: Dialer = DIRECT,
-) -> Outcome:
-    """Forward `head` (and its body) to the origin, through `parent` if given, and relay the
-    response. `dialer` makes new connections (and judges them for this client)."""
+@dataclass(frozen=True)
+class Route:
+    """How one plain request reaches its origin, as the handler decided it: through
+    `parent` (None: direct), on connections from `pool` that `dialer` makes (and judges
+    for this client), its fields rewritten by `rewrite`; an upgrade goes to `hub`."""
+
+    pool: OriginPool
+    hub: TunnelHub
+    rewrite: Rewrite
+    client_ip: str
+    parent: Parent | None = None
+    dialer: Dialer = DIRECT
+
+
+def forward(head: RequestHead, client: ClientConnection, route: Route) -> Outcome:
+    """Forward `head` (and its body) to the origin along `route` and relay the response."""
+    pool, parent, rewrite = route.pool, route.parent, route.rewrite
     upgrade = _upgrade_token(head)
     if upgrade:
-        _check_upgrade(head, hub)
-    headers = _origin_headers(head, rewrite, client_ip, upgrade)
+        _check_upgrade(head, route.hub)
+    headers = _origin_headers(head, rewrite, route.client_ip, upgrade)
     with pool.slots.hold(origin_key(head.scheme, head.host, head.port)):
-        exchange = _exchange(head, headers, client, pool, parent, dialer)
+        exchange = _exchange(head, headers, client, pool, parent, route.dialer)
         try:
             if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and parent:
                 raise auth_refused(label(parent), exchange.lease.proxy_authorization is not None)
             if exchange.response.status == 101:
-                return _hand_off(head, exchange, client, hub, rewrite.pseudonym, client_ip)
+                return _hand_off(head, exchange, client, route)
             return _relay(head, exchange, client, pool.config, rewrite.pseudonym, reusable=not upgrade)
         finally:
             exchange.lease.release(False)  # closed if it failed; nothing after a release or hand-off
@@ -492,19 +497,12 @@ def _broken_body(exc: Exception, head_sent: bool) -> ProxyError:
     return Aborted(f"the origin's response {what} after its head", cause=cause)
 
 
-def _hand_off(
-    head: RequestHead,
-    exchange: _Exchange,
-    client: ClientConnection,
-    hub: TunnelHub,
-    pseudonym: str,
-    client_ip: str,
-) -> Outcome:
+def _hand_off(head: RequestHead, exchange: _Exchange, client: ClientConnection, route: Route) -> Outcome:
     """The origin switched protocols: both sockets become a tunnel in the hub, whose
     close gets an access line of its own (the 101 has had one)."""
-    greeting = _client_head(exchange.response, [], pseudonym) + exchange.leftover
+    greeting = _client_head(exchange.response, [], route.rewrite.pseudonym) + exchange.leftover
     origin_sock = exchange.lease.detach()
     label = f"{client.peer} -> {head.host}:{head.port}"
-    record = AccessRecord(client_ip, "CONNECT", f"{head.host}:{head.port}", status=200)
-    client.hand_off(hub, origin_sock, label, greeting, record)
+    record = AccessRecord(route.client_ip, "CONNECT", f"{head.host}:{head.port}", status=200)
+    client.hand_off(route.hub, origin_sock, label, greeting, record)
     return Outcome(status=101, keep_alive=False)  # the hub has the client now

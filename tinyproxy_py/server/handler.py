@@ -34,7 +34,7 @@ from ..observe import statspage
 from ..observe.accesslog import AccessRecord
 from ..observe.quietlog import EpisodeLog
 from ..observe.statspage import Snapshot
-from ..origin.exchange import Outcome, forward
+from ..origin.exchange import Outcome, Route, forward
 from ..wire.proxyprotocol import BadProxyHeader
 from ..wire.request import RequestHead
 from ..wire.writer import CONNECTION_ESTABLISHED, render, response_head, via_value
@@ -189,16 +189,10 @@ class ClientHandler:
         if parent is not None:
             dialer.judge_before_parent(head.host, head.port)  # a parent on this host is no way around
         with self.server.stats.live("requests_in_flight"):
-            return forward(
-                head,
-                client,
-                self.server.pool,
-                runtime.rewrite,
-                self.client_address[0],
-                parent,
-                self.server.hub,
-                dialer,
+            route = Route(
+                self.server.pool, self.server.hub, runtime.rewrite, self.client_address[0], parent, dialer
             )
+            return forward(head, client, route)
 
     def _dialer(self, runtime: Runtime) -> Dialer:
         """The runtime's dialer, judging addresses by the destination policy for this
