@@ -12,8 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
 
 from ..errors import Aborted, Cause, RequestTimeout
 from ..observe.accesslog import AccessRecord
@@ -43,22 +42,6 @@ def send_quietly(sock: socket.socket, data: bytes, timeout: float = 1.0) -> None
         sock.sendall(data)
     except OSError:
         pass
-
-
-class Adopter(Protocol):
-    """What hand_off needs of the tunnel hub (tunnel.hub, a layer above this one)."""
-
-    def adopt(
-        self,
-        client: socket.socket,
-        target: socket.socket,
-        pending: bytes,
-        label: str = "",
-        *,
-        greeting: bytes = b"",
-        record: AccessRecord | None = None,
-        owner: str = "",
-    ) -> None: ...
 
 
 class ClientConnection:
@@ -262,13 +245,14 @@ class ClientConnection:
 
     def hand_off(
         self,
-        hub: Adopter,
+        adopt: Callable[..., None],
         target: socket.socket,
         label: str,
         greeting: bytes,
         record: AccessRecord | None = None,
     ) -> None:
-        """Give this connection and `target` to the hub as a tunnel; this object is done.
+        """Give this connection and `target` to the hub (`adopt` is TunnelHub.adopt, of a
+        layer above this one) as a tunnel; this object is done.
 
         `greeting` goes to the client first (the 200 to a CONNECT, an origin's 101). If
         the hub refuses (full, stopping), `target` is closed and the ProxyError raised:
@@ -280,7 +264,7 @@ class ClientConnection:
         """
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
-            hub.adopt(self.sock, target, pending, label, greeting=greeting, record=record, owner=self.address)
+            adopt(self.sock, target, pending, label, greeting=greeting, record=record, owner=self.address)
         except BaseException:
             target.close()
             raise

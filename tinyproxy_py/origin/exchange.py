@@ -504,5 +504,5 @@ def _hand_off(head: RequestHead, exchange: _Exchange, client: ClientConnection, 
     origin_sock = exchange.lease.detach()
     label = f"{client.peer} -> {head.host}:{head.port}"
     record = AccessRecord(route.client_ip, "CONNECT", f"{head.host}:{head.port}", status=200)
-    client.hand_off(route.hub, origin_sock, label, greeting, record)
+    client.hand_off(route.hub.adopt, origin_sock, label, greeting, record)
     return Outcome(status=101, keep_alive=False)  # the hub has the client now

@@ -268,7 +268,7 @@ class ClientHandler:
         record = self._record(head, Outcome(status=200), client, time.monotonic())
         if record is not None:
             record.ongoing = True  # before the hand-off: the hub may close the tunnel at once
-        client.hand_off(hub, target, label, CONNECTION_ESTABLISHED + early, record=record)
+        client.hand_off(hub.adopt, target, label, CONNECTION_ESTABLISHED + early, record=record)
         self.server.stats.count("responses.2xx")
         if record is not None:
             self.server.tunnel_opened(record)  # its log line is written when it closes
