@@ -82,6 +82,11 @@ def test_a_new_connection_counts_as_idle_only_after_a_grace(
     assert proxy.stats.counter("clients_evicted") == 1
 
 
+def idle_clients(proxy: ProxyServer) -> int:
+    """Client connections waiting for their next request (white-box: no gauge says it)."""
+    return sum(client.idle_since is not None for client in list(proxy._clients._open))
+
+
 def test_one_address_holds_at_most_its_share_of_connections_and_tunnels(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer
 ) -> None:
@@ -96,9 +101,12 @@ def test_one_address_holds_at_most_its_share_of_connections_and_tunnels(
         refused = get(proxy.address, origin.url("/bytes/10"))
         assert (refused.status, refused.header("X-Tinyproxy-Py-Cause")) == (503, "overloaded")
         assert b"too many connections from 127.0.0.1 (max 2)" in refused.body
-        assert request_over(busy[0], raw[10:]).status == 200  # idle now: it makes room
+        assert request_over(busy[0], raw[10:]).status == 200  # idle next: it makes room
+        # Idle once its thread waits for the next request again, a moment after the answer.
+        assert wait_until(lambda: idle_clients(proxy) == 1)
         assert get(proxy.address, origin.url("/bytes/10")).status == 200
         assert busy[0].recv(1) == b""
+        assert wait_until(lambda: proxy.stats.gauge("clients") == 1)  # busy[1] alone
         tunnel, _ = open_tunnel(proxy.address, f"127.0.0.1:{origin.port}")
         stack.enter_context(tunnel)
         refused = refused_connect(proxy.address, f"127.0.0.1:{origin.port}")
