@@ -103,7 +103,7 @@ class _Exchange:
     early: bool  # the origin answered before taking the whole request body
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Route:
     """How one plain request reaches its origin, as the handler decided it: through
     `parent` (None: direct), on connections from `pool` that `dialer` makes (and judges

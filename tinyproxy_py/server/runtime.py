@@ -14,8 +14,9 @@ from ..net.dialer import DIRECT, Dialer, Resolver, system_resolver
 from ..net.lookups import Lookups
 from ..observe.stats import Stats
 from ..origin.exchange import Rewrite
+from ..settings.conffile import load_credentials
 from ..settings.config import Config, parse_override
-from ..settings.policy import Policy, check_exposure, load_credentials
+from ..settings.policy import Policy, check_exposure
 from ..settings.routes import Routes, parse_rules, rules_from_env, rules_from_options
 
 log = logging.getLogger(__name__)

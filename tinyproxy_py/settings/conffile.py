@@ -1,4 +1,5 @@
-"""Settings from a tinyproxy.conf(5)-style file and from TINYPROXY_PY_* environment variables.
+"""Settings from a tinyproxy.conf(5)-style file and from TINYPROXY_PY_* environment variables,
+and the USER:PASSWORD lines of an --auth-file.
 
 The file format is tinyproxy's: one `Keyword value...` per line, keywords in any case,
 `#` comments, values in double quotes when they hold spaces. An existing tinyproxy
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import FIELD_TYPES, Config, SettingError, check_setting, coerce, flag, parse_bool
+from .policy import parse_credential
 from .routes import rule_from_words
 
 ENV_PREFIX = "TINYPROXY_PY_"
@@ -352,3 +354,17 @@ def _default(value: Any) -> str:
     if value == "":
         return '`""`'
     return f"`{value}`"
+
+
+def load_credentials(path: str) -> tuple[tuple[str, str], ...]:
+    """USER:PASSWORD lines of an auth file (blank lines and # comments skipped)."""
+    users = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                try:
+                    users.append(parse_credential(line))
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{number}: {exc}") from None
+    return tuple(users)

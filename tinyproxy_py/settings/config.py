@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..wire.grammar import TOKEN_TEXT
+
 SPELLED = frozenset({"connect_ports"})  # settings whose text is more than a number: see coerce
 CHOICES = {
     "proxy_protocol": ("off", "v1", "v2", "any"),
@@ -25,11 +27,9 @@ CHOICES = {
 # unprivileged port (where development servers listen).
 HTTP_PORTS = ("80", "443", "280", "488", "591", "777", "1025-65535")
 _PORT_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_HEADER_LINE = re.compile(_TOKEN + r": [\x20-\x7e]*")
+_HEADER_LINE = re.compile(TOKEN_TEXT.pattern + r": [\x20-\x7e]*")
 # A realm goes inside a quoted-string (RFC 9110 §5.6.4): printable ASCII without " or \.
 _REALM = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
-_PSEUDONYM = re.compile(_TOKEN)  # Via's received-by pseudonym is a token (RFC 9110 §7.6.3)
 # Fields the proxy itself decides: adding one would break framing or connection handling.
 _NOT_ADDABLE = frozenset(
     {
@@ -314,7 +314,8 @@ def _why_not(name: str, kind: str, value: Any) -> str:
         return next((problem for header in value if (problem := _header_problem(header))), "")
     if name == "auth_realm" and not _REALM.fullmatch(value):
         return f"must be printable ASCII without quotes or backslashes, got {value!r}"
-    if name == "via_name" and value and not _PSEUDONYM.fullmatch(value):
+    # Via's received-by pseudonym is a token (RFC 9110 §7.6.3)
+    if name == "via_name" and value and not TOKEN_TEXT.fullmatch(value):
         return f"must be a token (letters, digits, -._~ and the like), got {value!r}"
     if name == "connect_ports" and not all(0 <= port <= 65535 for port in value):
         return "must be ports (0 allows every port, none at all refuses CONNECT)"
@@ -452,22 +453,25 @@ def port_ranges(texts: tuple[str, ...]) -> tuple[tuple[int, int], ...] | None:
     """`http_ports` as (first, last) pairs; None for 'any'. The texts are checked."""
     if any(text.strip().lower() == "any" for text in texts):
         return None
-    ranges = []
-    for text in texts:
-        match = _PORT_RANGE.fullmatch(text.strip())
-        assert match is not None, text
-        first = int(match[1])
-        ranges.append((first, int(match[2] or first)))
-    return tuple(ranges)
+    ranges = [_port_range(text) for text in texts]
+    assert None not in ranges, texts
+    return tuple(r for r in ranges if r is not None)
+
+
+def _port_range(text: str) -> tuple[int, int] | None:
+    """'80' or '8000-8999' as (first, last); None if it is neither."""
+    match = _PORT_RANGE.fullmatch(text.strip())
+    if match is None:
+        return None
+    first = int(match[1])
+    last = int(match[2] or first)
+    return (first, last) if 1 <= first <= last <= 65535 else None
 
 
 def _port_range_problem(text: str) -> str:
-    if text.strip().lower() == "any":
+    if text.strip().lower() == "any" or _port_range(text) is not None:
         return ""
-    match = _PORT_RANGE.fullmatch(text.strip())
-    if match is None or not 1 <= int(match[1]) <= int(match[2] or match[1]) <= 65535:
-        return f"must be ports or ranges of ports (80, 8000-8999) or 'any'; got {text!r}"
-    return ""
+    return f"must be ports or ranges of ports (80, 8000-8999) or 'any'; got {text!r}"
 
 
 def _connect_ports(values: list[str]) -> tuple[int, ...]:

@@ -363,17 +363,3 @@ def parse_credential(text: str) -> tuple[str, str]:
     if not password:  # `--basic-auth bob:` is a slip, not a wish for a door without a lock
         raise ValueError(f"the password for {user} is empty")
     return user, password
-
-
-def load_credentials(path: str) -> tuple[tuple[str, str], ...]:
-    """USER:PASSWORD lines of an auth file (blank lines and # comments skipped)."""
-    users = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                try:
-                    users.append(parse_credential(line))
-                except ValueError as exc:
-                    raise ValueError(f"{path}:{number}: {exc}") from None
-    return tuple(users)
