@@ -18,6 +18,7 @@ import pytest
 
 from tinyproxy_py import Config, ProxyServer
 from tinyproxy_py.errors import Overloaded
+from tinyproxy_py.net.stream import Stream
 from tinyproxy_py.net.threads import HandlerThreads
 from tinyproxy_py.observe.accesslog import AccessRecord
 from tinyproxy_py.observe.stats import Stats
@@ -160,15 +161,19 @@ def test_adopt_is_all_or_nothing_and_greets_before_target_bytes(no_leaks: None) 
         for sock in (client, upstream, spare, spare2):
             sock.settimeout(MUST_NOT_EXPIRE)
         upstream.sendall(b"from upstream")  # already waiting when the hub takes over
-        hub.adopt(client_h, upstream_h, b"early", greeting=b"yes\n")
+        hub.adopt(Stream(client_h), Stream(upstream_h), b"early", greeting=b"yes\n")
         assert recv_exactly(client, 17) == b"yes\nfrom upstream"
         assert recv_exactly(upstream, 5) == b"early"
         with pytest.raises(Overloaded):
-            hub.adopt(spare_h, spare2_h, b"pending", greeting=b"yes\n")
-        # Refused: the caller still owns both, untouched (open, blocking, nothing sent).
-        assert spare_h.fileno() >= 0 and spare_h.getblocking() and spare2_h.getblocking()
+            hub.adopt(Stream(spare_h), Stream(spare2_h), b"pending", greeting=b"yes\n")
+        # Refused: the caller still owns both, untouched (open, nothing sent either way).
+        assert spare_h.fileno() >= 0 and spare2_h.fileno() >= 0
+        spare.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            spare.recv(1)  # no greeting went out
+        spare.settimeout(MUST_NOT_EXPIRE)
         spare_h.sendall(b"mine")
-        assert spare.recv(4) == b"mine"
+        assert recv_exactly(spare, 4) == b"mine"
         assert stats.gauge("tunnels") == hub.count == 1
     finally:
         hub.close()
@@ -178,7 +183,7 @@ def test_adopt_is_all_or_nothing_and_greets_before_target_bytes(no_leaks: None) 
     assert stats.gauge("tunnels") == hub.count == 0
     assert stats.counter("tunnels_closed.shutdown") == 1
     with pytest.raises(Overloaded):
-        hub.adopt(spare_h, spare2_h, b"")  # a stopped hub takes nothing
+        hub.adopt(Stream(spare_h), Stream(spare2_h), b"")  # a stopped hub takes nothing
 
 
 # --- targets and dialling ---

@@ -19,8 +19,6 @@ import ipaddress
 import re
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
@@ -30,11 +28,11 @@ from ..settings.routes import Parent, join_host_port
 from ..wire.grammar import MAX_INTERIM, STATUS_LINE
 from ..wire.writer import head, request_line
 from .dialer import DIRECT, Dialer
+from .stream import PARENT_HANDSHAKE, Stream
 
 # A handshake answer is a status line and a few fields (or a few SOCKS bytes); 16 KiB is
 # h11's bound for an incomplete event and four times what squid or tinyproxy send.
 MAX_ANSWER_BYTES = 16 * 1024
-PARENT_CAUSES = (Cause.PARENT_TIMEOUT, Cause.PARENT_DNS, Cause.PARENT_CONNECT)
 
 _TARGET = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")
 
@@ -290,7 +288,7 @@ def _reply_error(label: str, reply: int, target: str) -> ProxyError:
 def dial_parent(parent: Parent, timeout: float, dialer: Dialer = DIRECT) -> socket.socket:
     """A connection to the parent itself; failures name it, with its password masked. The
     operator chose the parent: the destination policy is for where clients go."""
-    return dialer.dial(parent.address, timeout, name=label(parent), causes=PARENT_CAUSES, judged=False)
+    return dialer.dial(parent.address, timeout, name=label(parent), to_parent=True)
 
 
 def label(parent: Parent) -> str:
@@ -323,57 +321,45 @@ def connect_through(
 
 
 def run(sock: socket.socket, handshake: Handshake, deadline: float) -> bytes:
-    """Run `handshake` on the blocking `sock` until done; the bytes that came after it.
+    """Run `handshake` on `sock` until done; the bytes that came after it.
 
     Every send and receive is bounded by `deadline` (a time.monotonic() value). On return
     the socket's timeout is as it was; on a raise the caller (its owner) closes it.
     """
-    io, previous, received = _HandshakeIO(sock, handshake.label, deadline), sock.gettimeout(), b""
-    io.send(handshake.start())
-    while True:
-        step = handshake.advance(received)
-        if step is None:
-            if len(received) >= MAX_ANSWER_BYTES:
-                raise protocol_error(io.label, f"sent an answer over {MAX_ANSWER_BYTES} bytes")
-            received += io.recv(MAX_ANSWER_BYTES + 4 - len(received))
-            continue
-        received = received[step.consumed :]
-        if step.send:
-            io.send(step.send)
-        if step.done:
-            sock.settimeout(previous)
-            return received
+    previous, received = sock.gettimeout(), b""
+    stream = Stream(sock)
+    try:
+        stream.send(handshake.start(), _left(deadline))
+        while True:
+            step = handshake.advance(received)
+            if step is None:
+                if len(received) >= MAX_ANSWER_BYTES:
+                    raise protocol_error(handshake.label, f"sent an answer over {MAX_ANSWER_BYTES} bytes")
+                _left(deadline)
+                data = stream.recv(MAX_ANSWER_BYTES + 4 - len(received), deadline)
+                if not data:
+                    raise protocol_error(handshake.label, "closed the connection during the handshake")
+                received += data
+                continue
+            received = received[step.consumed :]
+            if step.send:
+                stream.send(step.send, _left(deadline))
+            if step.done:
+                sock.settimeout(previous)
+                return received
+    except OSError as exc:
+        raise _handshake_failed(exc, handshake.label) from exc
 
 
-@dataclass
-class _HandshakeIO:
-    """A blocking socket read and written under one deadline; failures name the parent."""
+def _left(deadline: float) -> float:
+    """Seconds to `deadline`; TimeoutError once it has passed, even with bytes waiting."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the deadline passed")
+    return left
 
-    sock: socket.socket
-    label: str
-    deadline: float
 
-    def send(self, data: bytes) -> None:
-        with self._bounded():
-            self.sock.sendall(data)
-
-    def recv(self, limit: int) -> bytes:
-        with self._bounded():
-            data = self.sock.recv(limit)
-        if not data:
-            raise protocol_error(self.label, "closed the connection during the handshake")
-        return data
-
-    @contextmanager
-    def _bounded(self) -> Iterator[None]:
-        try:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            self.sock.settimeout(remaining)
-            yield
-        except TimeoutError as exc:
-            message = f"{self.label} did not complete the handshake in time"
-            raise GatewayTimeout(message, cause=Cause.PARENT_TIMEOUT) from exc
-        except OSError as exc:
-            raise BadGateway(f"{self.label} broke off the handshake", cause=Cause.PARENT_ERROR) from exc
+def _handshake_failed(exc: OSError, name: str) -> ProxyError:
+    timed_out = isinstance(exc, TimeoutError)
+    what = "did not complete the handshake in time" if timed_out else "broke off the handshake"
+    return PARENT_HANDSHAKE.error(f"{name} {what}", timed_out=timed_out)

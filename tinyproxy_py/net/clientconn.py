@@ -3,8 +3,9 @@
 Owned by exactly one handler thread. Every read has a deadline (net/stream.py): the
 keep-alive idle timeout before a request starts, the header deadline for the whole head
 (counted from its first byte, so a client dribbling bytes is still cut off), the read
-timeout for body bytes and for sends to a client that stopped reading. Socket errors become Aborted,
-which is not an OSError, so urllib3 never mistakes a client failure for an origin's.
+timeout for body bytes and for sends to a client that stopped reading. Socket errors become
+the client's rows of the table in net/stream.py (Aborted, RequestTimeout), which are not
+OSErrors, so no origin code mistakes a client failure for an origin's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from ..errors import Aborted, Cause, RequestTimeout
+from ..errors import Aborted, RequestTimeout
 from ..observe.accesslog import AccessRecord
 from ..settings.config import Config
 from ..wire.body import ChunkedDecoder
@@ -22,7 +23,7 @@ from ..wire.proxyprotocol import BadProxyHeader, ProxyHeader
 from ..wire.proxyprotocol import parse as parse_proxy_header
 from ..wire.request import RequestHead, parse_request_head
 from ..wire.writer import CONTINUE
-from .stream import Stream, reset_on_close
+from .stream import CLIENT_BODY, CLIENT_HEAD, CLIENT_SEND, Stream, reset_on_close
 
 RECV_SIZE = 65536
 # Chunked framing a request body may carry before it must weigh less than the data: a
@@ -38,8 +39,7 @@ FIRST_REQUEST_GRACE = 1.0
 def send_quietly(sock: socket.socket, data: bytes, timeout: float = 1.0) -> None:
     """Best effort, with a short deadline: an error reply to a client that may be gone."""
     try:
-        sock.settimeout(timeout)
-        sock.sendall(data)
+        Stream(sock).send(data, timeout)
     except OSError:
         pass
 
@@ -106,9 +106,7 @@ class ClientConnection:
         if self.idle_since is None or (not self._served_one and now - self._opened < FIRST_REQUEST_GRACE):
             return False
         try:
-            return not self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True  # nothing waiting
+            return not self.stream.unread()  # nothing waiting, or its EOF
         except OSError:
             return True  # broken already: closing it loses nothing
 
@@ -152,12 +150,10 @@ class ClientConnection:
     def _recv(self, timeout: float, *, idle_ok: bool) -> bytes | None:
         try:
             data = self.stream.recv(RECV_SIZE, time.monotonic() + timeout)
-        except TimeoutError:
-            if idle_ok:
-                return None
-            raise RequestTimeout("request head not complete before the header deadline") from None
         except OSError as exc:
-            raise Aborted(f"client connection failed: {exc}") from exc
+            if idle_ok and isinstance(exc, TimeoutError):
+                return None
+            raise CLIENT_HEAD.of(exc, f"reading the request head failed: {exc}") from exc
         return data
 
     def body(self, head: RequestHead) -> Iterator[bytes]:
@@ -207,11 +203,10 @@ class ClientConnection:
         started = time.monotonic()
         try:
             data = self.stream.recv(RECV_SIZE, started + pace.wait())
-        except OSError as exc:
-            cause = Cause.CLIENT_TIMEOUT if isinstance(exc, TimeoutError) else Cause.CLIENT_ABORT
+        except OSError:
             if pace.slow:
                 exc = TimeoutError(f"slower than {pace.min_rate} bytes/s")
-            raise Aborted(f"reading the request body failed: {exc}", cause=cause) from exc
+            raise CLIENT_BODY.of(exc, f"reading the request body failed: {exc}") from exc
         finally:
             pace.waited += time.monotonic() - started
         if not data:
@@ -225,7 +220,7 @@ class ClientConnection:
         try:
             self.stream.send(data, self.config.read_timeout)
         except OSError as exc:
-            raise Aborted(f"sending to the client failed: {exc}") from exc
+            raise CLIENT_SEND.of(exc, f"sending to the client failed: {exc}") from exc
 
     def send_quietly(self, data: bytes) -> None:
         """Best effort, for error replies to a client that may already be gone."""
@@ -246,7 +241,7 @@ class ClientConnection:
     def hand_off(
         self,
         adopt: Callable[..., None],
-        target: socket.socket,
+        target: Stream,
         label: str,
         greeting: bytes,
         record: AccessRecord | None = None,
@@ -259,12 +254,11 @@ class ClientConnection:
         nothing has been sent, so the caller answers it as any other, and the client's
         socket stays with whoever accepted it. Either way the caller must not touch
         `target` again; after a success, not the client's socket either (`handed_off`:
-        the listener leaves it alone). The socket object itself goes to the hub:
-        non-blocking already (Stream made it so), nothing to re-wrap.
+        the listener leaves it alone). This connection's stream itself goes to the hub.
         """
         try:
             pending, self.buffer = bytes(self.buffer), bytearray()
-            adopt(self.sock, target, pending, label, greeting=greeting, record=record, owner=self.address)
+            adopt(self.stream, target, pending, label, greeting=greeting, record=record, owner=self.address)
         except BaseException:
             target.close()
             raise

@@ -9,7 +9,8 @@ started `attempt_delay` after the previous one while it is still pending; the fi
 connect wins and the others are closed at once. The connect timeout bounds the whole,
 the lookup too when a running proxy gives the dialer its lookup threads (net/lookups.py).
 
-One place turns the ways a connect fails into the ProxyError a client should see.
+A failed connect raises the ProxyError the table in net/stream.py gives: a client's
+origin or target fails as an origin, a parent proxy as a parent.
 """
 
 from __future__ import annotations
@@ -27,17 +28,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-from ..errors import EXHAUSTED, BadGateway, Cause, Forbidden, GatewayTimeout, ProxyError, exhausted
+from ..errors import EXHAUSTED, Forbidden, ProxyError, exhausted
 from ..observe.stats import Stats
 from ..settings.policy import is_loopback_name
+from .stream import ORIGIN_CONNECT, ORIGIN_DNS, PARENT_CONNECT, PARENT_DNS, Failure
 
 if TYPE_CHECKING:
     from .lookups import Lookups
 
 log = logging.getLogger(__name__)
-
-# (timeout, unresolvable, refused or unreachable): causes for the access log and stats.
-ORIGIN_CAUSES = (Cause.CONNECT_TIMEOUT, Cause.DNS, Cause.REFUSED)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
@@ -121,24 +120,24 @@ class Dialer:
         timeout: float,
         *,
         name: str = "",
-        causes: tuple[Cause, Cause, Cause] = ORIGIN_CAUSES,
-        judged: bool = True,
+        to_parent: bool = False,
         blocking: bool = True,
     ) -> socket.socket:
         """A connected socket with TCP_NODELAY, or the ProxyError the client should see.
 
         `name` is how errors call the peer (default host:port): a parent's, with its
-        password masked, never the raw error text. Unless `judged` is False (a parent
-        proxy the operator configured), the judge sees every address before it is dialled.
+        password masked, never the raw error text. The judge sees every address before
+        it is dialled, unless `to_parent` (a parent proxy the operator configured: its
+        failures are a parent's too).
         The socket has `timeout` for a handshake to come (TLS, a parent's), or with
         `blocking` False is left non-blocking, as the tunnel hub wants it.
         """
-        judge = self.judge if judged else None
+        judge = None if to_parent else self.judge
         deadline = time.monotonic() + timeout
         host, port = address
         name = name or f"{host}:{port}"
-        timed_out, unresolvable, refused = causes
-        candidates = self._addresses(host, port, name, unresolvable, deadline)
+        lookup, connect = (PARENT_DNS, PARENT_CONNECT) if to_parent else (ORIGIN_DNS, ORIGIN_CONNECT)
+        candidates = self._addresses(host, port, name, lookup, deadline)
         attempt = _Attempts([], self.attempt_delay, deadline)
         try:
             if judge is not None:
@@ -146,15 +145,15 @@ class Dialer:
             attempt.candidates = _interleaved(candidates)
             sock = attempt.run()
         except OSError as exc:  # no selector, no socket (EMFILE): the connect failed here
-            raise exhausted(exc) or BadGateway(f"cannot connect to {name}", cause=refused) from exc
+            raise exhausted(exc) or connect.error(f"cannot connect to {name}") from exc
         finally:
             self._count(attempt)
         if sock is None:
             failures = "; ".join(f"{_shown(a)}: {why}" for a, why in attempt.failures)
             log.debug("connecting to %s failed: %s", name, failures or "timed out")
             if attempt.timed_out:
-                raise GatewayTimeout(f"connecting to {name} timed out", cause=timed_out)
-            raise BadGateway(f"cannot connect to {name}", cause=refused)
+                raise connect.error(f"connecting to {name} timed out", timed_out=True)
+            raise connect.error(f"cannot connect to {name}")
         try:
             if blocking:
                 sock.settimeout(timeout)
@@ -165,7 +164,7 @@ class Dialer:
         return sock
 
     def _addresses(
-        self, host: str, port: int, name: str, unresolvable: Cause, deadline: float
+        self, host: str, port: int, name: str, lookup: Failure, deadline: float
     ) -> list[tuple[socket.AddressFamily, SockAddr]]:
         if self.connect_to:  # overrides are rare: no key to spell without them
             host, port = self.connect_to.get((host.lower().rstrip("."), port), (host, port))
@@ -181,11 +180,11 @@ class Dialer:
             else:
                 found = self.lookups.run(self.resolver, host, port, deadline)
         except TimeoutError as exc:  # before OSError: it is one
-            raise GatewayTimeout(f"looking up {name} timed out", cause=unresolvable) from exc
+            raise lookup.error(f"looking up {name} timed out", timed_out=True) from exc
         except (OSError, UnicodeError) as exc:  # gaierror; the IDNA codec refusing a name
-            raise BadGateway(f"cannot resolve {name}", cause=unresolvable) from exc
+            raise lookup.error(f"cannot resolve {name}") from exc
         if not found:
-            raise BadGateway(f"cannot resolve {name}", cause=unresolvable)
+            raise lookup.error(f"cannot resolve {name}")
         return found
 
     def _count(self, attempt: _Attempts) -> None:

@@ -1,14 +1,18 @@
-"""Reads and writes on a non-blocking socket, every wait under a deadline.
+"""The I/O seam: the one place where sockets are read, written and closed, and where a
+socket's failure becomes the error a client hears.
 
-Both sides use it: the client's connection (net/clientconn.py) and an origin connection
-(origin/exchange.py). A call tries the socket first and waits in poll() only when the kernel
-says it must, so a socket never keeps a timeout setting of its own: Python's timeout
-mode would cost a settimeout syscall per change and a poll before every send and recv.
-An origin stream can also watch the client's socket while it waits: a client that hangs
-up is noticed at once, not when the origin answers or the deadline passes (a client
-that pipelines its next request is not gone). Socket errors pass through as OSError
-(TimeoutError for a deadline); the caller decides what they mean. TLS sockets work the
-same way (SSLWantRead/Write are waits). The owner of the socket stays its owner.
+A `Stream` wraps one non-blocking socket, plain or TLS, and offers two ways to use it:
+waits under a deadline for a handler thread (the client's connection, an origin's, a
+parent's handshake) and never-blocking calls for the tunnel hub's selectors loop. A call
+tries the socket first and waits in poll() only when the kernel says it must: Python's
+own timeout mode would cost a settimeout per change and a poll before every call. TLS is
+the same to its users: SSLWantRead/Write are waits, and bytes TLS has decrypted but no
+call took yet (`buffered()`), which poll cannot see, are read before waiting. A fault
+injector is a Stream subclass that overrides these calls: nothing above knows.
+
+Socket errors pass through as OSError (TimeoutError for a deadline): only the caller knows
+what it was doing, and so which `Failure` of the table below it was. The owner of the
+socket stays its owner; `close()` is how it lets go.
 """
 
 from __future__ import annotations
@@ -17,17 +21,17 @@ import select
 import socket
 import struct
 import time
+from dataclasses import dataclass
 
-from ..errors import Aborted, Cause
+from ..errors import Aborted, BadGateway, Cause, GatewayTimeout, ProxyError, RequestTimeout, ResponseTimeout
 
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
+_raw_recv = socket.socket.recv  # below TLS: for a peek, which TLS sockets refuse
 
 
 class _NotTLS(Exception):
     """Never raised: what a plain socket's TLS waits are."""
-
-
-_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 
 
 def reset_on_close(sock: socket.socket) -> None:
@@ -40,7 +44,8 @@ def reset_on_close(sock: socket.socket) -> None:
 
 
 class Stream:
-    """Non-blocking reads and writes on `sock`; `client`, if given, can be watched during waits."""
+    """Reads and writes on `sock`, made non-blocking; `client`, if given, is the client's
+    socket, which waits can watch for a hang-up (an origin's stream)."""
 
     def __init__(self, sock: socket.socket, client: socket.socket | None = None) -> None:
         if sock.gettimeout() != 0.0:
@@ -49,25 +54,22 @@ class Stream:
         self.client = client
         self._want_read: type[Exception] = _NotTLS
         self._want_write: type[Exception] = _NotTLS
+        self._closed: type[Exception] = _NotTLS  # the peer's close_notify after ours: an EOF
         if hasattr(sock, "pending"):  # an SSLSocket: ssl is loaded already
             import ssl
 
             self._want_read, self._want_write = ssl.SSLWantReadError, ssl.SSLWantWriteError
+            self._closed = ssl.SSLZeroReturnError
         self.received = 0  # bytes read through this stream
-        self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
-        self._events = select.POLLIN
+        self._poller: select.poll | None = None  # made at the first wait: many never wait
+        self._events = 0
         self._watching = False
 
-    def watch_client(self, on: bool) -> None:
-        """Watch the client's socket for a hang-up during waits (on) or stop (off)."""
-        if self.client is None or on == self._watching:
-            return
-        if on:
-            self._poller.register(self.client, select.POLLIN)
-        else:
-            self._poller.unregister(self.client)
-        self._watching = on
+    def fileno(self) -> int:
+        """For selectors: a Stream registers as its socket."""
+        return self.sock.fileno()
+
+    # --- waits under a deadline (handler threads) ---
 
     def send(
         self, data: bytes | bytearray | memoryview, timeout: float, *, until_readable: bool = False
@@ -108,33 +110,99 @@ class Stream:
             except (BlockingIOError, self._want_read):
                 self._wait(select.POLLIN, deadline)
                 continue
+            except self._closed:
+                return b""
             self.received += len(data)
             return data
 
+    def watch_client(self, on: bool) -> None:
+        """Watch the client's socket for a hang-up during waits (on) or stop (off)."""
+        if self.client is None or on == self._watching:
+            return
+        poller = self._poll()
+        if on:
+            poller.register(self.client, select.POLLIN)
+        else:
+            poller.unregister(self.client)
+        self._watching = on
+
+    # --- calls that never wait (the tunnel hub) ---
+
     def recv_nowait(self, size: int) -> bytes | None:
         """Up to `size` bytes if there are some now, b"" if the peer closed, else None."""
+        buffer = bytearray(size)
+        count = self.recv_into(memoryview(buffer))
+        return None if count is None else bytes(buffer[:count])
+
+    def recv_into(self, view: memoryview) -> int | None:
+        """Bytes read into `view` now, 0 if the peer closed, None if none have come."""
         try:
-            data = self.sock.recv(size)
+            count = self.sock.recv_into(view)
         except (BlockingIOError, self._want_read, self._want_write):
             return None
-        self.received += len(data)
-        return data
+        except self._closed:
+            return 0
+        self.received += count
+        return count
+
+    def send_nowait(self, data: memoryview) -> int:
+        """How much of `data` the socket took now (0: no room)."""
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, self._want_read, self._want_write):
+            return 0
+
+    def shut_write(self) -> None:
+        """Pass an EOF on: a FIN, or TLS's close_notify (reads go on until the peer's)."""
+        if self._want_read is _NotTLS:
+            self.sock.shutdown(socket.SHUT_WR)
+            return
+        try:
+            self.sock.unwrap()  # type: ignore[attr-defined]
+        except (self._want_read, self._want_write):
+            pass  # close_notify is out; the peer's is not in yet
 
     def buffered(self) -> bool:
         """Whether TLS has decrypted bytes that no recv took yet (poll cannot see them)."""
         return self._want_read is not _NotTLS and self.sock.pending() > 0  # type: ignore[attr-defined]
 
+    def unread(self) -> bytes | None:
+        """What the peer has sent and nobody read, peeked at (at most a byte): b"" for
+        its EOF, None for nothing. Raises OSError if the connection failed."""
+        if self.buffered():
+            return b"?"
+        try:
+            return _raw_recv(self.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+
+    def close(self, *, abort: bool = False) -> None:
+        """Close the socket; `abort`: with a reset, so that a cut stream looks cut."""
+        if abort:
+            reset_on_close(self.sock)
+        self.sock.close()
+
+    # --- waiting ---
+
+    def _poll(self) -> select.poll:
+        if self._poller is None:
+            self._poller = select.poll()
+        return self._poller
+
     def _wait(self, events: int, deadline: float) -> int:
         """Wait until the socket is ready for `events`; returns what it is ready for."""
-        if events != self._events:
-            self._poller.modify(self.sock, events)
-            self._events = events
-        client_fd = self.client_fd
+        poller = self._poll()
+        if not self._events:
+            poller.register(self.sock, events)
+        elif events != self._events:
+            poller.modify(self.sock, events)
+        self._events = events
+        client_fd = self.client.fileno() if self._watching and self.client is not None else -1
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("deadline passed")
-            ready = self._poller.poll(remaining * 1000 + 1)
+            ready = poller.poll(remaining * 1000 + 1)
             for fd, event in ready:
                 if fd == client_fd:
                     self._check_client(event)
@@ -142,25 +210,52 @@ class Stream:
             if mine:
                 return mine[0]
 
-    @property
-    def client_fd(self) -> int:
-        return self.client.fileno() if self._watching and self.client is not None else -1
-
     def _check_client(self, event: int) -> None:
         """The client's socket stirred while we wait: gone (EOF, reset) or pipelining."""
         assert self.client is not None
         try:
-            data = self.client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = _raw_recv(self.client, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             if event & _GONE:
-                raise _client_gone() from None
+                raise CLIENT_WAIT.error("client went away while waiting for the origin") from None
             return
         except OSError as exc:
-            raise _client_gone() from exc
+            raise CLIENT_WAIT.error("client went away while waiting for the origin") from exc
         if not data:
-            raise _client_gone()
+            raise CLIENT_WAIT.error("client went away while waiting for the origin")
         self.watch_client(False)  # the next request is already coming: not a hang-up
 
 
-def _client_gone() -> Aborted:
-    return Aborted("client went away while waiting for the origin", cause=Cause.CLIENT_ABORT)
+@dataclass(frozen=True)
+class Failure:
+    """What a socket failure means where it happened: the error class and cause a client
+    hears when a deadline passed (`timed_out`), and for any other failure (`broken`)."""
+
+    timed_out: tuple[type[ProxyError], Cause]
+    broken: tuple[type[ProxyError], Cause]
+
+    def error(self, message: str, *, timed_out: bool = False) -> ProxyError:
+        kind, cause = self.timed_out if timed_out else self.broken
+        return kind(message, cause=cause)
+
+    def of(self, exc: BaseException, message: str) -> ProxyError:
+        """The ProxyError for `exc`; the caller raises it `from exc`."""
+        return self.error(message, timed_out=isinstance(exc, TimeoutError))
+
+
+# The table: every place a socket can fail, and what the client is told. The access log's
+# causes and docs/operations.md's error table are these rows.
+CLIENT_HEAD = Failure((RequestTimeout, Cause.HEADER_TIMEOUT), (Aborted, Cause.CLIENT_ABORT))
+CLIENT_BODY = Failure((Aborted, Cause.CLIENT_TIMEOUT), (Aborted, Cause.CLIENT_ABORT))
+CLIENT_SEND = Failure((Aborted, Cause.CLIENT_ABORT), (Aborted, Cause.CLIENT_ABORT))
+CLIENT_WAIT = CLIENT_SEND  # gone while the proxy waited for an origin
+ORIGIN_DNS = Failure((GatewayTimeout, Cause.DNS), (BadGateway, Cause.DNS))
+ORIGIN_CONNECT = Failure((GatewayTimeout, Cause.CONNECT_TIMEOUT), (BadGateway, Cause.REFUSED))
+ORIGIN_TLS = Failure((GatewayTimeout, Cause.CONNECT_TIMEOUT), (BadGateway, Cause.TLS))
+ORIGIN_REQUEST = Failure((GatewayTimeout, Cause.READ_TIMEOUT), (BadGateway, Cause.NO_RESPONSE))
+ORIGIN_HEAD = Failure((ResponseTimeout, Cause.RESPONSE_TIMEOUT), (BadGateway, Cause.NO_RESPONSE))
+ORIGIN_BODY = Failure((GatewayTimeout, Cause.READ_TIMEOUT), (BadGateway, Cause.ORIGIN_ABORT))
+ORIGIN_BODY_SENT = Failure((Aborted, Cause.READ_TIMEOUT), (Aborted, Cause.ORIGIN_ABORT))  # head sent
+PARENT_DNS = Failure((GatewayTimeout, Cause.PARENT_DNS), (BadGateway, Cause.PARENT_DNS))
+PARENT_CONNECT = Failure((GatewayTimeout, Cause.PARENT_TIMEOUT), (BadGateway, Cause.PARENT_CONNECT))
+PARENT_HANDSHAKE = Failure((GatewayTimeout, Cause.PARENT_TIMEOUT), (BadGateway, Cause.PARENT_ERROR))

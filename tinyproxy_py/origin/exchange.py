@@ -24,19 +24,15 @@ from dataclasses import dataclass
 
 from ..errors import (
     Aborted,
-    BadGateway,
     BadResponse,
-    Cause,
-    GatewayTimeout,
     NotImplementedByProxy,
     Overloaded,
     ProxyError,
-    ResponseTimeout,
 )
 from ..net.chain import auth_refused, label
 from ..net.clientconn import ClientConnection
 from ..net.dialer import DIRECT, Dialer
-from ..net.stream import Stream
+from ..net.stream import ORIGIN_BODY, ORIGIN_BODY_SENT, ORIGIN_HEAD, ORIGIN_REQUEST, Stream
 from ..observe.accesslog import AccessRecord
 from ..settings.config import Config
 from ..settings.routes import Parent
@@ -343,7 +339,7 @@ def _recv_head_bytes(stream: Stream, deadline: float, peer: str, config: Config)
         data = stream.recv(HEAD_RECV_SIZE, deadline, wait_first=not started)
     except TimeoutError as exc:
         limit = config.response_header_timeout
-        raise ResponseTimeout(f"{peer} did not send its response head within {limit:g} s") from exc
+        raise ORIGIN_HEAD.of(exc, f"{peer} did not send its response head within {limit:g} s") from exc
     if not data:
         if started:
             raise BadResponse("the connection closed in the middle of the response head")
@@ -354,9 +350,10 @@ def _recv_head_bytes(stream: Stream, deadline: float, peer: str, config: Config)
 def _origin_error(exc: OSError, peer: str, received: int) -> ProxyError:
     """A socket failure before the response head, as the client should hear it."""
     if isinstance(exc, TimeoutError):
-        return GatewayTimeout(f"sending the request to {peer} timed out", cause=Cause.READ_TIMEOUT)
-    what = "broke off its response" if received else "closed the connection without answering"
-    return BadGateway(f"{peer} {what}", cause=Cause.NO_RESPONSE)
+        what = "did not take the request in time"
+    else:
+        what = "broke off its response" if received else "closed the connection without answering"
+    return ORIGIN_REQUEST.of(exc, f"{peer} {what}")
 
 
 def _client_head(
@@ -488,21 +485,18 @@ def _stream_body(
 def _broken_body(exc: Exception, head_sent: bool) -> ProxyError:
     """The origin's body stalled or broke off. If the client has had nothing yet (a small
     body's head waits to go with it), it can still be told; otherwise only cut off."""
-    stalled = isinstance(exc, TimeoutError)
-    cause = Cause.READ_TIMEOUT if stalled else Cause.ORIGIN_ABORT
-    what = "stalled" if stalled else f"broke off ({exc})"
+    what = "stalled" if isinstance(exc, TimeoutError) else f"broke off ({exc})"
     if not head_sent:
-        error = GatewayTimeout if stalled else BadGateway
-        return error(f"the origin's response {what} before its body", cause=cause)
-    return Aborted(f"the origin's response {what} after its head", cause=cause)
+        return ORIGIN_BODY.of(exc, f"the origin's response {what} before its body")
+    return ORIGIN_BODY_SENT.of(exc, f"the origin's response {what} after its head")
 
 
 def _hand_off(head: RequestHead, exchange: _Exchange, client: ClientConnection, route: Route) -> Outcome:
     """The origin switched protocols: both sockets become a tunnel in the hub, whose
     close gets an access line of its own (the 101 has had one)."""
     greeting = _client_head(exchange.response, [], route.rewrite.pseudonym) + exchange.leftover
-    origin_sock = exchange.lease.detach()
+    origin = Stream(exchange.lease.detach())
     label = f"{client.peer} -> {head.host}:{head.port}"
     record = AccessRecord(route.client_ip, "CONNECT", f"{head.host}:{head.port}", status=200)
-    client.hand_off(route.hub.adopt, origin_sock, label, greeting, record)
+    client.hand_off(route.hub.adopt, origin, label, greeting, record)
     return Outcome(status=101, keep_alive=False)  # the hub has the client now

@@ -22,9 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadGateway, Cause, GatewayTimeout, Overloaded, ProxyError
+from ..errors import Cause, Overloaded, ProxyError
 from ..net.chain import label
 from ..net.dialer import DIRECT, Dialer
+from ..net.stream import ORIGIN_TLS
 from ..observe.stats import Stats
 from ..settings.config import Config
 from ..settings.routes import Parent, join_host_port
@@ -259,6 +260,5 @@ def _connect_error(
     origin = join_host_port(host, port)
     if parent is not None:
         origin += f" (via {label(parent)})"
-    if isinstance(exc, TimeoutError):
-        return GatewayTimeout(f"TLS with {origin} timed out", cause=Cause.CONNECT_TIMEOUT)
-    return BadGateway(f"TLS with {origin} failed", cause=Cause.TLS)
+    what = "timed out" if isinstance(exc, TimeoutError) else "failed"
+    return ORIGIN_TLS.of(exc, f"TLS with {origin} {what}")

@@ -30,6 +30,7 @@ from ..errors import (
 from ..net.chain import connect_through
 from ..net.clientconn import ClientConnection
 from ..net.dialer import DIRECT, Dialer, is_local_address
+from ..net.stream import Stream
 from ..observe import statspage
 from ..observe.accesslog import AccessRecord
 from ..observe.quietlog import EpisodeLog
@@ -268,7 +269,7 @@ class ClientHandler:
         record = self._record(head, Outcome(status=200), client, time.monotonic())
         if record is not None:
             record.ongoing = True  # before the hand-off: the hub may close the tunnel at once
-        client.hand_off(hub.adopt, target, label, CONNECTION_ESTABLISHED + early, record=record)
+        client.hand_off(hub.adopt, Stream(target), label, CONNECTION_ESTABLISHED + early, record=record)
         self.server.stats.count("responses.2xx")
         if record is not None:
             self.server.tunnel_opened(record)  # its log line is written when it closes

@@ -1,6 +1,6 @@
 """CONNECT tunnels: one thread, one selectors loop, every tunnel.
 
-Rule: after `TunnelHub.adopt()` returns, only the hub thread touches the two sockets,
+Rule: after `TunnelHub.adopt()` returns, only the hub thread touches the two streams,
 and the hub closes both, exactly once, when: both directions have ended (eof), either
 side errors or resets (reset), no byte moved for the idle timeout, or for the shorter
 linger once one side has sent EOF (idle), or the hub stops (shutdown).
@@ -9,8 +9,10 @@ Memory is bounded: bytes are read into one shared buffer and sent on at once; on
 unsent tail is kept, per direction, and while a direction holds a tail the hub stops
 reading its source (backpressure). So a tunnel holds at most one buffer's worth per
 direction (plus the bytes the client sent with its CONNECT), and an idle tunnel none.
-The bookkeeping (state.py) touches no socket and no clock; the hub does the I/O and
-asks the state what to wait for. This module knows nothing of HTTP.
+The bookkeeping (state.py) touches no socket and no clock; the hub does the I/O, through
+net/stream.py's never-waiting calls (so a TLS side, or a stream that injects faults,
+is carried like any other), and asks the state what to wait for. This module knows
+nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import Cause, Overloaded
-from ..net.stream import reset_on_close
+from ..net.stream import Stream
 from ..observe.accesslog import AccessRecord
 from ..observe.stats import Stats
 from ..settings.config import Config
@@ -128,8 +130,8 @@ class TunnelHub:
 
     def adopt(
         self,
-        client: socket.socket,
-        target: socket.socket,
+        client: Stream,
+        target: Stream,
         pending: bytes,
         label: str = "",
         *,
@@ -137,16 +139,16 @@ class TunnelHub:
         record: AccessRecord | None = None,
         owner: str = "",
     ) -> None:
-        """Take ownership of both sockets; `pending` are client bytes already read.
+        """Take ownership of both streams; `pending` are client bytes already read.
 
-        `label` reads "CLIENT -> TARGET" (default: both peers' addresses); `tag` comes back
-        in the ClosedTunnel; `owner` (a client address) may hold at most
+        `label` reads "CLIENT -> TARGET" (default: both peers' addresses); `record` comes
+        back in the ClosedTunnel; `owner` (a client address) may hold at most
         `max_tunnels_per_address` tunnels. `greeting` is
         sent to the client before any target byte: passing the CONNECT answer here,
         rather than sending it first, means a refused adoption has not told the client
         yes. All or nothing: if this raises (too many tunnels, hub stopping) the caller
-        still owns both sockets, untouched. After it returns, the caller must not touch
-        either socket.
+        still owns both streams, untouched. After it returns, the caller must not touch
+        either.
         """
         state = TunnelState(time.monotonic())
         if pending:
@@ -256,9 +258,6 @@ class TunnelHub:
             self._guarded(self._begin, tunnel)
 
     def _begin(self, tunnel: Tunnel) -> None:
-        for sock in (tunnel.client, tunnel.target):
-            if sock.gettimeout() != 0.0:  # an ioctl each, when not non-blocking already
-                sock.setblocking(False)
         # Send the greeting (and bytes the client sent with its CONNECT) now: a socket
         # just connected has room, and a selector round per tunnel is saved.
         if tunnel.state.down.wants_write:
@@ -266,9 +265,9 @@ class TunnelHub:
         if tunnel.state.up.wants_write and not tunnel.closed:
             self._service(tunnel, tunnel.target, WRITE)
         if not tunnel.closed:
-            self._update_interest(tunnel)
+            self._service(tunnel, tunnel.client, 0)  # TLS bytes read with the CONNECT
 
-    def _service(self, tunnel: Tunnel, sock: socket.socket, mask: int) -> None:
+    def _service(self, tunnel: Tunnel, sock: Stream, mask: int) -> None:
         """Move the bytes `mask` allows, then close the tunnel or update what it waits for."""
         if tunnel.awaiting is not None:
             self._target_ended(tunnel)
@@ -282,6 +281,9 @@ class TunnelHub:
                 self._flush(outbound, sock)
             if mask & READ and inbound.wants_read:
                 self._pump(inbound, sock, other)
+            for flow, src, dst in ((inbound, sock, other), (outbound, other, sock)):
+                if flow.wants_read and src.buffered():  # TLS holds bytes: no selector would wake
+                    self._pump(flow, src, dst)
         except _SideFailed as failed:
             # A reset after the target finished and everything was delivered is an end.
             # After its own failure a socket reads as EOF, so only a live target is asked.
@@ -301,25 +303,27 @@ class TunnelHub:
         else:
             self._update_interest(tunnel)
 
-    def _pump(self, flow: Flow, src: socket.socket, dst: socket.socket) -> None:
-        """Read from `src` and send on at once; keep only what `dst` would not take."""
+    def _pump(self, flow: Flow, src: Stream, dst: Stream) -> None:
+        """Read from `src` and send on at once; keep only what `dst` would not take.
+        After a few reads other tunnels have a turn, once TLS holds no decrypted bytes
+        back (no selector would wake us for them; at most a TLS record)."""
         view = self._view
-        for _ in range(_READS_PER_EVENT):
+        reads = 0
+        while reads < _READS_PER_EVENT or src.buffered():
+            reads += 1
             try:
                 n = src.recv_into(view)
-            except BlockingIOError:
-                return
             except OSError as exc:
                 raise _SideFailed(src, exc) from exc
+            if n is None:
+                return
             if n == 0:
                 flow.eof = True
                 self._pass_eof(flow, dst)
                 return
             flow.bytes += n
             try:
-                sent = dst.send(view[:n])
-            except BlockingIOError:
-                sent = 0
+                sent = dst.send_nowait(view[:n])
             except OSError as exc:
                 flow.tail = memoryview(bytes(view[:n]))  # undelivered: the stream was cut
                 raise _SideFailed(dst, exc) from exc
@@ -327,22 +331,20 @@ class TunnelHub:
                 flow.tail = memoryview(bytes(view[sent:n]))
                 return
 
-    def _flush(self, flow: Flow, dst: socket.socket) -> None:
+    def _flush(self, flow: Flow, dst: Stream) -> None:
         assert flow.tail is not None
         try:
-            flow.sent(dst.send(flow.tail))
-        except BlockingIOError:
-            return
+            flow.sent(dst.send_nowait(flow.tail))
         except OSError as exc:
             raise _SideFailed(dst, exc) from exc
         self._pass_eof(flow, dst)
 
     @staticmethod
-    def _pass_eof(flow: Flow, dst: socket.socket) -> None:
+    def _pass_eof(flow: Flow, dst: Stream) -> None:
         """Half-close: once everything before the EOF has been sent, send the EOF on."""
         if flow.should_shut:
             try:
-                dst.shutdown(socket.SHUT_WR)
+                dst.shut_write()
             except OSError as exc:
                 raise _SideFailed(dst, exc) from exc
             flow.shut = True
@@ -358,11 +360,12 @@ class TunnelHub:
     def _target_ended(self, tunnel: Tunnel) -> None:
         assert tunnel.awaiting is not None
         try:
-            ended = tunnel.target.recv(1) == b""
-        except BlockingIOError:
-            return
+            said = tunnel.target.recv_nowait(1)
         except OSError:
-            ended = False
+            said = b"?"
+        if said is None:
+            return
+        ended = said == b""
         self._close(tunnel, Cause.EOF if ended else Cause.RESET, tunnel.awaiting[1])
 
     def _update_interest(self, tunnel: Tunnel) -> None:
@@ -441,16 +444,14 @@ class TunnelHub:
                     del self._owned[tunnel.owner]
             self.stats.adjust("tunnels", -1)
 
-    def _release(self, sock: socket.socket, registered: int, abort: bool) -> None:
+    def _release(self, stream: Stream, registered: int, abort: bool) -> None:
         if registered:
             try:
-                self._selector.unregister(sock)
+                self._selector.unregister(stream)
             except (KeyError, ValueError) as exc:
                 log.warning("unregistering a tunnel socket failed: %r", exc)
-        if abort:
-            reset_on_close(sock)
         try:
-            sock.close()
+            stream.close(abort=abort)
         except OSError as exc:
             log.warning("closing a tunnel socket failed: %r", exc)
 
@@ -470,24 +471,24 @@ class TunnelHub:
 
 
 class _SideFailed(Exception):
-    """A socket operation of a tunnel failed; `sock` is the socket it failed on."""
+    """A stream operation of a tunnel failed; `sock` is the stream it failed on."""
 
-    def __init__(self, sock: socket.socket, error: OSError) -> None:
+    def __init__(self, sock: Stream, error: OSError) -> None:
         super().__init__(sock, error)
         self.sock, self.error = sock, error
 
 
-def _ended(sock: socket.socket) -> bool:
-    """Whether the peer's EOF is the next thing to read (the socket is non-blocking)."""
+def _ended(stream: Stream) -> bool:
+    """Whether the peer's EOF is the next thing to read."""
     try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:  # BlockingIOError: still open; anything else: it failed too
+        return stream.unread() == b""
+    except OSError:  # it failed too
         return False
 
 
-def _label(client: socket.socket, target: socket.socket) -> str:
+def _label(client: Stream, target: Stream) -> str:
     try:
-        return f"{_address(client.getpeername())} -> {_address(target.getpeername())}"
+        return f"{_address(client.sock.getpeername())} -> {_address(target.sock.getpeername())}"
     except OSError:
         return "?"
 

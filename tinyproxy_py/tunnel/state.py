@@ -7,10 +7,10 @@ socket and no clock: the hub asks them and does the I/O.
 from __future__ import annotations
 
 import selectors
-import socket
 from dataclasses import dataclass, field
 
 from ..errors import Cause
+from ..net.stream import Stream
 from ..observe.accesslog import AccessRecord
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -104,10 +104,10 @@ class TunnelState:
 
 @dataclass(eq=False)
 class Tunnel:
-    """The hub's record of one tunnel: its sockets, its state, what is registered."""
+    """The hub's record of one tunnel: its streams, its state, what is registered."""
 
-    client: socket.socket
-    target: socket.socket  # the CONNECT target, or the origin of an upgraded connection
+    client: Stream
+    target: Stream  # the CONNECT target, or the origin of an upgraded connection
     client_name: str
     target_name: str
     state: TunnelState
@@ -119,8 +119,8 @@ class Tunnel:
     # the target's own end, to tell a finished exchange from a cut one.
     awaiting: tuple[float, str] | None = None
 
-    def sides(self, sock: socket.socket) -> tuple[Flow, Flow, socket.socket]:
-        """(the flow `sock` feeds, the flow that feeds `sock`, the other socket)."""
+    def sides(self, sock: Stream) -> tuple[Flow, Flow, Stream]:
+        """(the flow `sock` feeds, the flow that feeds `sock`, the other stream)."""
         if sock is self.client:
             return self.state.up, self.state.down, self.target
         return self.state.down, self.state.up, self.client

@@ -20,6 +20,10 @@ FIELD_TEXT = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 DIGITS = re.compile(r"[0-9]{1,18}")
 OBS_FOLD_TEXT = re.compile(r"\r?\n[ \t]+")
 STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+# Anything but HTAB, CR and LF below SP, and DEL: never valid in a head (RFC 9110 §5.5),
+# and a CR not followed by LF (a response split in two where a client sees one).
+CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+BARE_CR = re.compile(rb"\r(?!\n)")
 MAX_INTERIM = 16  # interim (1xx) answers before the final one; more is a flood
 HOP_BY_HOP = frozenset(
     {

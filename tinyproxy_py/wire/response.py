@@ -13,12 +13,14 @@ in a bare LF (§2.2 allows a recipient that), and are sent on with CRLF.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from ..errors import BadResponse
 from .body import ChunkedDecoder
 from .grammar import (
+    BARE_CR,
+    CONTROL,
+    DIGITS,
     STATUS_LINE,
     TOKEN,
     TOKEN_TEXT,
@@ -28,11 +30,6 @@ from .grammar import (
     list_values,
     persistence,
 )
-
-# Anything but HTAB, CR and LF below SP, and DEL: never valid in a head (RFC 9110 §5.5).
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_BARE_CR = re.compile(rb"\r(?!\n)")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
 @dataclass
@@ -109,9 +106,9 @@ def _check_incomplete(buf: bytes | bytearray, limits: HeadLimits) -> None:
 
 
 def _check_bytes(data: bytes | bytearray) -> None:
-    if _CONTROL.search(data):
+    if CONTROL.search(data):
         raise BadResponse("control character in response head")
-    if _BARE_CR.search(data):
+    if BARE_CR.search(data):
         raise BadResponse("bare CR in response head")
 
 
@@ -159,7 +156,7 @@ def _apply_framing(head: ResponseHead, method: str) -> None:
         if len(lengths) > 1:
             raise BadResponse("more than one Content-Length")
         if lengths:
-            if not _DIGITS.fullmatch(lengths[0].encode("latin-1")):
+            if not DIGITS.fullmatch(lengths[0]):
                 raise BadResponse(f"invalid Content-Length {lengths[0]!r}")
             head.framing, head.length = "length", int(lengths[0])
 
