@@ -9,6 +9,7 @@ never answers. h11 judges what it received: no complete request may be among it.
 
 from __future__ import annotations
 
+import logging
 import select
 import shutil
 import socket
@@ -23,6 +24,7 @@ import pytest
 from tinyproxy_py import ProxyServer
 
 from ..data.hostile_requests import BODY_CASES, CLOSE, HEAD_CASES, LIMITS, Expected, for_upstream
+from ..kit.clients import abort
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.responses import get
 from ..kit.servers import ScriptedServer, scripted_server
@@ -327,6 +329,29 @@ def test_a_body_below_the_minimum_rate_is_cut_off(make_proxy: MakeProxy, origin:
     assert answer == b""  # nothing of a response was sent: the client is simply cut off
     assert 1.4 < took < 1.5 + EXPIRE_SOON
     assert proxy.stats.counter("errors.client-timeout") == 1
+    assert_still_serving(proxy, origin)
+
+
+@pytest.mark.parametrize("ending", ["stall", "reset"])
+def test_a_request_body_that_stalls_or_resets_is_counted_not_a_traceback(
+    make_proxy: MakeProxy, origin: OriginServer, caplog: pytest.LogCaptureFixture, ending: str
+) -> None:
+    """A body that stops past the read timeout (no minimum rate) is client-timeout, one
+    cut by a reset client-abort; either way the access log has it and nothing is an error."""
+    proxy = make_proxy(read_timeout=0.5, request_body_min_rate=0)
+    head = f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+    sock = socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE)
+    sock.sendall(head.encode())
+    if ending == "reset":
+        assert wait_until(lambda: proxy.stats.gauge("clients") == 1, MUST_NOT_EXPIRE)
+        time.sleep(0.1)  # the body has begun: its read is waiting
+        abort(sock)
+    else:
+        with sock:
+            read_until_closed(sock)
+    cause = "client-timeout" if ending == "stall" else "client-abort"
+    assert wait_until(lambda: proxy.stats.counter(f"errors.{cause}") == 1, MUST_NOT_EXPIRE)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert_still_serving(proxy, origin)
 
 

@@ -110,6 +110,34 @@ def test_a_tls_side_is_carried_both_ways_with_close_notify_as_eof(
     assert [(c.reason, c.bytes_up, c.bytes_down) for c in closed] == [(Cause.EOF, up, down)]
 
 
+def test_a_tls_side_still_sending_when_the_target_ends_loses_no_byte(ca: trustme.CA) -> None:
+    """The target ends while the TLS client's bytes are on their way: a close_notify sent
+    now would make OpenSSL drop them, so it waits for the client's own end."""
+    rounds, first, rest = 10, b"a" * 1000, b"b" * 20_000
+    with running_hub() as (hub, closed):
+        for _ in range(rounds):
+            client, hub_side = tls_pair(ca)
+            target, origin = tcp_pair()
+            with client, origin:
+                hub.adopt(Stream(hub_side), Stream(target), b"", greeting=GREETING)
+                assert recv_exactly(client, len(GREETING)) == GREETING
+                client.sendall(first)
+                assert recv_exactly(origin, len(first)) == first
+                client.sendall(rest)  # in flight as the target ends its side
+                origin.sendall(b"answer")
+                origin.shutdown(socket.SHUT_WR)
+                assert recv_exactly(client, 6) == b"answer"
+                assert recv_exactly(origin, len(rest)) == rest
+                client.setblocking(False)
+                with pytest.raises(ssl.SSLWantReadError):
+                    client.unwrap()
+                client.settimeout(MUST_NOT_EXPIRE)
+                assert tls_recv_to_eof(client) == b""  # the hub's close_notify, after ours
+                assert recv_to_eof(origin) == b""
+        assert wait_until(lambda: hub.count == 0, MUST_NOT_EXPIRE)
+    assert [c.reason for c in closed] == [Cause.EOF] * rounds
+
+
 def tls_recv_to_eof(sock: ssl.SSLSocket) -> bytes:
     """Everything until the peer's close_notify, after ours (which ssl raises as an error)."""
     data = bytearray()

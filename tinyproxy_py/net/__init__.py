@@ -1,5 +1,6 @@
-"""The network: sockets read and written under deadlines (stream), the dialer with its
-lookups, the client connection, handshakes with parent proxies, the handler threads.
+"""The network: the one I/O seam (stream: every socket read and write, plain or TLS, and
+what a socket failure tells the client), the dialer with its lookups, the client
+connection, handshakes with parent proxies, the handler threads.
 
 May import: errors, wire, observe, settings.
 """

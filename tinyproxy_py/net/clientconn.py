@@ -203,10 +203,9 @@ class ClientConnection:
         started = time.monotonic()
         try:
             data = self.stream.recv(RECV_SIZE, started + pace.wait())
-        except OSError:
-            if pace.slow:
-                exc = TimeoutError(f"slower than {pace.min_rate} bytes/s")
-            raise CLIENT_BODY.of(exc, f"reading the request body failed: {exc}") from exc
+        except OSError as exc:
+            shown = f"slower than {pace.min_rate} bytes/s" if pace.slow else exc
+            raise CLIENT_BODY.of(exc, f"reading the request body failed: {shown}") from exc
         finally:
             pace.waited += time.monotonic() - started
         if not data:

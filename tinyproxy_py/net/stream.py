@@ -10,6 +10,11 @@ the same to its users: SSLWantRead/Write are waits, and bytes TLS has decrypted 
 call took yet (`buffered()`), which poll cannot see, are read before waiting. A fault
 injector is a Stream subclass that overrides these calls: nothing above knows.
 
+Limits of TLS through an SSLSocket, for a TLS side in the hub: a close_notify waits for
+the peer's own end (see `shut_write`), and a read that must write (or a write that must
+read: renegotiation, a TLS 1.3 KeyUpdate into a full buffer) waits for the wrong event.
+An SSLObject over memory buffers would lift both.
+
 Socket errors pass through as OSError (TimeoutError for a deadline): only the caller knows
 what it was doing, and so which `Failure` of the table below it was. The owner of the
 socket stays its owner; `close()` is how it lets go.
@@ -55,11 +60,14 @@ class Stream:
         self._want_read: type[Exception] = _NotTLS
         self._want_write: type[Exception] = _NotTLS
         self._closed: type[Exception] = _NotTLS  # the peer's close_notify after ours: an EOF
+        self._notify_due = False  # a close_notify waits for the peer's end (shut_write)
+        self._peer_ended = False
         if hasattr(sock, "pending"):  # an SSLSocket: ssl is loaded already
             import ssl
 
             self._want_read, self._want_write = ssl.SSLWantReadError, ssl.SSLWantWriteError
             self._closed = ssl.SSLZeroReturnError
+            sock.suppress_ragged_eofs = False  # type: ignore[attr-defined]  # a FIN alone is a cut
         self.received = 0  # bytes read through this stream
         self._poller: select.poll | None = None  # made at the first wait: many never wait
         self._events = 0
@@ -141,7 +149,11 @@ class Stream:
         except (BlockingIOError, self._want_read, self._want_write):
             return None
         except self._closed:
-            return 0
+            count = 0
+        if not count:
+            self._peer_ended = True
+            if self._notify_due:
+                self._close_notify()
         self.received += count
         return count
 
@@ -153,14 +165,21 @@ class Stream:
             return 0
 
     def shut_write(self) -> None:
-        """Pass an EOF on: a FIN, or TLS's close_notify (reads go on until the peer's)."""
+        """Pass an EOF on: a FIN; on TLS a close_notify, once the peer's own end has been
+        read: unwrap() goes on to read, and OpenSSL drops data that follows a close_notify."""
         if self._want_read is _NotTLS:
             self.sock.shutdown(socket.SHUT_WR)
-            return
+        elif self._peer_ended:
+            self._close_notify()
+        else:
+            self._notify_due = True
+
+    def _close_notify(self) -> None:
+        self._notify_due = False
         try:
             self.sock.unwrap()  # type: ignore[attr-defined]
-        except (self._want_read, self._want_write):
-            pass  # close_notify is out; the peer's is not in yet
+        except OSError:
+            pass  # the peer ended without waiting: the close says the rest
 
     def buffered(self) -> bool:
         """Whether TLS has decrypted bytes that no recv took yet (poll cannot see them)."""
