@@ -154,9 +154,6 @@ class LoopDetected(ProxyError):
 class BadGateway(ProxyError):
     """The origin, target or parent refused, could not be resolved, or broke its protocol."""
 
-    status = HTTPStatus.BAD_GATEWAY
-    cause = Cause.BAD_RESPONSE
-
 
 class GatewayTimeout(ProxyError):
     """The origin, target or parent did not connect or answer in time."""
@@ -167,8 +164,6 @@ class GatewayTimeout(ProxyError):
 
 class BadResponse(BadGateway):
     """The origin's response broke HTTP/1.1 (RFC 9112): its connection is never reused."""
-
-    cause = Cause.BAD_RESPONSE
 
 
 class ResponseTimeout(GatewayTimeout):

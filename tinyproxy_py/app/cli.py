@@ -28,17 +28,13 @@ from click.core import ParameterSource
 from ..server.proxy import ProxyServer
 from ..settings.conffile import ConfigFileError, env_variable, from_environment, load_file
 from ..settings.config import CHOICES, SPELLED, Config, SettingError, check_setting, coerce, flag
+from ..settings.routes import join_host_port
 from ..version import __version__
 from .workers import PASSED_ON, SharedStats, supervise
 
 THREAD_STACK_SIZE = 512 * 1024
 _SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}
 log = logging.getLogger("tinyproxy_py")
-
-
-def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one --option per Config field, in declaration order, plus --config."""
-    return _options(command, {}, frozenset())
 
 
 # `run` wraps one command on this machine: a free port always, and unless a file or the
@@ -51,6 +47,7 @@ SERVE_ONLY = frozenset({"workers", "pid_file"})
 def _options(
     command: Callable[..., Any], defaults: dict[str, Any], left_out: frozenset[str]
 ) -> Callable[..., Any]:
+    """Add one --option per Config field (but `left_out`), in declaration order, plus --config."""
     for f in reversed(
         [f for f in dataclasses.fields(Config) if f.metadata["cli"] and f.name not in left_out]
     ):
@@ -147,7 +144,7 @@ def main() -> None:
 
 
 @main.command()
-@config_options
+@lambda command: _options(command, {}, frozenset())
 def serve(config_file: str | None, **settings: Any) -> None:
     """Run the proxy until Ctrl-C or SIGTERM (a second signal exits at once).
 
@@ -481,8 +478,7 @@ def run(config_file: str | None, command: tuple[str, ...], **settings: Any) -> N
 @click.option("--port", default=8888, show_default=True, type=int, help="The proxy's port.")
 def env(host: str, port: int) -> None:
     """Print shell export lines that point clients at a running proxy: eval "$(tinyproxy-py env)"."""
-    host = f"[{host}]" if ":" in host else host
-    url = f"http://{host}:{port}"
+    url = "http://" + join_host_port(host, port)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         click.echo(f"export {name}={url}")
 

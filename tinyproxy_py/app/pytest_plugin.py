@@ -7,10 +7,8 @@
 The fixture's proxy listens on a free loopback port, allows CONNECT and requests to any port
 (test servers use ephemeral ones), records every exchange but health probes in `.requests`
 (a CONNECT as soon as its tunnel opens, completed when it closes; `.wait_for_requests(n)`
-waits for them),
-exposes
-its counters and gauges in `.stats`, and is stopped after the test, leaving no thread
-and no socket behind. Override the `tinyproxy_config` fixture to change its settings.
+waits for them), exposes its counters and gauges in `.stats`, and is stopped after the
+test, leaving no thread and no socket behind. Override the `tinyproxy_config` fixture to change its settings.
 """
 
 from __future__ import annotations

@@ -298,13 +298,8 @@ def label(parent: Parent) -> str:
 def connect_through(
     parent: Parent, host: str, port: int, *, timeout: float, via: str = "", dialer: Dialer = DIRECT
 ) -> tuple[socket.socket, bytes]:
-    """A socket tunnelled to host:port through `parent`, and the target's first bytes.
-
-    `via` is our Via member, sent with a CONNECT to an HTTP parent (loop detection).
-    `timeout` bounds the whole: connecting to the parent and its handshake (which includes
-    the parent's own connect to the target). The caller owns the returned socket; on any
-    raise the socket has already been closed.
-    """
+    """A socket tunnelled to host:port through `parent`, and the target's first bytes;
+    `timeout` bounds the whole, the parent's own connect to the target included."""
     deadline = time.monotonic() + timeout
     name = label(parent)
     handshake: Handshake

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, cast
 from ..errors import EXHAUSTED, Forbidden, ProxyError, exhausted
 from ..observe.stats import Stats
 from ..settings.policy import is_loopback_name
+from ..settings.routes import join_host_port
 from .stream import ORIGIN_CONNECT, ORIGIN_DNS, PARENT_CONNECT, PARENT_DNS, Failure
 
 if TYPE_CHECKING:
@@ -57,9 +58,7 @@ class Dialer:
     `resolve` maps (host, port) to (host, port, [address, ...]) from --resolve lines;
     `connect_to` maps (host, port) to (host2, port2) from --connect-to lines (curl's
     meaning: connect there instead, keep the name for Host and TLS). `resolver` is
-    getaddrinfo; tests put a function of their own in its place. `lookups` (a running
-    proxy's) runs each lookup under the connect timeout; without, the lookup takes as
-    long as the resolver does.
+    getaddrinfo; tests put a function of their own in its place.
     """
 
     attempt_delay: float = 0.25
@@ -149,7 +148,7 @@ class Dialer:
         finally:
             self._count(attempt)
         if sock is None:
-            failures = "; ".join(f"{_shown(a)}: {why}" for a, why in attempt.failures)
+            failures = "; ".join(f"{join_host_port(a[0], a[1])}: {why}" for a, why in attempt.failures)
             log.debug("connecting to %s failed: %s", name, failures or "timed out")
             if attempt.timed_out:
                 raise connect.error(f"connecting to {name} timed out", timed_out=True)
@@ -252,10 +251,6 @@ def _literal_family(host: str) -> socket.AddressFamily | None:
 
 def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
-
-
-def _shown(sockaddr: SockAddr) -> str:
-    return f"[{sockaddr[0]}]:{sockaddr[1]}" if ":" in sockaddr[0] else f"{sockaddr[0]}:{sockaddr[1]}"
 
 
 def _judged(

@@ -34,13 +34,10 @@ def has_page(path: str) -> bool:
     return _page_name(path) in PAGES
 
 
-def render(path: str, snapshot: Callable[[], Snapshot]) -> tuple[str, bytes] | None:
-    """The page at `path`, or None; `snapshot` is only taken for a page that exists
-    (it lists /proc and every pool: not work to do for a stray request)."""
-    page = PAGES.get(_page_name(path))
-    if page is None:
-        return None
-    content_type, renderer = page
+def render(path: str, snapshot: Callable[[], Snapshot]) -> tuple[str, bytes]:
+    """The page at `path` (has_page said it exists): `snapshot` is called only now, after
+    the caller's checks (it lists /proc and every pool)."""
+    content_type, renderer = PAGES[_page_name(path)]
     return content_type, renderer(snapshot()).encode("utf-8")
 
 
@@ -60,24 +57,9 @@ def render_metrics(snapshot: Snapshot) -> str:
     out: list[str] = []
     metric = _metric_writer(out)
     metric("uptime_seconds", "gauge", "Seconds since the proxy started.", [({}, snapshot["uptime"])])
-    metric(
-        "responses_total",
-        "counter",
-        "Responses sent, by status class (none: the connection closed without one).",
-        [({"class": k}, v) for k, v in _prefixed(counters, "responses.").items()],
-    )
-    metric(
-        "errors_total",
-        "counter",
-        "Failed requests and refusals, by cause.",
-        [({"cause": k}, v) for k, v in _prefixed(counters, "errors.").items()],
-    )
-    metric(
-        "tunnels_closed_total",
-        "counter",
-        "Tunnels (CONNECT and upgrades) closed, by reason.",
-        [({"reason": k}, v) for k, v in _prefixed(counters, "tunnels_closed.").items()],
-    )
+    for name, (label, help_text) in FAMILIES.items():  # counters named "{name}.{label value}"
+        samples = [({label: k}, v) for k, v in _prefixed(counters, name + ".").items()]
+        metric(f"{name}_total", "counter", help_text, samples)
     for name, help_text in COUNTERS.items():
         metric(f"{name}_total", "counter", help_text, [({}, counters.get(name, 0))])
     for name, help_text in GAUGES.items():
@@ -104,6 +86,11 @@ def render_metrics(snapshot: Snapshot) -> str:
     return "\n".join(out) + "\n"
 
 
+FAMILIES = {
+    "responses": ("class", "Responses sent, by status class (none: the connection closed without one)."),
+    "errors": ("cause", "Failed requests and refusals, by cause."),
+    "tunnels_closed": ("reason", "Tunnels (CONNECT and upgrades) closed, by reason."),
+}
 COUNTERS = {
     "connect_attempts": "TCP connects started to origins, targets and parent proxies (each address tried).",
     "connect_fallbacks": "Connections won by an address of another family than the first (Happy Eyeballs).",

@@ -148,14 +148,6 @@ class _DialingConnectionMixin:
         return sock
 
 
-class _HTTPConnection(_DialingConnectionMixin, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_DialingConnectionMixin, HTTPSConnection):
-    pass
-
-
 class _TrackedPoolMixin:
     tracker: ConnectionTracker
     pool: queue.LifoQueue[Any] | None
@@ -206,11 +198,11 @@ class _TrackedPoolMixin:
 
 
 class _HTTPPool(_TrackedPoolMixin, HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
+    pass  # ConnectionCls: _pool_classes sets it
 
 
 class _HTTPSPool(_TrackedPoolMixin, HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
+    pass
 
 
 def _pool_classes(parent: Parent | None, tracker: ConnectionTracker) -> dict[str, type]:
@@ -223,8 +215,8 @@ def _pool_classes(parent: Parent | None, tracker: ConnectionTracker) -> dict[str
     """
     attrs = {"tracker": tracker, "parent": parent}
     to_proxy = parent is not None and parent.scheme == "http"
-    http = type("HTTPConnection", (_HTTPConnection,), {**attrs, "to_proxy": to_proxy})
-    https = type("HTTPSConnection", (_HTTPSConnection,), attrs)
+    http = type("HTTPConnection", (_DialingConnectionMixin, HTTPConnection), {**attrs, "to_proxy": to_proxy})
+    https = type("HTTPSConnection", (_DialingConnectionMixin, HTTPSConnection), attrs)
     return {
         "http": type("HTTPPool", (_HTTPPool,), {"ConnectionCls": http, "tracker": tracker}),
         "https": type("HTTPSPool", (_HTTPSPool,), {"ConnectionCls": https, "tracker": tracker}),

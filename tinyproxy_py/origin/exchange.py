@@ -22,13 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import (
-    Aborted,
-    BadResponse,
-    NotImplementedByProxy,
-    Overloaded,
-    ProxyError,
-)
+from ..errors import Aborted, BadResponse, NotImplementedByProxy, Overloaded, ProxyError
 from ..net.chain import auth_refused, label
 from ..net.clientconn import ClientConnection
 from ..net.dialer import DIRECT, Dialer
@@ -121,13 +115,13 @@ def forward(head: RequestHead, client: ClientConnection, route: Route) -> Outcom
         _check_upgrade(head, route.hub)
     headers = _origin_headers(head, rewrite, route.client_ip, upgrade)
     with pool.slots.hold(origin_key(head.scheme, head.host, head.port)):
-        exchange = _exchange(head, headers, client, pool, parent, route.dialer)
+        exchange = _exchange(head, headers, client, route)
         try:
             if exchange.response.status == 407 and exchange.lease.target_form == "absolute" and parent:
                 raise auth_refused(label(parent), exchange.lease.proxy_authorization is not None)
             if exchange.response.status == 101:
                 return _hand_off(head, exchange, client, route)
-            return _relay(head, exchange, client, pool.config, rewrite.pseudonym, reusable=not upgrade)
+            return _relay(head, exchange, client, route, reusable=not upgrade)
         finally:
             exchange.lease.release(False)  # closed if it failed; nothing after a release or hand-off
 
@@ -180,15 +174,9 @@ def _request_bytes(head: RequestHead, headers: Headers, lease: Lease) -> bytes:
     return write_head(request_line(head.method, target), fields)
 
 
-def _exchange(
-    head: RequestHead,
-    headers: Headers,
-    client: ClientConnection,
-    pool: OriginPool,
-    parent: Parent | None,
-    dialer: Dialer,
-) -> _Exchange:
+def _exchange(head: RequestHead, headers: Headers, client: ClientConnection, route: Route) -> _Exchange:
     """Send the request and read up to its final response head, retrying once if allowed."""
+    pool, parent, dialer = route.pool, route.parent, route.dialer
     retry = head.method in IDEMPOTENT and not head.has_body
     peer = f"{head.host}:{head.port}" + (f" (via {label(parent)})" if parent is not None else "")
     lease = pool.checkout(head.scheme, head.host, head.port, parent, dialer=dialer)
@@ -370,22 +358,11 @@ def _client_head(
 
 
 def _relay(
-    head: RequestHead,
-    exchange: _Exchange,
-    client: ClientConnection,
-    config: Config,
-    pseudonym: str,
-    *,
-    reusable: bool,
+    head: RequestHead, exchange: _Exchange, client: ClientConnection, route: Route, reusable: bool
 ) -> Outcome:
-    """Send the response head and stream the body, framed for this client.
-
-    The origin connection is released as soon as its response has ended, before the
-    client has the last bytes: a client that sends its next request at once (on this
-    connection or another) finds it back in the pool. Reused if `reusable` and the
-    exchange ended exactly at its framing, closed otherwise.
-    """
-    response = exchange.response
+    """Send the response head and stream the body, framed for this client; the origin
+    connection goes back (if `reusable`) or is closed as the module docstring says."""
+    response, config = exchange.response, route.pool.config
     reader = BodyReader(response, config)
 
     def origin_done() -> None:
@@ -421,14 +398,16 @@ def _relay(
         extra.append(("Connection", "close"))
     elif not http11:
         extra.append(("Connection", "keep-alive"))
-    head_bytes = _client_head(response, extra, pseudonym, frozenset() if bodiless else _FRAMING_FIELDS)
+    head_bytes = _client_head(
+        response, extra, route.rewrite.pseudonym, frozenset() if bodiless else _FRAMING_FIELDS
+    )
     # No body or a small one of known length is sent with the head in one write (one
     # syscall, one packet). Otherwise the head goes first: a streaming origin may take a
     # while to send its first body byte, and the client should not wait for the head meanwhile.
     if not bodiless and (length is None or length > COALESCE_LIMIT):
         client.send(head_bytes)
         head_bytes = b""
-    sent = _stream_body(reader, exchange, client, chunked, head_bytes, config, response.status, origin_done)
+    sent = _stream_body(reader, exchange, client, chunked, head_bytes, config, origin_done)
     return Outcome(status=response.status, keep_alive=keep_alive, bytes_down=sent)
 
 
@@ -439,7 +418,6 @@ def _stream_body(
     chunked: bool,
     head: bytes,
     config: Config,
-    status: int,
     origin_done: Callable[[], None],
 ) -> int:
     """Relay the body until its framing ends; `head`, if not yet sent, goes with its first piece.
@@ -478,7 +456,7 @@ def _stream_body(
     except Aborted as exc:  # the client went away (or the proxy stopped) mid-body
         error = exc
     if isinstance(error, Aborted):
-        error.status_sent, error.bytes_sent = (0 if pending else status), sent
+        error.status_sent, error.bytes_sent = (0 if pending else exchange.response.status), sent
     raise error
 
 

@@ -79,8 +79,7 @@ class Lease:
 
 def origin_key(scheme: str, host: str, port: int) -> str:
     """One spelling of an origin for gauges and caps: scheme://host:port, IPv6 in brackets."""
-    host = host.strip("[]")
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+    return f"{scheme}://{join_host_port(host.strip('[]'), port)}"
 
 
 class HostSlots:
@@ -140,13 +139,10 @@ class OriginPool:
         with self._managers_lock:
             manager = self._managers.get(parent)
             if manager is None:
-                manager = self._managers[parent] = self._new_manager(parent)
+                from . import connections  # urllib3 and ssl load with the first plain request
+
+                manager = self._managers[parent] = connections.new_manager(self.config, parent, self.tracker)
             return manager
-
-    def _new_manager(self, parent: Parent | None) -> Manager:
-        from . import connections  # urllib3 and ssl load with the first plain request
-
-        return connections.new_manager(self.config, parent, self.tracker)
 
     def checkout(
         self,

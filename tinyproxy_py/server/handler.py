@@ -95,7 +95,6 @@ class ClientHandler:
         self._opening = True
 
     def handle(self) -> None:
-        """Serve the connection; the caller closes it unless `client.handed_off` (the hub's now)."""
         try:
             self.client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._serve(self.client, self.server.runtime)
@@ -115,7 +114,7 @@ class ClientHandler:
             runtime.policy.check_client(self.client_address[0])  # before reading a byte
             self.server.claim_address(client, self.client_address[0])
         except ProxyError as error:
-            self._fail(error, None, client, time.monotonic())
+            self._fail(error, None, time.monotonic())
             return
         admitted_by = runtime.policy
         idle_timeout = runtime.config.header_timeout
@@ -142,7 +141,7 @@ class ClientHandler:
                 # A second 407 closes: a connection without credentials holds a slot for nothing.
                 retry = not challenged and _retry_expected(error, head, client)
                 challenged = retry
-                self._fail(error, head, client, started, close=not retry)
+                self._fail(error, head, started, close=not retry)
                 if not retry:
                     return
                 self._opened()
@@ -150,7 +149,7 @@ class ClientHandler:
                 continue
             if outcome is None:
                 return  # a tunnel: the hub owns the connection now
-            self._log(head, outcome, client, started)  # an upgrade's 101 too, then the hub has it
+            self._log(head, outcome, started)  # an upgrade's 101 too, then the hub has it
             if not outcome.keep_alive:
                 return
             self._opened()
@@ -226,9 +225,7 @@ class ClientHandler:
         policy.check_credentials(head.get("Proxy-Authorization"))
         if head.has_body or head.method not in ("GET", "HEAD"):
             raise BadRequest("the stats pages take GET or HEAD without a body")
-        page = statspage.render(head.path, self.server.snapshot)
-        assert page is not None  # has_page said so
-        content_type, body = page
+        content_type, body = statspage.render(head.path, self.server.snapshot)
         return _answer(head, client, 200, content_type, body)
 
     def _answer_probe(self, head: RequestHead, client: ClientConnection) -> Outcome:
@@ -237,11 +234,8 @@ class ClientHandler:
         line (counted with the responses still)."""
         if head.has_body or head.method not in ("GET", "HEAD"):
             raise BadRequest("health probes take GET or HEAD without a body")
-        status, body = (
-            (503, b"draining\n")
-            if head.path == "/readyz" and self.server.draining.is_set()
-            else (200, b"ok\n")
-        )
+        draining = head.path == "/readyz" and self.server.draining.is_set()
+        status, body = (503, b"draining\n") if draining else (200, b"ok\n")
         return replace(_answer(head, client, status, "text/plain; charset=utf-8", body), logged=False)
 
     def _tunnel(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> None:
@@ -266,7 +260,7 @@ class ClientHandler:
                 parent, head.host, head.port, timeout=timeout, via=member, dialer=dialer
             )
         label = f"{self.client_address[0]}:{self.client_address[1]} -> {head.target}"
-        record = self._record(head, Outcome(status=200), client, time.monotonic())
+        record = self._record(head, Outcome(status=200), time.monotonic())
         if record is not None:
             record.ongoing = True  # before the hand-off: the hub may close the tunnel at once
         client.hand_off(hub.adopt, Stream(target), label, CONNECTION_ESTABLISHED + early, record=record)
@@ -274,48 +268,29 @@ class ClientHandler:
         if record is not None:
             self.server.tunnel_opened(record)  # its log line is written when it closes
 
-    def _fail(
-        self,
-        error: ProxyError,
-        head: RequestHead | None,
-        client: ClientConnection,
-        started: float,
-        close: bool = True,
-    ) -> None:
+    def _fail(self, error: ProxyError, head: RequestHead | None, started: float, close: bool = True) -> None:
         if self.server.cut_off.is_set():  # stop() cut it: whatever failed, that is why
             error.cause = Cause.SHUTDOWN
         self.server.stats.count(f"errors.{error.cause}")
         if isinstance(error, Aborted):  # nothing more can be said: log what was sent
             outcome = Outcome(status=error.status_sent, bytes_down=error.bytes_sent)
             if error.status_sent:  # a response went out and broke off: it must not look whole
-                client.cut_off()
+                self.client.cut_off()
         else:
             outcome = Outcome(status=error.status.value)
-            client.send_quietly(render(error, close=close))
-        self._log(head, outcome, client, started, cause=error.cause)
+            self.client.send_quietly(render(error, close=close))
+        self._log(head, outcome, started, cause=error.cause)
         log.debug("%s: %s (%s)", self.client_address[0], error.message, error.cause)
 
-    def _log(
-        self,
-        head: RequestHead | None,
-        outcome: Outcome,
-        client: ClientConnection,
-        started: float,
-        cause: str = "",
-    ) -> None:
+    def _log(self, head: RequestHead | None, outcome: Outcome, started: float, cause: str = "") -> None:
         status = outcome.status
         self.server.stats.count(f"responses.{status // 100}xx" if status else "responses.none")
-        record = self._record(head, outcome, client, started, cause) if outcome.logged else None
+        record = self._record(head, outcome, started, cause) if outcome.logged else None
         if record is not None:
             self.server.record_access(record)
 
     def _record(
-        self,
-        head: RequestHead | None,
-        outcome: Outcome,
-        client: ClientConnection,
-        started: float,
-        cause: str = "",
+        self, head: RequestHead | None, outcome: Outcome, started: float, cause: str = ""
     ) -> AccessRecord | None:
         """The request's AccessRecord, or None when nobody reads them (a record per
         request costs a tenth of a small request's time)."""
@@ -324,7 +299,7 @@ class ClientHandler:
         record = AccessRecord(
             client=self.client_address[0],
             status=outcome.status,
-            bytes_up=client.body_bytes,
+            bytes_up=self.client.body_bytes,
             bytes_down=outcome.bytes_down,
             duration=time.monotonic() - started,
             cause=cause,
@@ -338,8 +313,7 @@ class ClientHandler:
 
 
 def _retry_expected(error: ProxyError, head: RequestHead | None, client: ClientConnection) -> bool:
-    """A (first) 407 keeps the connection for the retry with credentials, as clients expect
-    (some .NET clients loop forever when it closes), if nothing of the request is left unread."""
+    """The module docstring's 407 exception: clients expect it (some .NET clients loop forever)."""
     return (
         isinstance(error, ProxyAuthRequired)
         and head is not None

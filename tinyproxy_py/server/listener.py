@@ -1,6 +1,5 @@
 """The listening side: one TCPServer per address, the client slots every listener
-shares (at most `max_clients`, the longest-idle connection closed to admit a new one),
-and accept() that pauses instead of spinning when the process runs out of descriptors.
+shares (Clients), and accept() that pauses instead of spinning without descriptors.
 Each accepted connection becomes a job for a handler thread (net.threads).
 """
 
@@ -20,6 +19,7 @@ from ..net.threads import HandlerThreads
 from ..observe.quietlog import EpisodeLog
 from ..observe.stats import Stats
 from ..settings.config import Config
+from ..settings.routes import join_host_port
 from ..wire.writer import render
 from .handler import ClientHandler, Services
 
@@ -57,17 +57,15 @@ class Clients:
         for its thread to end); False if every connection is busy."""
         if self._slots.acquire(blocking=False):
             return True
-        return self.evict_idle() and self._slots.acquire(timeout=EVICTION_WAIT)
+        with self._lock:
+            evicted = self._evict_idle(None)
+        return evicted and self._slots.acquire(timeout=EVICTION_WAIT)
 
     def free_slot(self) -> None:
         self._slots.release()
 
-    def evict_idle(self, address: str | None = None) -> bool:
-        """Close the connection idle longest (of `address`, if given); whether there was one."""
-        with self._lock:
-            return self._evict_idle(address)
-
     def _evict_idle(self, address: str | None) -> bool:
+        """Close the connection idle longest (of `address`, if given); whether there was one."""
         now = time.monotonic()
         idle = [c for c in self._open if address in (None, c.address) and c.evictable(now)]
         oldest = min(idle, key=lambda c: c.idle_since or 0.0, default=None)
@@ -239,6 +237,4 @@ def bind(host: str, port: int, services: Services, config: Config, clients: Clie
     try:
         return Listener((host, port), services, config, clients)
     except OSError as exc:
-        raise OSError(
-            exc.errno, exc.strerror, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        ) from exc
+        raise OSError(exc.errno, exc.strerror, join_host_port(host, port)) from exc

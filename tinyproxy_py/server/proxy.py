@@ -4,9 +4,6 @@ A TCPServer per listening address accepts; each client connection is served by o
 handler thread at a time, at most `max_clients` at once, from a set of reused threads
 (net/threads.py) shared by every listener. Beyond `max_clients` a client gets a
 canned 503 on the accepting thread and is closed at once instead of waiting in a queue.
-`stop()` drains (/readyz 503, still accepting for the drain delay), stops accepting, lets
-requests in flight and busy tunnels finish within the grace period, then closes client
-sockets, tunnels and the pool, and ends the handler threads.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ from ..observe.stats import Stats
 from ..observe.statspage import Snapshot
 from ..origin.pool import OriginPool
 from ..settings.config import Config
+from ..settings.routes import join_host_port
 from ..tunnel.hub import SHUTDOWN_IDLE, TunnelHub
 from ..tunnel.state import ClosedTunnel
 from ..version import __version__
@@ -344,7 +342,6 @@ class ProxyServer:
         before the proxy started) to detect a leak: the difference must not grow.
         """
         gauges = self.stats.snapshot()["gauges"]
-        assert isinstance(gauges, dict)
         pool_idle = sum(usage["idle"] for usage in self.pool.usage().values())
         pool_open = gauges.get("pool_open", 0)
         counts = {
@@ -363,8 +360,7 @@ class ProxyServer:
 
 
 def _url(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return "http://" + join_host_port(*address)
 
 
 def _open_fds() -> int:

@@ -34,12 +34,7 @@ class Runtime:
 
     @classmethod
     def compile(
-        cls,
-        config: Config,
-        token: str,
-        stats: Stats | None = None,
-        resolver: Resolver | None = None,
-        lookups: Lookups | None = None,
+        cls, config: Config, token: str, stats: Stats, resolver: Resolver | None, lookups: Lookups
     ) -> Runtime:
         """Everything `config` implies; ValueError or OSError (credentials file) if invalid.
 

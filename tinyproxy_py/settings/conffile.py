@@ -7,8 +7,8 @@ config runs unchanged for what we support; a directive we do not support is repo
 as a warning naming file and line (never silently ignored); a bad value raises
 ConfigFileError naming file, line and reason.
 
-Every Config field has a keyword: its name in CamelCase (max_clients → MaxClients,
-read_timeout → ReadTimeout), plus tinyproxy's own names listed in ALIASES. tinyproxy's
+Every Config field has a keyword: its name in CamelCase (max_clients → MaxClients), its
+flag's where that differs (filter_hosts → FilterHost), and tinyproxy's in ALIASES. tinyproxy's
 single `Timeout` (idle seconds for any connection) sets our read, response-header,
 client-idle and tunnel-idle timeouts, unless the file also names one of those explicitly.
 """
@@ -29,12 +29,12 @@ from .routes import rule_from_words
 
 ENV_PREFIX = "TINYPROXY_PY_"
 
-ALIASES = {
-    "listen": "host",
-    "basicauthrealm": "auth_realm",
-    "connectport": "connect_ports",
-    "viaproxyname": "via_name",
-    "addheader": "add_headers",
+ALIASES = {  # as tinyproxy spells them (the docs do too); read in any case
+    "Listen": "host",
+    "BasicAuthRealm": "auth_realm",
+    "ConnectPort": "connect_ports",
+    "ViaProxyName": "via_name",
+    "AddHeader": "add_headers",
 }
 TIMEOUT_FIELDS = ("read_timeout", "response_header_timeout", "client_idle_timeout", "tunnel_idle_timeout")
 LOG_LEVELS = {
@@ -89,12 +89,10 @@ def _keyword(name: str) -> str:
     return name.replace("_", "").replace("-", "").lower()
 
 
-# Every field answers to its name, and to its command-line flag's name when that differs
-# (FilterHost as --filter-host for filter_hosts), and tinyproxy's names for it.
 _KEYWORDS = (
     {_keyword(name): name for name in FIELD_TYPES}
     | {_keyword(f.metadata["flag"]): f.name for f in dataclasses.fields(Config) if f.metadata["flag"]}
-    | ALIASES
+    | {alias.lower(): name for alias, name in ALIASES.items()}
 )
 
 
@@ -312,17 +310,14 @@ def reference_table() -> str:
     aliases: dict[str, list[str]] = {}
     for alias, name in ALIASES.items():
         aliases.setdefault(name, []).append(alias)
-    rows = [
-        "| option | file keyword | environment | default | meaning |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    rows = ["| option | file keyword | environment | default | meaning |", "| --- | --- | --- | --- | --- |"]
     for f in dataclasses.fields(Config):
         if not f.metadata["cli"]:
             continue
         keyword = "".join(
             part.capitalize() for part in (f.metadata["flag"] or f.name).replace("-", "_").split("_")
         )
-        spelled = [f"`{keyword}`"] + [f"`{TINYPROXY_SPELLING.get(a, a)}`" for a in aliases.get(f.name, [])]
+        spelled = [f"`{keyword}`"] + [f"`{a}`" for a in aliases.get(f.name, [])]
         spelled = RULE_KEYWORDS.get(f.name, list(dict.fromkeys(spelled)))
         unit = f" ({f.metadata['unit']})" if f.metadata["unit"] else ""
         rows.append(
@@ -336,13 +331,6 @@ def reference_table() -> str:
 RULE_KEYWORDS = {
     "upstream": ['`Upstream TYPE [USER:PASS@]HOST:PORT ["SITE"]`'],
     "no_upstream": ['`No Upstream "SITE"`'],
-}
-TINYPROXY_SPELLING = {
-    "listen": "Listen",
-    "basicauthrealm": "BasicAuthRealm",
-    "connectport": "ConnectPort",
-    "viaproxyname": "ViaProxyName",
-    "addheader": "AddHeader",
 }
 
 

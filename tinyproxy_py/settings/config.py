@@ -103,8 +103,7 @@ class Config:
     pool_hosts: int = _opt(100, "Origin hosts whose connection pools are kept (LRU).")
     pool_idle_per_host: int = _opt(10, "Idle pooled connections kept per origin host.")
     max_conns_per_host: int = _opt(
-        0,
-        "Connections in use per origin host (0: no cap); waits up to the connect timeout, then 503.",
+        0, "Connections in use per origin host (0: no cap); waits up to the connect timeout, then 503."
     )
     request_body_min_rate: int = _opt(
         500,

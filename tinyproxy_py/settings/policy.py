@@ -57,13 +57,6 @@ def parse_networks(rules: Iterable[str]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped  # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d
-    return ip
-
-
 @dataclass(frozen=True)
 class HostPattern:
     """One host filter: 'example.com' (exact), '*.example.com' (subdomains), 're:REGEX'."""
@@ -121,10 +114,6 @@ class Policy:
         self.http_ports = port_ranges(config.http_ports)
         self.stats_clients = parse_networks(config.stats_allow)
 
-    @property
-    def requires_auth(self) -> bool:
-        return bool(self._digests)
-
     def check_client(self, address: str) -> None:
         """Every connection asks this, so answers are remembered (a bounded table)."""
         verdict = self._verdicts.get(address)
@@ -138,7 +127,7 @@ class Policy:
 
     def _judge_client(self, address: str) -> str:
         """Why `address` is refused, or "" if it is admitted."""
-        ip = _client_ip(address)
+        ip = _plain(address)
         for network in self.deny:
             if ip in network:
                 return f"client {address} is denied by rule {network}"
@@ -211,7 +200,7 @@ class Policy:
         """A client on this machine (`local_clients`): it may reach its local services."""
         local = self._local_verdicts.get(client)
         if local is None:
-            local = any(_client_ip(client) in network for network in self.local_clients)
+            local = any(_plain(client) in network for network in self.local_clients)
             if len(self._local_verdicts) >= CLIENT_VERDICTS:
                 self._local_verdicts.clear()
             self._local_verdicts[client] = local
@@ -219,12 +208,12 @@ class Policy:
 
     def check_stats_client(self, client: str) -> None:
         """The stats pages show every client's traffic: only `stats_allow` may read them."""
-        if not any(_client_ip(client) in network for network in self.stats_clients):
+        if not any(_plain(client) in network for network in self.stats_clients):
             raise Forbidden(f"the stats pages are not open to {client} (see --stats-allow)", cause=Cause.ACL)
 
     def may_send_proxy_header(self, peer: str) -> bool:
         """Whether `peer` is a load balancer trusted to name the client (--proxy-protocol-from)."""
-        return any(_client_ip(peer) in network for network in self.balancers)
+        return any(_plain(peer) in network for network in self.balancers)
 
     def only_loops(self, client: str) -> bool:
         """Whether `client`'s destination judge can refuse nothing but loops (which do not
@@ -276,8 +265,9 @@ def _decode_basic(header: str | None) -> tuple[str, str] | None:
 
 @functools.lru_cache(maxsize=1024)
 def _plain(address: str | Address) -> Address:
-    """An address without zone, an IPv4-mapped IPv6 address as the IPv4 one. Cached:
-    parsing costs more than the rest of judging a connection, and addresses repeat."""
+    """An address without zone, an IPv4-mapped IPv6 address as the IPv4 one (a dual-stack
+    listener sees IPv4 clients so). Cached: parsing costs more than the rest of judging a
+    connection, and addresses repeat."""
     if isinstance(address, ipaddress.IPv4Address):
         return address
     ip = ipaddress.ip_address(str(address).split("%", 1)[0])
@@ -310,7 +300,7 @@ def _is_self(host: str, listening_host: str) -> bool:
     if is_loopback_name(host):
         host = "127.0.0.1"
     try:
-        ip = _client_ip(host)
+        ip = _plain(host)
         bound = ipaddress.ip_address(listening_host)
     except ValueError:
         return False
@@ -331,8 +321,7 @@ ANYWHERE = ("0.0.0.0/0", "::/0")
 
 
 def effective_allow(config: Config, *, has_users: bool = False) -> tuple[str, ...]:
-    """The allow list in force: the configured one, else loopback only, or any address
-    when credentials are configured (they guard the proxy, as the docs promise)."""
+    """The allow list in force (rule 1 of the module docstring)."""
     if config.allow:
         return config.allow
     return ANYWHERE if config.basic_auth or has_users else LOOPBACK

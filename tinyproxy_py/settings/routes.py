@@ -58,7 +58,6 @@ class Parent:
 
     @property
     def url(self) -> str:
-        """The parent as a URL, with the user name but never the password."""
         return self._render(None)
 
     @property
@@ -204,15 +203,9 @@ def parse_no_proxy(value: str) -> tuple[tuple[Site, ...], tuple[str, ...]]:
     'example.com', '.example.com' and '*.example.com' all match example.com and every
     name below it; 'host:port' and '[v6]:port' match that port only; '*' matches all.
     """
-    sites, ignored = [], []
-    for entry in re.split(r"[,\s]+", value):
-        if entry:
-            site = _no_proxy_entry(entry)
-            if site is None:
-                ignored.append(entry)
-            else:
-                sites.append(site)
-    return tuple(sites), tuple(ignored)
+    parsed = [(entry, _no_proxy_entry(entry)) for entry in re.split(r"[,\s]+", value) if entry]
+    ignored = tuple(entry for entry, site in parsed if site is None)
+    return tuple(site for _, site in parsed if site is not None), ignored
 
 
 def _no_proxy_entry(entry: str) -> Site | None:
@@ -289,11 +282,8 @@ class Routes:
         return "; ".join(map(str, self.rules)) or "direct"
 
     def choose(self, host: str, port: int, scheme: str) -> Parent | None:
-        """The parent for a request to host:port (None: connect directly).
-
-        `scheme` is "http" for a plain request, "https" for CONNECT; `port` is the port
-        actually used (the URL's, or 80 / 443 by default).
-        """
+        """The parent for a request to host:port (the port used, defaults filled in) of
+        `scheme` (see REQUEST_SCHEMES); None: connect directly."""
         if scheme not in REQUEST_SCHEMES:
             raise ValueError(f"scheme must be 'http' or 'https', got {scheme!r}")
         for rule in reversed(self.rules):

@@ -32,6 +32,7 @@ from ..net.stream import Stream
 from ..observe.accesslog import AccessRecord
 from ..observe.stats import Stats
 from ..settings.config import Config
+from ..settings.routes import join_host_port
 from .state import READ, WRITE, ClosedTunnel, Flow, Tunnel, TunnelState
 
 log = logging.getLogger(__name__)
@@ -495,6 +496,5 @@ def _label(client: Stream, target: Stream) -> str:
 
 def _address(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return join_host_port(str(address[0]), address[1])
     return repr(address)  # an AF_UNIX name, when embedded with socketpairs

@@ -24,10 +24,9 @@ class ChunkedDecoder:
     `feed` returns the data decoded from what it was given, as one piece (the proxy
     re-frames a body per read, never per chunk); once `done`, `unused` holds the bytes that
     follow the body (they belong to the next pipelined request, or make an origin's
-    connection unfit for reuse). Chunk extensions are validated and dropped; trailers are
-    validated and dropped. The same decoder reads clients' and origins' bodies: `error` is
-    what a framing fault raises (400 for a client, 502 for an origin), `too_large` what a
-    trailer section over its bound raises.
+    connection unfit for reuse). The same decoder reads clients' and origins' bodies:
+    `error` is what a framing fault raises (400 for a client, 502 for an origin),
+    `too_large` what a trailer section over its bound raises.
 
     The buffer is consumed by offset and compacted once per feed: a piece holding
     thousands of tiny chunks costs one pass, not a copy per chunk. `max_overhead`, if

@@ -1,4 +1,4 @@
-"""Sans-IO HTTP/1.1 for the client side: request heads in, response heads out.
+"""Sans-IO HTTP/1.1 for the client side: request heads in (wire/writer.py writes).
 
 Strategy (after h11): a parser is handed the bytes received so far and either
 1) returns a parsed head and how many bytes it used, 2) returns None, meaning
@@ -91,13 +91,9 @@ class RequestHead:
 
 
 def parse_request_head(buf: bytes | bytearray, limits: HeadLimits) -> tuple[RequestHead, int] | None:
-    """Parse one request head from the front of `buf`.
-
-    Returns (head, bytes used) or None when more bytes are needed. Raises a ProxyError
-    for anything malformed or over a limit, as early as the bytes seen allow. Empty
-    lines before the request line are skipped (RFC 9112 §2.2: some clients send a CRLF
-    after a body) but count towards the head's size, so they cannot grow without bound.
-    """
+    """One request head from the front of `buf`, as above. Empty lines before the request
+    line are skipped (RFC 9112 §2.2: some clients send a CRLF after a body) but count
+    towards the head's size, so they cannot grow without bound."""
     blank = _BLANK_LINES.match(buf)
     start = blank.end() if blank else 0
     # The terminator must end within max_head_bytes: only then is the head within the limit.
@@ -206,7 +202,7 @@ def parse_authority(authority: str, default_port: int | None) -> tuple[str, int]
         has_port = bool(colon)
         if not has_port:
             host = authority
-    if not host or not _HOST.fullmatch(host) or not _valid_ip_literal(host) or not _valid_name(host):
+    if not host or not _HOST.fullmatch(host) or not _valid_host(host):
         raise BadRequest(f"bad host in {authority!r}")
     if not has_port:
         if default_port is None:
@@ -217,21 +213,15 @@ def parse_authority(authority: str, default_port: int | None) -> tuple[str, int]
     return host.strip("[]"), int(port_text)
 
 
-def _valid_ip_literal(host: str) -> bool:
-    """A bracketed host must be an IPv6 address (IPvFuture is not dialable)."""
-    if not host.startswith("["):
-        return True
-    try:
-        ipaddress.IPv6Address(host[1:-1])
-    except ValueError:
-        return False
-    return True
-
-
-def _valid_name(host: str) -> bool:
-    """DNS's shape (RFC 1035 §2.3.4): labels of 1 to 63 octets, 253 in all. A name
-    that breaks it cannot be looked up (Python's IDNA codec refuses it): 400, not 502."""
+def _valid_host(host: str) -> bool:
+    """A bracketed host must be an IPv6 address (IPvFuture is not dialable), a name must
+    have DNS's shape (RFC 1035 §2.3.4): labels of 1 to 63 octets, 253 in all. A name that
+    breaks it cannot be looked up (Python's IDNA codec refuses it): 400, not 502."""
     if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
         return True
     name = host[:-1] if host.endswith(".") else host
     return len(name) <= 253 and all(0 < len(label) <= 63 for label in name.split("."))

@@ -2,8 +2,7 @@
 
 Strategy (as wire/request.py, after h11): `parse_response_head` is handed the bytes received
 so far and returns a head and how many bytes it used, or None for "need more", or
-raises BadResponse (502). `BodyReader` is fed what arrives after the head and says when
-the body has ended exactly where its framing says, and what came after it.
+raises BadResponse (502); `BodyReader` then finds where the body ends.
 Rules: an origin is as untrusted as a client. Every field is checked before it can reach
 a client (a bare CR or a NUL would let an origin split the response), the head is
 bounded in size and fields, and framing follows RFC 9112 §6.3 with no guessing: any
@@ -62,10 +61,7 @@ class ResponseHead:
 def parse_response_head(
     buf: bytes | bytearray, limits: HeadLimits, method: str
 ) -> tuple[ResponseHead, int] | None:
-    """Parse one response head (to a request of `method`) from the front of `buf`.
-
-    Returns (head, bytes used) or None when more bytes are needed; raises BadResponse.
-    """
+    """One response head (to a request of `method`) from the front of `buf`, as above."""
     end = _head_end(buf, limits.max_response_head_bytes)
     if end < 0:
         _check_incomplete(buf, limits)
