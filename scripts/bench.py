@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark tinyproxy-py against a direct connection and its peers, on loopback (issues 9, 17).
+"""Benchmark tinyproxy-py against a direct connection and its peers, on loopback (issues 9, 17, 26).
 
 Starts an nginx origin (100 B, 16 KiB, 1 MiB and 256 MiB files over HTTP and HTTPS,
 from a temporary prefix), then runs the same scenarios directly, through tinyproxy-py
 (and its --workers 2 mode, when it has one) and through each peer a user might pick
-instead: tinyproxy (C), proxy.py and pproxy. It prints two Markdown tables, the detail
+instead: tinyproxy (C), proxy.py and pproxy, and through the bare threaded shape
+(scripts/floor.py's least thread-per-connection proxy, so that "ours over bare" is
+measured in the same run, not remembered). It prints two Markdown tables, the detail
 table (every figure, ratios against direct, a verdict for each target) and the
 comparison table (peers side by side, each cell "value (ratio x)", footnotes):
 
@@ -16,7 +18,7 @@ comparison table (peers side by side, each cell "value (ratio x)", footnotes):
   f. abrupt client disconnects: fds and threads back to baseline
   g. a slow reader stalls a 256 MiB download (tunnel and plain): the proxy's RSS growth
 
-a and b run at each of --connections (default 8 and 50 wrk connections).
+a and b run at each of --connections (default 1, 8 and 50 wrk connections).
 
 Needs: apt-get install -y nginx wrk tinyproxy, and the proxy's own dependencies for
 --python (default: this interpreter). Every peer is optional: one that is absent is
@@ -39,7 +41,7 @@ run of a few minutes.
 `git archive HEAD | tar -x -C DIR`) as the subject "tinyproxy-py (before)", run next to
 this checkout in every scenario, with an after/before column in the table.
 
-Usage: python3 scripts/bench.py [--quick] [--only abcdefg] [--connections 8,50]
+Usage: python3 scripts/bench.py [--quick] [--only abcdefg] [--connections 1,8,50]
        [--peers tinyproxy,proxy.py,pproxy] [--peers-venv DIR] [--install-peers]
        [--table both|compare|detail] [--before DIR] [--json FILE] [--profile DIR]
 """
@@ -92,7 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default 0.7, 0 with --quick; 0: do not wait)")  # fmt: skip
     parser.add_argument("--wait-max", type=float, default=900, help="give up waiting after this many seconds")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs tinyproxy-py")
-    parser.add_argument("--connections", default="8,50", help="wrk connections for a and b (default 8,50)")
+    parser.add_argument(
+        "--connections", default="1,8,50", help="wrk connections for a and b (default 1,8,50)"
+    )
     parser.add_argument("--peers", default=",".join(peers.NAMES),
                         help="peers to compare with, if installed (default %(default)s)")  # fmt: skip
     parser.add_argument("--no-tinyproxy", action="store_true", help="leave tinyproxy out of --peers")
@@ -259,6 +263,9 @@ def start_subjects(
         subjects.append(
             _started(stack, report.PY_BEFORE, functools.partial(fresh_py, args.before, report.PY_BEFORE))
         )
+    bare = services.start_proxy(report.BARE, _bare_argv, workdir / "bare")
+    stack.callback(bare.child.stop)
+    subjects.append(Subject(report.BARE, bare))  # no fresh process: e-g measure ours and peers
     if services.tinyproxy_py_has_workers(args.python):
         proxy = services.start_tinyproxy_py(workdir / "py-w2", args.python, ["--workers", "2"], report.PY2)
         stack.callback(proxy.child.stop)
@@ -272,6 +279,10 @@ def start_subjects(
             record.note(f"{peer.label} left out: it did not start: {' '.join(str(exc).split())[-600:]}")
             _progress(f"{peer.label} did not start: {exc}")
     return subjects
+
+
+def _bare_argv(workdir: Path, port: int) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve().parent / "floor.py"), "serve", "bare", str(port)]
 
 
 def _started(

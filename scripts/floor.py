@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""How fast can any Python proxy set up connections here? The floor under issue 17's targets.
+"""How fast can any Python proxy be here? The floor under the bench's targets (issues 17, 26).
 
-Two minimal proxies, each doing only what the bench's scenarios b and d need (accept,
-read the head, connect to an address literal, then for CONNECT a 200, for an absolute-form
-GET the head in origin-form, then shuttle bytes until the first EOF and close: no
-policy, no limits, no logging, no deadlines, no error answers, no keep-alive), measured
-next to tinyproxy-py with the bench's clients against its nginx origin, in rounds:
-b. a new connection per 100 B GET (wrk, 8 connections), d. CONNECT + GET + close:
+Minimal proxies, each doing only what the bench's scenarios need (accept, read the head,
+connect to an address literal, then for CONNECT a 200, for an absolute-form GET the
+head in origin-form): no policy, no limits, no logging, no deadlines, no error answers.
+Measured next to tinyproxy-py with the bench's clients against its nginx origin, in
+rounds: a. keep-alive 100 B GETs (wrk, 1 and 50 connections), b. a new connection per
+100 B GET (wrk, 8 connections), d. CONNECT + GET + close:
 
-  loop     one selectors loop does everything (the shape of pproxy's event loop)
+  bare     the least a thread-per-connection proxy can do, keep-alive included:
+           socketserver's ThreadingTCPServer (a thread *started* per connection),
+           blocking sockets, one origin socket kept per client thread, Content-Length
+           framing only; a CONNECT is shuttled by its own thread with select()
+  loop     one selectors loop does everything (the shape of pproxy's event loop); shuttles
+           until the first EOF and closes, so no keep-alive (not measured in a)
   threads  tinyproxy-py's shape: an accept thread hands each connection to a handler
            thread, which reads the head and dials, then hands both sockets to a loop
-           thread that shuttles (the tunnel hub)
+           thread that shuttles (the tunnel hub); no keep-alive either
 
-The gap between loop and threads is what the shape costs (thread hand-offs and the GIL
-passing between threads); the gap between threads and tinyproxy-py is what our code
-costs on top of that shape. Prints rates and the proxy's CPU per exchange (medians).
+The gap between bare or threads and tinyproxy-py is what our code costs on top of the
+shape. Prints rates, p50/p99 for a, and the proxy's CPU per exchange (medians).
+scripts/bench.py runs `bare` in its own run too, so its ratios are measured, not remembered.
 
   python3 scripts/floor.py [--rounds 3] [--seconds 4]
 
@@ -28,9 +33,11 @@ import argparse
 import collections
 import contextlib
 import functools
+import re
 import select
 import selectors
 import socket
+import socketserver
 import statistics
 import sys
 import tempfile
@@ -119,6 +126,82 @@ class Shuttle:
         for sock in both:
             self.selector.unregister(sock)
             sock.close()
+
+
+class _Bare(socketserver.BaseRequestHandler):
+    """One client connection on its own thread, keep-alive, one origin socket kept."""
+
+    def handle(self) -> None:
+        client, buffered, origin, origin_at = self.request, b"", None, None
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                head, buffered = _read_head(client, buffered)
+                if not head:
+                    return
+                address, to_client, to_target = _opening(head)
+                if to_client:  # CONNECT
+                    with socket.create_connection(address) as target:
+                        client.sendall(to_client)
+                        _shuttle_until_eof(client, target, buffered)
+                    return
+                if origin is None or origin_at != address:
+                    if origin is not None:
+                        origin.close()
+                    origin, origin_at = socket.create_connection(address), address
+                    origin.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                origin.sendall(to_target)
+                response, rest = _read_head(origin, b"")
+                if not response:
+                    return
+                length = int(_CONTENT_LENGTH.search(response).group(1))  # type: ignore[union-attr]
+                while len(rest) < length:
+                    data = origin.recv(65536)
+                    if not data:
+                        return
+                    rest += data
+                client.sendall(response + rest[:length])
+        except OSError:
+            return
+        finally:
+            if origin is not None:
+                origin.close()
+
+
+_CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *([0-9]+)")
+
+
+def _read_head(sock: socket.socket, buffered: bytes) -> tuple[bytes, bytes]:
+    """(a head up to its blank line, what came after it); (b"", b"") at EOF."""
+    while b"\r\n\r\n" not in buffered:
+        data = sock.recv(65536)
+        if not data:
+            return b"", b""
+        buffered += data
+    head, _, rest = buffered.partition(b"\r\n\r\n")
+    return head + b"\r\n\r\n", rest
+
+
+def _shuttle_until_eof(client: socket.socket, target: socket.socket, early: bytes) -> None:
+    if early:
+        target.sendall(early)
+    while True:
+        for sock in select.select([client, target], [], [])[0]:
+            data = sock.recv(65536)
+            if not data:
+                return
+            (target if sock is client else client).sendall(data)
+
+
+class _BareServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+def serve_bare(port: int) -> None:
+    with _BareServer(("127.0.0.1", port), _Bare) as server:
+        server.serve_forever()
 
 
 def serve_loop(port: int) -> None:
@@ -221,15 +304,26 @@ def _floor_argv(script: str, kind: str, workdir: Path, port: int) -> list[str]:
     return [sys.executable, script, "serve", kind, str(port)]
 
 
-def _new_connections(origin: services.Origin, proxy: services.Proxy, seconds: int, workdir: Path) -> int:
+def _keepalive(
+    origin: services.Origin, proxy: services.Proxy, seconds: int, workdir: Path, connections: int
+) -> tuple[int, str]:
+    """a: wrk keep-alive, `connections` connections; how many answered, and p50/p99."""
+    spec = WrkSpec(origin.http_port, "/100b", proxy.port, seconds=seconds, connections=connections)
+    result = run_wrk(spec, workdir)
+    return result.requests, f"{result.p50_ms:.2f} / {result.p99_ms:.2f} ms"
+
+
+def _new_connections(
+    origin: services.Origin, proxy: services.Proxy, seconds: int, workdir: Path
+) -> tuple[int, str]:
     """b: wrk, 8 connections, Connection: close; how many requests were answered."""
     spec = WrkSpec(origin.http_port, "/100b", proxy.port, close=True, seconds=seconds)
-    return run_wrk(spec, workdir).requests
+    return run_wrk(spec, workdir).requests, ""
 
 
 def _tunnels(
     origin: services.Origin, proxy: services.Proxy, seconds: int, executor: ProcessPoolExecutor
-) -> int:
+) -> tuple[int, str]:
     """d: the bench's 2 processes of 4 threads; how many exchanges were done."""
     spec = ChurnSpec(Endpoint(origin.http_port, proxy.port), origin.http_port, None, 4, seconds)
     counts = [
@@ -238,50 +332,61 @@ def _tunnels(
     done, failed = sum(c[0] for c in counts), sum(c[1] for c in counts)
     if failed > done // 100:
         raise RuntimeError(f"{proxy.name}: {failed} of {done + failed} tunnels failed")
-    return done
+    return done, ""
+
+
+SERVE = {"bare": serve_bare, "loop": serve_loop, "threads": serve_threads}
+KEEP_ALIVE = ("floor: bare", "tinyproxy-py")  # loop and threads pipe a connection, not requests
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["serve"]:
-        kind, port = sys.argv[2], int(sys.argv[3])
-        (serve_loop if kind == "loop" else serve_threads)(port)
+        SERVE[sys.argv[2]](int(sys.argv[3]))
         return 0
     args = parse_args(argv)
     here = str(Path(__file__).resolve())
-    results: dict[tuple[str, str], list[tuple[float, float]]] = collections.defaultdict(list)
+    results: dict[tuple[str, str], list[tuple[float, float, str]]] = collections.defaultdict(list)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tinyproxy-py-floor-")))
         workdir.chmod(0o755)  # nginx's unprivileged workers must reach the files
         origin = stack.enter_context(services.nginx_origin(workdir / "origin"))
         proxies = [
             services.start_proxy(f"floor: {kind}", functools.partial(_floor_argv, here, kind), workdir / kind)
-            for kind in ("loop", "threads")
+            for kind in SERVE
         ]
         proxies.append(services.start_tinyproxy_py(workdir / "py", sys.executable))
         for proxy in proxies:
             stack.callback(proxy.child.stop)
         executor = stack.enter_context(ProcessPoolExecutor(2))
-        scenarios: dict[str, Callable[[services.Proxy], int]] = {
-            "b. new connection per 100 B GET, req/s": lambda p: _new_connections(
-                origin, p, args.seconds, workdir
+        seconds = args.seconds
+        scenarios: dict[str, Callable[[services.Proxy], tuple[int, str]]] = {
+            "a. keep-alive 100 B, 1 connection, req/s": lambda p: _keepalive(origin, p, seconds, workdir, 1),
+            "a. keep-alive 100 B, 50 connections, req/s": lambda p: _keepalive(
+                origin, p, seconds, workdir, 50
             ),
-            "d. CONNECT + GET + close, tunnels/s": lambda p: _tunnels(origin, p, args.seconds, executor),
+            "b. new connection per 100 B GET, req/s": lambda p: _new_connections(origin, p, seconds, workdir),
+            "d. CONNECT + GET + close, tunnels/s": lambda p: _tunnels(origin, p, seconds, executor),
         }
         for number in range(args.rounds):
             for scenario, run in scenarios.items():
                 for proxy in proxies:
+                    if scenario.startswith("a.") and proxy.name not in KEEP_ALIVE:
+                        continue
                     cpu = cpu_seconds(proxy.pid)
-                    done = run(proxy)
+                    done, latency = run(proxy)
                     spent = (cpu_seconds(proxy.pid) - cpu) / max(done, 1)
-                    results[scenario, proxy.name].append((done / args.seconds, spent))
+                    results[scenario, proxy.name].append((done / seconds, spent, latency))
                     print(
-                        f"round {number + 1}: {scenario}: {proxy.name}: {done / args.seconds:,.0f}",
+                        f"round {number + 1}: {scenario}: {proxy.name}: {done / seconds:,.0f}",
                         file=sys.stderr,
                     )
-    print("| scenario | proxy | rate | proxy CPU per exchange |\n| --- | --- | ---: | ---: |")
+    print(
+        "| scenario | proxy | rate | p50 / p99 | proxy CPU per exchange |\n| --- | --- | ---: | ---: | ---: |"
+    )
     for (scenario, name), runs in results.items():
         rate, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-        print(f"| {scenario} | {name} | {rate:,.0f} | {cpu * 1e6:,.0f} µs |")
+        latency = sorted(runs)[len(runs) // 2][2]  # the median run's
+        print(f"| {scenario} | {name} | {rate:,.0f} | {latency} | {cpu * 1e6:,.0f} µs |")
     return 0
 
 

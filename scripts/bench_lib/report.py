@@ -19,6 +19,7 @@ from .scenarios import Record
 PY = "tinyproxy-py"
 PY2 = "tinyproxy-py --workers 2"
 PY_BEFORE = "tinyproxy-py (before)"  # --before: another source tree, e.g. main before a change
+BARE = "bare threaded shape"  # scripts/floor.py's least thread-per-connection proxy
 C = "tinyproxy"
 DIRECT = "direct"
 
@@ -179,7 +180,9 @@ def render(record: Record, subjects: Sequence[str], aborts: int, connections: Se
     proxies = [s for s in subjects if s not in (DIRECT, PY2)]
     head = ["figure", DIRECT]
     for name in proxies:
-        head += [name, "x"] + (["after/before"] if name == PY_BEFORE else [])
+        head += [name, "x"] + (
+            ["after/before"] if name == PY_BEFORE else ["ours/bare"] if name == BARE else []
+        )
     head += ["target (tinyproxy-py)", "verdict"]
     lines = [_line(head), _line(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"])]
     for row in rows(connections):
@@ -197,15 +200,15 @@ def _cells(record: Record, row: Row, proxies: Sequence[str], aborts: int) -> lis
     cells = [label, _number(direct, row.digits)]
     for name in proxies:
         if row.subject != PY and name != PY:
-            cells += [""] * (3 if name == PY_BEFORE else 2)  # a row about one variant of tinyproxy-py
+            cells += [""] * (3 if name in (PY_BEFORE, BARE) else 2)  # a row about one variant of tinyproxy-py
             continue
         subject = row.subject if name == PY else name
         value = record.median(subject, row.key)
         cells.append(_number(value, row.digits))
         cells.append(f"{value / direct:.3f}" if row.ratio and value is not None and direct else "")
-        if name == PY_BEFORE:
-            after = record.median(PY, row.key)
-            cells.append(f"{after / value:.3f}" if after is not None and value else "")
+        if name in (PY_BEFORE, BARE):  # tinyproxy-py over it, measured in the same run
+            ours = record.median(PY, row.key)
+            cells.append(f"{ours / value:.3f}" if ours is not None and value else "")
     if row.target is None:
         return [*cells, "", ""]
     _, verdict = row.target.judge(record, row.subject)

@@ -58,7 +58,7 @@ class Settings:
     wrk_seconds: int = 5
     # wrk's connections for a and b: 8 is within the proxy's 10 idle upstream connections
     # per host (the targets of issue 9 are set there), 50 is beyond it.
-    connections: tuple[int, ...] = (8, 50)
+    connections: tuple[int, ...] = (1, 8, 50)
     bulk_repeats: int = 4  # 1 stream: 4 x 256 MiB on one connection
     bulk8_repeats: int = 1  # 8 streams: 256 MiB each
     churn_seconds: float = 4.0
