@@ -52,14 +52,20 @@ def group_members(pgid: int, besides: int = 0) -> list[int]:
     return found
 
 
-def _own_cpu_seconds(pid: int) -> float:
+def user_and_system_seconds(pid: int) -> tuple[float, float]:
+    """CPU time of one process, in user space (Python's interpreter) and in the kernel."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
-        return 0.0  # ended since it was listed
+        return 0.0, 0.0  # ended since it was listed
     # Fields after "(comm)": the 12th and 13th are utime and stime (fields 14 and 15 of stat(5)).
     fields = text.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    return sum(user_and_system_seconds(pid))
 
 
 def reset_peak(pid: int) -> None:

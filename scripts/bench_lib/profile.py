@@ -12,6 +12,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+RATE = 200  # samples per second
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -24,7 +25,7 @@ def start(
     `native`: C frames too (socket calls, the GIL); py-spy must pause the process for
     those, and then it also records threads that are only waiting (see `summarize`).
     """
-    argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
+    argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(RATE),
             "--format", "raw", "--output", str(out)]  # fmt: skip
     # Not pausing the process keeps the profile from slowing down what it measures.
     argv.append("--native" if native else "--nonblocking")

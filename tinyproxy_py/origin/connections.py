@@ -16,6 +16,8 @@ the oldest urllib3 setup.cfg allows as well as the newest):
 - `PoolManager.pools` (a `RecentlyUsedContainer`): its `lock`, `_container` to list the
   host pools and `dispose_func` to close an evicted one's idle connections.
 - `pool_classes_by_scheme`, `ConnectionCls`, and classes built with `type()` per parent.
+- `HTTPConnectionPool.QueueCls`: a queue of our own (`_IdleQueue`), which urllib3 only
+  fills, `get`s and `put`s without blocking.
 
 origin/pool.py imports this module when it builds its first pool manager: urllib3 brings
 http.client and ssl, about 12 MiB of a process that may only ever tunnel.
@@ -148,7 +150,30 @@ class _DialingConnectionMixin:
         return sock
 
 
+class _IdleQueue(queue.LifoQueue):  # type: ignore[type-arg]
+    """A host pool's queue of idle connections (and free slots), without Queue's
+    Condition round trips: nobody waits on it (the pools are made with block=False), so
+    a plain lock is all that get and put need. At 50 busy clients, Queue's get, put and
+    full() were a fifth of the Python time per request."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        with self.mutex:
+            if not self.queue:
+                raise queue.Empty
+            return self.queue.pop()
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        with self.mutex:
+            if 0 < self.maxsize <= len(self.queue):
+                raise queue.Full
+            self.queue.append(item)
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= len(self.queue)  # a glance: put() decides under the lock
+
+
 class _TrackedPoolMixin:
+    QueueCls = _IdleQueue
     tracker: ConnectionTracker
     pool: queue.LifoQueue[Any] | None
 
