@@ -136,6 +136,9 @@ class OriginPool:
         self._managers: dict[Parent | None, Manager] = {}
 
     def _manager(self, parent: Parent | None) -> Manager:
+        manager = self._managers.get(parent)  # made once, read on every request: no lock
+        if manager is not None:
+            return manager
         with self._managers_lock:
             manager = self._managers.get(parent)
             if manager is None:
