@@ -12,7 +12,8 @@ drops samples, so its shares are used, not its absolute counts). The stages foll
 request: read and parse the head, policy and route, the pool lease, writing to the
 origin, reading and parsing its response head, relaying the body to the client, the
 access log and stats, giving the connection back. "other" is what no stage names (the
-handler loop itself, thread bookkeeping); "kernel" is the kernel time.
+handler loop itself, thread bookkeeping); "kernel" is the kernel time. The same load on
+scripts/floor.py's bare shape (no profile) gives the floor's user and kernel time.
 
   python3 scripts/budget.py [--connections 1,50] [--seconds 8] [--source DIR]
 
@@ -100,6 +101,29 @@ def measure(
     return {**budget, "kernel": kernel_us, "req/s": result.rps, "µs": user_us + kernel_us}
 
 
+def measure_bare(
+    args: argparse.Namespace, connections: int, workdir: Path, origin: services.Origin
+) -> dict[str, float]:
+    """The same load on scripts/floor.py's bare shape: its user and kernel µs per request."""
+    floor = str(Path(__file__).resolve().with_name("floor.py"))
+    proxy = services.start_proxy(
+        "bare",
+        lambda _, port: [sys.executable, floor, "serve", "bare", str(port)],
+        workdir / f"bare-{connections}",
+    )
+    try:
+        run_wrk(WrkSpec(origin.http_port, "/100b", proxy.port, seconds=1, connections=connections), workdir)
+        user, kernel = user_and_system_seconds(proxy.pid)
+        spec = WrkSpec(origin.http_port, "/100b", proxy.port, seconds=args.seconds, connections=connections)
+        result = run_wrk(spec, workdir)
+        user_after, kernel_after = user_and_system_seconds(proxy.pid)
+    finally:
+        proxy.child.stop()
+    requests = max(result.requests, 1)
+    user_us, kernel_us = (user_after - user) / requests * 1e6, (kernel_after - kernel) / requests * 1e6
+    return {"user": user_us, "kernel": kernel_us, "µs": user_us + kernel_us, "req/s": result.rps}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     counts = [int(n) for n in args.connections.split(",")]
@@ -108,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.chmod(0o755)  # nginx's unprivileged workers must reach the files
         origin = stack.enter_context(services.nginx_origin(workdir / "origin"))
         runs = {n: measure(args, n, workdir, origin) for n in counts}
+        bare = {n: measure_bare(args, n, workdir, origin) for n in counts}
     stages = [stage for stage, _ in STAGES] + ["other", "kernel"]
     print("| stage | " + " | ".join(f"{n} conn{'s' if n > 1 else ''}, µs" for n in counts) + " |")
     print("| --- |" + " ---: |" * len(counts))
@@ -115,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {stage} | " + " | ".join(f"{runs[n].get(stage, 0.0):.0f}" for n in counts) + " |")
     print("| **CPU per request** | " + " | ".join(f"**{runs[n]['µs']:.0f}**" for n in counts) + " |")
     print("| req/s (while sampled) | " + " | ".join(f"{runs[n]['req/s']:,.0f}" for n in counts) + " |")
+    for what in ("user", "kernel", "µs", "req/s"):
+        cells = " | ".join(f"{bare[n][what]:,.0f}" for n in counts)
+        print(f"| bare threaded shape: {'CPU per request' if what == 'µs' else what} | {cells} |")
     return 0
 
 

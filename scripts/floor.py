@@ -155,12 +155,14 @@ class _Bare(socketserver.BaseRequestHandler):
                 if not response:
                     return
                 length = int(_CONTENT_LENGTH.search(response).group(1))  # type: ignore[union-attr]
-                while len(rest) < length:
-                    data = origin.recv(65536)
+                client.sendall(response + rest[:length])
+                left = length - len(rest)
+                while left > 0:  # a large body streams through, as ours does
+                    data = origin.recv(min(left, 262144))
                     if not data:
                         return
-                    rest += data
-                client.sendall(response + rest[:length])
+                    client.sendall(data)
+                    left -= len(data)
         except OSError:
             return
         finally:
