@@ -21,52 +21,36 @@ class Counts(TypedDict):
 
 
 class Stats:
-    """Thread-safe counters and gauges; `snapshot()` gives a consistent copy.
+    """Thread-safe counters and gauges; `snapshot()` gives a copy.
 
-    Each thread adds to counters of its own, without a lock (one lock taken by every
-    thread for every count was a hot spot at 50 busy clients); a read sums them. A thread
-    that ends leaves its counts to the totals (`_Shard.__del__`), so nothing grows with
-    the threads the proxy has had. A gauge may go up on one thread and down on another:
-    its value is the sum.
+    Gauges sit behind one lock, so a read is exact: one may go up on one thread and down
+    on another (a tunnel: the handler opens it, the hub closes it), and shutdown waits for
+    them to reach zero. Counters only grow and are counted far more often, so each thread
+    adds to counters of its own without a lock, and a read sums them (one lock for every
+    count by every thread was a hot spot at 50 busy clients). A thread that ended leaves
+    its counts to the totals at the next read or registration: nothing runs as a thread
+    ends. Relies on the GIL: a thread's Counter is copied with dict() in one step.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # guards _shards and the totals of ended threads
-        self._counters: Counter[str] = Counter()
+        self._lock = threading.Lock()  # guards the gauges, _shards and the ended threads' totals
+        self._counters: Counter[str] = Counter()  # of threads that ended
         self._gauges: Counter[str] = Counter()
-        self._shards: weakref.WeakSet[_Shard] = weakref.WeakSet()  # the threads' own, while they run
+        # (alive while its thread is: a token only that thread's local holds, its counters)
+        self._shards: list[tuple[weakref.ref[_Token], Counter[str]]] = []
         self._local = threading.local()
         self.started = time.monotonic()
 
-    def _shard(self) -> _Shard:
-        try:
-            return self._local.shard  # type: ignore[no-any-return]
-        except AttributeError:
-            shard = self._local.shard = _Shard(self)
-            with self._lock:
-                self._shards.add(shard)
-            return shard
-
     def count(self, name: str, amount: int = 1) -> None:
-        self._shard().counters[name] += amount
+        try:
+            counters: Counter[str] = self._local.counters
+        except AttributeError:
+            counters = self._register()
+        counters[name] += amount
 
     def adjust(self, gauge: str, delta: int) -> None:
-        self._shard().gauges[gauge] += delta
-
-    def _retire(self, shard: _Shard) -> None:
         with self._lock:
-            self._shards.discard(shard)
-            self._counters.update(shard.counters)
-            self._gauges.update(shard.gauges)
-
-    def _totals(self) -> tuple[Counter[str], Counter[str]]:
-        """Called with the lock held. dict() copies a shard in one step of the
-        interpreter (C code holding the GIL), so its thread cannot change it meanwhile."""
-        counters, gauges = Counter(self._counters), Counter(self._gauges)
-        for shard in self._shards:
-            counters.update(dict(shard.counters))
-            gauges.update(dict(shard.gauges))
-        return counters, gauges
+            self._gauges[gauge] += delta
 
     def live(self, gauge: str) -> _Live:
         """Count one live object for the duration of the block (a class, not a generator:
@@ -75,35 +59,47 @@ class Stats:
 
     def gauge(self, name: str) -> int:
         with self._lock:
-            return self._totals()[1][name]
+            return self._gauges[name]
 
     def counter(self, name: str) -> int:
         with self._lock:
-            return self._totals()[0][name]
+            self._fold_ended()
+            return self._counters[name] + sum(counters[name] for _, counters in self._shards)
 
     def snapshot(self) -> Counts:
         with self._lock:
-            counters, gauges = self._totals()
-        return {
-            "uptime": time.monotonic() - self.started,
-            "counters": dict(counters),
-            "gauges": dict(gauges),
-        }
+            self._fold_ended()
+            counters = Counter(self._counters)
+            for _, mine in self._shards:
+                # dict() copies a running thread's Counter in one step of the interpreter
+                # (C code holding the GIL): that thread cannot change it meanwhile.
+                counters.update(dict(mine))
+            gauges = dict(self._gauges)
+        return {"uptime": time.monotonic() - self.started, "counters": dict(counters), "gauges": gauges}
+
+    def _register(self) -> Counter[str]:
+        token, counters = _Token(), Counter[str]()
+        self._local.token, self._local.counters = token, counters
+        with self._lock:
+            self._fold_ended()
+            self._shards.append((weakref.ref(token), counters))
+        return counters
+
+    def _fold_ended(self) -> None:
+        """Move the counts of threads that ended into the totals (the lock is held)."""
+        alive = []
+        for token, counters in self._shards:
+            if token() is None:
+                self._counters.update(counters)
+            else:
+                alive.append((token, counters))
+        self._shards = alive
 
 
-class _Shard:
-    """One thread's counts; given to the totals when the thread ends (threading.local
-    drops it then)."""
+class _Token:
+    """Held only by one thread's threading.local: dead once that thread has ended."""
 
-    __slots__ = ("__weakref__", "counters", "gauges", "stats")
-
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
-        self.counters: Counter[str] = Counter()
-        self.gauges: Counter[str] = Counter()
-
-    def __del__(self) -> None:
-        self.stats._retire(self)
+    __slots__ = ("__weakref__",)
 
 
 class _Live:

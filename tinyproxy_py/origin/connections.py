@@ -20,7 +20,9 @@ the oldest urllib3 setup.cfg allows as well as the newest):
   fills, `get`s and `put`s without blocking.
 
 origin/pool.py imports this module when it builds its first pool manager: urllib3 brings
-http.client and ssl, about 12 MiB of a process that may only ever tunnel.
+http.client and ssl, about 12 MiB of a process that may only ever tunnel. Relies on the
+GIL for reads without a lock: `Manager._keys`, `_IdleQueue.full()` (as does
+observe/stats.py for its counters; free-threaded Python is not supported).
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ class _IdleQueue(queue.LifoQueue):  # type: ignore[type-arg]
     full() were a fifth of the Python time per request."""
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if block:
+            raise RuntimeError("host pools never wait for a connection: make them with block=False")
         with self.mutex:
             if not self.queue:
                 raise queue.Empty
