@@ -1,5 +1,5 @@
-"""The I/O seam: the one place where sockets are read, written and closed, and where a
-socket's failure becomes the error a client hears.
+"""The I/O seam: the one place where connected sockets are read and written (and a cut
+one is closed with a reset), and where a socket's failure becomes the error a client hears.
 
 A `Stream` wraps one non-blocking socket, plain or TLS, and offers two ways to use it:
 waits under a deadline for a handler thread (the client's connection, an origin's, a
