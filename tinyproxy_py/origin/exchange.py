@@ -261,9 +261,7 @@ def _send_request(
         return False
     pending = request
     for piece in client.body(head):
-        if _send_until_answered(
-            stream, pending + (b"".join(chunk(piece)) if head.chunked else piece), reader
-        ):
+        if _send_until_answered(stream, pending + (chunk(piece) if head.chunked else piece), reader):
             return True
         pending = b""
     return _send_until_answered(stream, pending + LAST_CHUNK if head.chunked else pending, reader)
@@ -432,7 +430,7 @@ def _stream_body(
         while True:
             if data:
                 body = reader.feed(data)
-                out = b"".join(chunk(body)) if chunked and body else body
+                out = chunk(body) if chunked and body else body
                 if reader.done:
                     origin_done()
                 if out or pending:

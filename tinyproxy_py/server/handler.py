@@ -95,6 +95,7 @@ class ClientHandler:
         self._opening = True
 
     def handle(self) -> None:
+        """Serve the connection; the listener closes it unless `client.handed_off` (the hub's now)."""
         try:
             self.client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._serve(self.client, self.server.runtime)

@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ..net.dialer import DIRECT, Dialer, Resolver, system_resolver
+from ..net.dialer import Dialer, Resolver, system_resolver
 from ..net.lookups import Lookups
 from ..observe.stats import Stats
 from ..origin.exchange import Rewrite
@@ -29,8 +29,8 @@ class Runtime:
     rewrite: Rewrite
     policy: Policy
     routes: Routes
-    stat_hosts: frozenset[str] = frozenset()  # host names the proxy answers itself
-    dialer: Dialer = DIRECT  # the attempt delay and host overrides; judging() per client
+    stat_hosts: frozenset[str]  # host names the proxy answers itself
+    dialer: Dialer  # the attempt delay and host overrides; judging() per client
 
     @classmethod
     def compile(
@@ -51,9 +51,7 @@ class Runtime:
         return cls(config, rewrite, policy, _routes(config), _stat_hosts(config.stat_host), dialer)
 
 
-def _dialer(
-    config: Config, stats: Stats | None, resolver: Resolver | None, lookups: Lookups | None
-) -> Dialer:
+def _dialer(config: Config, stats: Stats, resolver: Resolver | None, lookups: Lookups) -> Dialer:
     resolve = dict(parse_override("resolve", line) for line in config.resolve)
     moved = (parse_override("connect_to", line) for line in config.connect_to)
     connect_to = {key: (host, int(port)) for key, (host, port) in moved}

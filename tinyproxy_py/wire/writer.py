@@ -83,9 +83,9 @@ def _response_value(name: str, value: str) -> str:
     return value
 
 
-def chunk(data: bytes | bytearray | memoryview) -> list[bytes | bytearray | memoryview]:
-    """One chunk of a chunked body, as pieces for a gathering send."""
-    return [b"%x\r\n" % len(data), data, b"\r\n"]
+def chunk(data: bytes | bytearray) -> bytes:
+    """One chunk of a chunked body: size line, data, CRLF (the data copied once)."""
+    return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
 
 
 LAST_CHUNK = b"0\r\n\r\n"
