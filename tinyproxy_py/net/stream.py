@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass
 
 from ..errors import Aborted, BadGateway, Cause, GatewayTimeout, ProxyError, RequestTimeout, ResponseTimeout
+from . import nowait
 
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
-_raw_recv = socket.socket.recv  # below TLS: for a peek, which TLS sockets refuse
 
 
 class _NotTLS(Exception):
@@ -92,6 +92,14 @@ class Stream:
         """For selectors: a Stream registers as its socket."""
         return self.sock.fileno()
 
+    # Reads on a plain socket keep the GIL (net/nowait.py).
+
+    def _recv(self, size: int) -> bytes:
+        return nowait.recv(self.sock, size) if self._want_read is _NotTLS else self.sock.recv(size)
+
+    def _recv_into(self, view: memoryview) -> int:
+        return nowait.recv_into(self.sock, view) if self._want_read is _NotTLS else self.sock.recv_into(view)
+
     # --- waits under a deadline (handler threads) ---
 
     def send(
@@ -126,7 +134,7 @@ class Stream:
             self._wait(select.POLLIN, deadline)
         while True:
             try:
-                data = self.sock.recv(size)
+                data = self._recv(size)
             except self._want_write:
                 self._wait(select.POLLOUT, deadline)
                 continue
@@ -160,7 +168,7 @@ class Stream:
     def recv_into(self, view: memoryview) -> int | None:
         """Bytes read into `view` now, 0 if the peer closed, None if none have come."""
         try:
-            count = self.sock.recv_into(view)
+            count = self._recv_into(view)
         except (BlockingIOError, self._want_read, self._want_write):
             return None
         except self._closed:
@@ -205,10 +213,7 @@ class Stream:
         its EOF, None for nothing. Raises OSError if the connection failed."""
         if self.buffered():
             return b"?"
-        try:
-            return _raw_recv(self.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return None
+        return nowait.peek(self.sock)
 
     def close(self, *, abort: bool = False) -> None:
         """Close the socket; `abort`: with a reset, so that a cut stream looks cut."""
@@ -248,13 +253,13 @@ class Stream:
         """The client's socket stirred while we wait: gone (EOF, reset) or pipelining."""
         assert self.client is not None
         try:
-            data = _raw_recv(self.client, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            if event & _GONE:
-                raise CLIENT_WAIT.error("client went away while waiting for the origin") from None
-            return
+            data = nowait.peek(self.client)
         except OSError as exc:
             raise CLIENT_WAIT.error("client went away while waiting for the origin") from exc
+        if data is None:
+            if event & _GONE:
+                raise CLIENT_WAIT.error("client went away while waiting for the origin")
+            return
         if not data:
             raise CLIENT_WAIT.error("client went away while waiting for the origin")
         self.watch_client(False)  # the next request is already coming: not a hang-up

@@ -15,6 +15,7 @@ the oldest urllib3 setup.cfg allows as well as the newest):
   build a host pool's key once per host instead of on every request.
 - `PoolManager.pools` (a `RecentlyUsedContainer`): its `lock`, `_container` to list the
   host pools and `dispose_func` to close an evicted one's idle connections.
+- `HTTPConnection.is_connected`, which `_get_conn` asks of a pooled connection.
 - `pool_classes_by_scheme`, `ConnectionCls`, and classes built with `type()` per parent.
 - `HTTPConnectionPool.QueueCls`: a queue of our own (`_IdleQueue`), which urllib3 only
   fills, `get`s and `put`s without blocking.
@@ -40,6 +41,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..errors import BadGateway, Cause
+from ..net import nowait
 from ..net.chain import connect_through, dial_parent, label
 from ..net.dialer import DIRECT, Dialer
 from ..settings.config import Config
@@ -134,6 +136,17 @@ class _DialingConnectionMixin:
             tls.suppress_ragged_eofs = False
         if self.tracker is not None:
             self.tracker.opened(self)
+
+    @property
+    def is_connected(self) -> bool:
+        """urllib3's test of a pooled connection before reuse (anything to read, or its
+        EOF, means it is done), with a peek that keeps the GIL instead of a poll."""
+        if self.sock is None:
+            return False
+        try:
+            return nowait.peek(self.sock) is None
+        except OSError:
+            return False
 
     def close(self) -> None:
         try:
