@@ -17,8 +17,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,8 +92,11 @@ class HostSlots:
         self._in_use: dict[str, int] = {}
         self._changed = threading.Condition(threading.Lock())  # never re-entered: a plain lock
 
-    @contextmanager
-    def hold(self, origin: str) -> Iterator[None]:
+    def hold(self, origin: str) -> _Held:
+        """A block during which `origin` has one more request in flight."""
+        return _Held(self, origin)
+
+    def _take(self, origin: str) -> None:
         deadline = time.monotonic() + self._wait
         with self._changed:
             while self._cap and self._in_use.get(origin, 0) >= self._cap:
@@ -106,19 +107,33 @@ class HostSlots:
                     )
                 self._changed.wait(remaining)
             self._in_use[origin] = self._in_use.get(origin, 0) + 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._in_use[origin] -= 1
-                if not self._in_use[origin]:
-                    del self._in_use[origin]
-                if self._cap:  # without a cap nobody waits
-                    self._changed.notify()
+
+    def _give(self, origin: str) -> None:
+        with self._changed:
+            self._in_use[origin] -= 1
+            if not self._in_use[origin]:
+                del self._in_use[origin]
+            if self._cap:  # without a cap nobody waits
+                self._changed.notify()
 
     def in_use(self) -> dict[str, int]:
         with self._changed:
             return dict(self._in_use)
+
+
+class _Held:
+    """HostSlots.hold's block: a class, not a generator, as it runs once per request."""
+
+    __slots__ = ("origin", "slots")
+
+    def __init__(self, slots: HostSlots, origin: str) -> None:
+        self.slots, self.origin = slots, origin
+
+    def __enter__(self) -> None:
+        self.slots._take(self.origin)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.slots._give(self.origin)
 
 
 class OriginPool:

@@ -112,6 +112,7 @@ class Policy:
         self.deny_destinations = parse_networks(config.deny_destinations)
         self.allow_destinations = parse_networks(config.allow_destinations)
         self.http_ports = port_ranges(config.http_ports)
+        self._http_port_allowed: dict[int, bool] = {}
         self.stats_clients = parse_networks(config.stats_allow)
 
     def check_client(self, address: str) -> None:
@@ -234,7 +235,12 @@ class Policy:
     def check_http_port(self, port: int) -> None:
         """A plain request carries whatever body the client writes to whatever listens:
         only to the ports web servers use (`http_ports`), not to mail or cache servers."""
-        if self.http_ports is not None and not any(first <= port <= last for first, last in self.http_ports):
+        allowed_here = self._http_port_allowed.get(port)
+        if allowed_here is None:  # at most 65,535 entries
+            allowed_here = self._http_port_allowed[port] = self.http_ports is None or any(
+                first <= port <= last for first, last in self.http_ports
+            )
+        if not allowed_here:
             allowed = ", ".join(self.config.http_ports)
             raise Forbidden(
                 f"requests to port {port} are not allowed (allowed: {allowed})", cause=Cause.HTTP_PORT

@@ -12,6 +12,7 @@ max_head_bytes and the header deadline bound.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -188,8 +189,10 @@ def _apply_target(head: RequestHead) -> None:
     head.path = ("/" + tail if tail.startswith("?") else tail) or "/"
 
 
+@functools.lru_cache(maxsize=256)
 def parse_authority(authority: str, default_port: int | None) -> tuple[str, int]:
-    """Split `host:port` (IPv6 in brackets) into a host without brackets and a port."""
+    """Split `host:port` (IPv6 in brackets) into a host without brackets and a port.
+    Cached: a client's requests name the same few origins, twice each (target and Host)."""
     if authority.startswith("["):
         host, bracket, port_part = authority.partition("]")
         host += bracket
