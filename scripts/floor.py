@@ -23,6 +23,12 @@ shape. Prints rates, p50/p99 for a, and the proxy's CPU per exchange (medians).
 scripts/bench.py runs `bare` in its own run too, so its ratios are measured, not remembered.
 
   python3 scripts/floor.py [--rounds 3] [--seconds 4]
+  python3 scripts/floor.py --weights    # a at 50 connections: bare, and bare with work added
+
+--weights answers "what may a request cost on top of the bare shape?": the bare shape
+with N µs of Python per request (a busy loop holding the GIL), or with 3 reads more per
+request that find nothing (MSG_PEEK | MSG_DONTWAIT), made by the socket's method (which
+lets go of the GIL) or as tinyproxy-py's net/nowait.py makes them (which keeps it).
 
 Needs nginx (as scripts/bench.py does). Loopback only; everything started is stopped.
 """
@@ -42,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -131,6 +138,9 @@ class Shuttle:
 class _Bare(socketserver.BaseRequestHandler):
     """One client connection on its own thread, keep-alive, one origin socket kept."""
 
+    busy_us = 0  # --weights: Python per request, holding the GIL
+    peeks = ""  # --weights: "socket" or "nowait": 3 reads per request that find nothing
+
     def handle(self) -> None:
         client, buffered, origin, origin_at = self.request, b"", None, None
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -139,6 +149,8 @@ class _Bare(socketserver.BaseRequestHandler):
                 head, buffered = _read_head(client, buffered)
                 if not head:
                     return
+                if self.busy_us or self.peeks:
+                    self.weigh(client)
                 address, to_client, to_target = _opening(head)
                 if to_client:  # CONNECT
                     with socket.create_connection(address) as target:
@@ -168,6 +180,20 @@ class _Bare(socketserver.BaseRequestHandler):
         finally:
             if origin is not None:
                 origin.close()
+
+    def weigh(self, client: socket.socket) -> None:
+        if self.peeks:
+            from tinyproxy_py.net import nowait
+
+            for _ in range(3):
+                if self.peeks == "nowait":
+                    nowait.peek(client)
+                else:
+                    with contextlib.suppress(BlockingIOError):
+                        client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        until = time.perf_counter() + self.busy_us / 1e6
+        while time.perf_counter() < until:
+            pass
 
 
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *([0-9]+)")
@@ -201,8 +227,9 @@ class _BareServer(socketserver.ThreadingTCPServer):
     request_queue_size = 1024
 
 
-def serve_bare(port: int) -> None:
-    with _BareServer(("127.0.0.1", port), _Bare) as server:
+def serve_bare(port: int, busy_us: int = 0, peeks: str = "") -> None:
+    handler = type("_Weighted", (_Bare,), {"busy_us": busy_us, "peeks": peeks})
+    with _BareServer(("127.0.0.1", port), handler) as server:
         server.serve_forever()
 
 
@@ -299,11 +326,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4, help="per subject, scenario and round")
+    parser.add_argument("--weights", action="store_true", help="the bare shape with work added (see above)")
     return parser.parse_args(argv)
 
 
-def _floor_argv(script: str, kind: str, workdir: Path, port: int) -> list[str]:
-    return [sys.executable, script, "serve", kind, str(port)]
+def _floor_argv(
+    script: str, kind: str, workdir: Path, port: int, weights: tuple[str, str] | None = None
+) -> list[str]:
+    return [sys.executable, script, "serve", kind, str(port), *(weights or ())]
+
+
+WEIGHTS = {  # name: (busy µs, peeks)
+    "bare": ("0", ""),
+    "bare + 20 µs of Python": ("20", ""),
+    "bare + 50 µs of Python": ("50", ""),
+    "bare + 3 reads (socket method)": ("0", "socket"),
+    "bare + 3 reads (net/nowait.py)": ("0", "nowait"),
+}
 
 
 def _keepalive(
@@ -343,9 +382,12 @@ KEEP_ALIVE = ("floor: bare", "tinyproxy-py")  # loop and threads pipe a connecti
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["serve"]:
-        SERVE[sys.argv[2]](int(sys.argv[3]))
+        weights = sys.argv[4:6]
+        SERVE[sys.argv[2]](int(sys.argv[3]), *([int(weights[0]), weights[1]] if weights else []))
         return 0
     args = parse_args(argv)
+    if args.weights:
+        return _weighed(args)
     here = str(Path(__file__).resolve())
     results: dict[tuple[str, str], list[tuple[float, float, str]]] = collections.defaultdict(list)
     with contextlib.ExitStack() as stack:
@@ -389,6 +431,38 @@ def main(argv: list[str] | None = None) -> int:
         rate, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         latency = sorted(runs)[len(runs) // 2][2]  # the median run's
         print(f"| {scenario} | {name} | {rate:,.0f} | {latency} | {cpu * 1e6:,.0f} µs |")
+    return 0
+
+
+def _weighed(args: argparse.Namespace) -> int:
+    """--weights: keep-alive at 50 connections through the bare shape, plain and weighed."""
+    here = str(Path(__file__).resolve())
+    results: dict[str, list[tuple[int, str, float]]] = collections.defaultdict(list)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tinyproxy-py-floor-")))
+        workdir.chmod(0o755)
+        origin = stack.enter_context(services.nginx_origin(workdir / "origin"))
+        proxies = []
+        for index, (name, weights) in enumerate(WEIGHTS.items()):
+            argv = functools.partial(_floor_argv, here, "bare", weights=weights)
+            proxy = services.start_proxy(name, argv, workdir / f"w{index}")
+            stack.callback(proxy.child.stop)
+            proxies.append(proxy)
+        for _ in range(args.rounds):
+            for proxy in proxies:
+                cpu = cpu_seconds(proxy.pid)
+                done, latency = _keepalive(origin, proxy, args.seconds, workdir, 50)
+                results[proxy.name].append((done, latency, (cpu_seconds(proxy.pid) - cpu) / max(done, 1)))
+    plain = statistics.median(r[0] for r in results["bare"])
+    print("| at 50 connections | req/s | of bare | p50 / p99 | CPU per request |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, runs in results.items():
+        done = int(statistics.median(r[0] for r in runs))
+        latency = sorted(runs)[len(runs) // 2][1]
+        cpu = statistics.median(r[2] for r in runs)
+        print(
+            f"| {name} | {done / args.seconds:,.0f} | {done / plain:.2f} | {latency} | {cpu * 1e6:,.0f} µs |"
+        )
     return 0
 
 
