@@ -33,6 +33,7 @@ from ..version import __version__
 from .workers import PASSED_ON, SharedStats, supervise
 
 THREAD_STACK_SIZE = 512 * 1024
+M_MMAP_THRESHOLD = -3  # mallopt(3)
 _SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}
 log = logging.getLogger("tinyproxy_py")
 
@@ -385,13 +386,28 @@ class _SharedStreamHandler(logging.Handler):
                 self.handleError(record)
 
 
+def _pin_malloc_threshold() -> None:
+    """Keep glibc's mmap threshold at its default, 128 KiB, fixed: by default the first
+    free of a larger block raises it for good, and from then on every handler thread's
+    malloc arena keeps up to a megabyte it has freed (the proxy's own reads avoid large
+    blocks, net/nowait.py; a library may not). No-op where malloc is not glibc's."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 def _prepare_process(config: Config) -> None:
     """Process-wide settings an embedding program decides for itself, so only the CLI makes them.
 
     Small thread stacks keep max_clients threads cheap (the handler path is shallow); the
-    open-files limit is raised toward the hard limit so max_tunnels can actually be reached.
+    open-files limit is raised toward the hard limit so max_tunnels can actually be reached;
+    glibc's malloc keeps its mmap threshold at the default (`_pin_malloc_threshold`).
     """
     threading.stack_size(THREAD_STACK_SIZE)
+    _pin_malloc_threshold()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft < target:

@@ -10,15 +10,22 @@ to about a third. So reads on non-blocking plain sockets go to libc through
 
 Sends still let go: a send wakes the peer that reads it, which may take this CPU while
 the sender holds the GIL; made here, they doubled the 99th percentile latency at 50
-connections. A read that must allocate what it returns reads into a buffer of its
-thread's, so it is for up to SMALL bytes: more goes through the socket's method. Where
-ctypes or libc's recv is missing, the socket's own methods serve. Errors are the OSError
-subclasses the socket's methods raise (BlockingIOError when there is nothing to read).
+connections. Where ctypes or libc's recv is missing, the socket's own methods serve.
+Errors are the OSError subclasses the socket's methods raise (BlockingIOError when there
+is nothing to read).
+
+Reads land in one buffer per thread (`scratch`), never in new bytes of the size asked
+for: sock.recv(n) mallocs n bytes and shrinks them to what came. A freed block of 128 KiB
+or more raises glibc's mmap threshold for good, and from then on each thread's malloc
+arena kept up to a megabyte it had freed: RSS grew with the threads that ever relayed a
+large body (issue 26's soak). The buffer is an anonymous mapping, outside malloc, unmapped
+when its thread ends; its pages count only once a read has touched them.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import socket
 import threading
@@ -29,7 +36,7 @@ try:
 except ImportError:  # a Python built without it: the socket's methods serve
     ctypes = None  # type: ignore[assignment]
 
-SMALL = 65536  # larger reads into new bytes go through the socket's method
+SCRATCH_SIZE = 256 * 1024  # the most one read takes
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
@@ -44,25 +51,43 @@ def _libc_recv() -> Any:
 
 
 _RECV = _libc_recv()
-_scratch = threading.local()  # one read buffer per thread: a read allocates only what came
+_scratch = threading.local()
 
 
-def recv(sock: socket.socket, size: int, flags: int = 0) -> bytes:
-    """As sock.recv(size, flags), for a non-blocking plain socket."""
-    if _RECV is None or size > SMALL:
-        return sock.recv(size, flags)
-    scratch = getattr(_scratch, "buffer", None)
-    if scratch is None:
-        raw = ctypes.create_string_buffer(SMALL)
-        scratch = _scratch.buffer = (raw, ctypes.addressof(raw), memoryview(raw).cast("B"))
-    return bytes(scratch[2][: _call(sock, scratch[1], size, flags)])
+def scratch(size: int) -> memoryview:
+    """This thread's read buffer, its first `size` bytes (at most SCRATCH_SIZE): what is
+    read into it is valid until this thread's next read."""
+    view: memoryview | None = getattr(_scratch, "view", None)
+    if view is None:
+        view = _scratch.view = memoryview(mmap.mmap(-1, SCRATCH_SIZE))
+    return view[:size]
+
+
+def copy_out(data: memoryview) -> memoryview:
+    """`data` (read into a buffer that will be read into again) copied to last: a large
+    copy (the hub's unsent tails, up to 512 KiB) into an anonymous mapping of its own,
+    not a malloc block, for the reason above."""
+    if len(data) < 64 * 1024:
+        return memoryview(bytes(data))
+    copy = mmap.mmap(-1, len(data))
+    copy.write(data)
+    return memoryview(copy)
+
+
+def recv(sock: socket.socket, size: int) -> bytes:
+    """As sock.recv(size) (at most SCRATCH_SIZE bytes), for a non-blocking plain socket."""
+    view = scratch(size)
+    return bytes(view[: recv_into(sock, view)])
 
 
 def peek(sock: socket.socket) -> bytes | None:
     """The next byte the peer sent, without taking it: b"" for its EOF, None for nothing
     yet. Below TLS on a TLS socket. OSError if the connection failed."""
+    view = scratch(1)
     try:
-        return recv(sock, 1, _PEEK_FLAGS) if _RECV is not None else socket.socket.recv(sock, 1, _PEEK_FLAGS)
+        if _RECV is None:
+            return bytes(view[: socket.socket.recv_into(sock, view, 0, _PEEK_FLAGS)])
+        return bytes(view[: _call(sock, _address(view), 1, _PEEK_FLAGS)])
     except BlockingIOError:
         return None
 

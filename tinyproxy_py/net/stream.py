@@ -94,9 +94,6 @@ class Stream:
 
     # Reads on a plain socket keep the GIL (net/nowait.py).
 
-    def _recv(self, size: int) -> bytes:
-        return nowait.recv(self.sock, size) if self._want_read is _NotTLS else self.sock.recv(size)
-
     def _recv_into(self, view: memoryview) -> int:
         return nowait.recv_into(self.sock, view) if self._want_read is _NotTLS else self.sock.recv_into(view)
 
@@ -125,16 +122,22 @@ class Stream:
         return view
 
     def recv(self, size: int, deadline: float, *, wait_first: bool = False) -> bytes:
-        """Up to `size` bytes, b"" when the peer closed; TimeoutError past `deadline`.
+        """Up to `size` bytes (at most nowait.SCRATCH_SIZE), b"" when the peer closed;
+        TimeoutError past `deadline`.
 
         `wait_first`: poll before the first try, for a peer that cannot have answered
         yet (an origin just sent a request): saves a recv that would only say EAGAIN.
         """
+        view = nowait.scratch(size)
+        return bytes(view[: self.read_into(view, deadline, wait_first=wait_first)])
+
+    def read_into(self, view: memoryview, deadline: float, *, wait_first: bool = False) -> int:
+        """As recv, into `view` (nothing allocated): how many bytes, 0 when the peer closed."""
         if wait_first and not self.buffered():
             self._wait(select.POLLIN, deadline)
         while True:
             try:
-                data = self._recv(size)
+                count = self._recv_into(view)
             except self._want_write:
                 self._wait(select.POLLOUT, deadline)
                 continue
@@ -142,9 +145,9 @@ class Stream:
                 self._wait(select.POLLIN, deadline)
                 continue
             except self._closed:
-                return b""
-            self.received += len(data)
-            return data
+                return 0
+            self.received += count
+            return count
 
     def watch_client(self, on: bool) -> None:
         """Watch the client's socket for a hang-up during waits (on) or stop (off)."""
@@ -161,9 +164,9 @@ class Stream:
 
     def recv_nowait(self, size: int) -> bytes | None:
         """Up to `size` bytes if there are some now, b"" if the peer closed, else None."""
-        buffer = bytearray(size)
-        count = self.recv_into(memoryview(buffer))
-        return None if count is None else bytes(buffer[:count])
+        view = nowait.scratch(size)
+        count = self.recv_into(view)
+        return None if count is None else bytes(view[:count])
 
     def recv_into(self, view: memoryview) -> int | None:
         """Bytes read into `view` now, 0 if the peer closed, None if none have come."""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import Aborted, BadResponse, NotImplementedByProxy, Overloaded, ProxyError
+from ..net import nowait
 from ..net.chain import auth_refused, label
 from ..net.clientconn import ClientConnection
 from ..net.dialer import DIRECT, Dialer
@@ -41,9 +42,13 @@ from .pool import Lease, OriginPool, origin_key
 log = logging.getLogger(__name__)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-# One recv from the origin: larger pieces mean fewer syscalls and allocations per MiB
-# (recv returns what has arrived, so a slow stream is still relayed as it comes).
+# One read of a body from the origin, into the thread's read buffer and sent on from there
+# (net/nowait.py): larger pieces mean fewer syscalls per MiB (a read returns what has
+# arrived, so a slow stream is still relayed as it comes). A body decoded from chunks or
+# framed in chunks anew is copied into new bytes per piece: those stay below malloc's mmap
+# threshold (128 KiB), as one freed block above it makes every thread's arena keep more.
 CHUNK_SIZE = 256 * 1024
+FRAMED_PIECE = 64 * 1024
 HEAD_RECV_SIZE = 65536
 COALESCE_LIMIT = 65536  # a known-length body up to this size goes out with the head
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
@@ -425,7 +430,8 @@ def _stream_body(
     """
     sent = 0
     pending = head
-    data = exchange.leftover
+    data: bytes | memoryview = exchange.leftover
+    piece = FRAMED_PIECE if chunked or reader.framing == "chunked" else CHUNK_SIZE
     try:
         while True:
             if data:
@@ -434,14 +440,14 @@ def _stream_body(
                 if reader.done:
                     origin_done()
                 if out or pending:
-                    client.send(pending + out)
+                    client.send(pending + out if pending else out)
                     pending = b""
                 sent += len(body)
             if reader.done:
                 origin_done()  # once is enough: a lease released stays so
                 break
-            size = min(CHUNK_SIZE, reader.remaining) if reader.framing == "length" else CHUNK_SIZE
-            data = exchange.stream.recv(size, time.monotonic() + config.read_timeout)
+            view = nowait.scratch(min(piece, reader.remaining) if reader.framing == "length" else piece)
+            data = view[: exchange.stream.read_into(view, time.monotonic() + config.read_timeout)]
             if not data:
                 reader.end_of_stream()
                 origin_done()

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import Cause, Overloaded
+from ..net import nowait
 from ..net.stream import Stream
 from ..observe.accesslog import AccessRecord
 from ..observe.stats import Stats
@@ -326,10 +327,10 @@ class TunnelHub:
             try:
                 sent = dst.send_nowait(view[:n])
             except OSError as exc:
-                flow.tail = memoryview(bytes(view[:n]))  # undelivered: the stream was cut
+                flow.tail = nowait.copy_out(view[:n])  # undelivered: the stream was cut
                 raise _SideFailed(dst, exc) from exc
             if sent < n:
-                flow.tail = memoryview(bytes(view[sent:n]))
+                flow.tail = nowait.copy_out(view[sent:n])
                 return
 
     def _flush(self, flow: Flow, dst: Stream) -> None:

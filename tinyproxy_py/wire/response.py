@@ -193,7 +193,8 @@ class BodyReader:
                 too_large=BadResponse,
             )
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | memoryview) -> bytes | memoryview:
+        """The body bytes in `data`: a slice of it, or new bytes with chunk framing removed."""
         if self.done:
             self.unused += data
             return b""
@@ -207,9 +208,9 @@ class BodyReader:
         if len(data) < self.remaining:
             self.remaining -= len(data)
             return data
-        body, self.unused = data[: self.remaining], data[self.remaining :]
+        end, self.unused = self.remaining, bytes(data[self.remaining :])
         self.remaining, self.done = 0, True
-        return body
+        return data[:end]
 
     def end_of_stream(self) -> None:
         """The origin closed the connection: complete for "close" framing, else cut short."""

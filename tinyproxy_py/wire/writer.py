@@ -83,7 +83,7 @@ def _response_value(name: str, value: str) -> str:
     return value
 
 
-def chunk(data: bytes | bytearray) -> bytes:
+def chunk(data: bytes | bytearray | memoryview) -> bytes:
     """One chunk of a chunked body: size line, data, CRLF (the data copied once)."""
     return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
 
