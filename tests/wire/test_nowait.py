@@ -41,6 +41,25 @@ def readable(sock: socket.socket) -> bool:
     return nowait.peek(sock) is not None
 
 
+def recv(sock: socket.socket, size: int) -> bytes:
+    view = nowait.scratch(size)
+    return bytes(view[: nowait.recv_into(sock, view)])
+
+
+def test_a_peek_leaves_what_was_read_into_the_buffer_be(
+    calls: str, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    near, far = pair
+    near.sendall(b"body bytes on their way")
+    wait_until(lambda: readable(far))
+    view = nowait.scratch(100)
+    count = nowait.recv_into(far, view)
+    far.sendall(b"x")  # something for a peek to find
+    wait_until(lambda: readable(near))
+    assert nowait.peek(near) == b"x"
+    assert bytes(view[:count]) == b"body bytes on their way"
+
+
 def test_what_is_sent_is_read_in_order(calls: str, pair: tuple[socket.socket, socket.socket]) -> None:
     near, far = pair
     payload = bytes(range(256)) * 40  # 10 KiB
@@ -50,7 +69,7 @@ def test_what_is_sent_is_read_in_order(calls: str, pair: tuple[socket.socket, so
     received = b""
     while len(received) < len(payload):
         wait_until(lambda: readable(far))
-        received += nowait.recv(far, 3000)
+        received += recv(far, 3000)
     assert received == payload
 
 
@@ -69,7 +88,7 @@ def test_nothing_to_read_is_blocking_io_error_and_peek_none(
     _, far = pair
     assert nowait.peek(far) is None
     with pytest.raises(BlockingIOError):
-        nowait.recv(far, 100)
+        recv(far, 100)
     with pytest.raises(BlockingIOError):
         nowait.recv_into(far, memoryview(bytearray(10)))
 
@@ -79,7 +98,7 @@ def test_eof_reads_empty(calls: str, pair: tuple[socket.socket, socket.socket]) 
     near.shutdown(socket.SHUT_WR)
     wait_until(lambda: readable(far))
     assert nowait.peek(far) == b""
-    assert nowait.recv(far, 10) == b""
+    assert recv(far, 10) == b""
 
 
 def test_a_reset_raises(calls: str, pair: tuple[socket.socket, socket.socket]) -> None:
@@ -88,13 +107,13 @@ def test_a_reset_raises(calls: str, pair: tuple[socket.socket, socket.socket]) -
     near.close()  # a reset
     wait_until(lambda: select.select([far], [], [], 0)[0])  # not a peek: it would take the error
     with pytest.raises(ConnectionResetError):
-        nowait.recv(far, 10)
+        recv(far, 10)
 
 
 def test_a_closed_socket_raises_os_error(calls: str, pair: tuple[socket.socket, socket.socket]) -> None:
     near, _ = pair
     near.close()
     with pytest.raises(OSError):
-        nowait.recv(near, 1)
+        recv(near, 1)
     with pytest.raises(OSError):
         nowait.recv_into(near, memoryview(bytearray(1)))

@@ -4,7 +4,7 @@ Python releases the GIL around every socket call, even one that cannot block: a 
 that finds bytes waiting (or finds none), a peek. With many handler threads busy, each
 release sends the caller to the back of the queue for the GIL, a context switch or two
 for a call that took a microsecond. On the bare threaded shape at 50 keep-alive
-connections (scripts/floor.py --calls), three such calls more per request cut its rate
+connections (scripts/floor.py --weights), three such calls more per request cut its rate
 to about a third. So reads on non-blocking plain sockets go to libc through
 `ctypes.PyDLL`, which keeps the GIL; waits (poll) release it.
 
@@ -57,10 +57,16 @@ _scratch = threading.local()
 def scratch(size: int) -> memoryview:
     """This thread's read buffer, its first `size` bytes (at most SCRATCH_SIZE): what is
     read into it is valid until this thread's next read."""
+    return _mapping()[: min(size, SCRATCH_SIZE)]
+
+
+def _mapping() -> memoryview:
+    """SCRATCH_SIZE bytes, and one more that only peek() reads into: a peek while the
+    buffer holds a body on its way (a pooled connection checked meanwhile) leaves it be."""
     view: memoryview | None = getattr(_scratch, "view", None)
     if view is None:
-        view = _scratch.view = memoryview(mmap.mmap(-1, SCRATCH_SIZE))
-    return view[:size]
+        view = _scratch.view = memoryview(mmap.mmap(-1, SCRATCH_SIZE + 1))
+    return view
 
 
 def copy_out(data: memoryview) -> memoryview:
@@ -74,16 +80,10 @@ def copy_out(data: memoryview) -> memoryview:
     return memoryview(copy)
 
 
-def recv(sock: socket.socket, size: int) -> bytes:
-    """As sock.recv(size) (at most SCRATCH_SIZE bytes), for a non-blocking plain socket."""
-    view = scratch(size)
-    return bytes(view[: recv_into(sock, view)])
-
-
 def peek(sock: socket.socket) -> bytes | None:
     """The next byte the peer sent, without taking it: b"" for its EOF, None for nothing
     yet. Below TLS on a TLS socket. OSError if the connection failed."""
-    view = scratch(1)
+    view = _mapping()[SCRATCH_SIZE:]
     try:
         if _RECV is None:
             return bytes(view[: socket.socket.recv_into(sock, view, 0, _PEEK_FLAGS)])
