@@ -63,6 +63,8 @@ from bench_lib.procinfo import cpu_seconds
 from bench_lib.wrk import WrkSpec
 from bench_lib.wrk import run as run_wrk
 
+from tinyproxy_py.net import nowait  # --weights: reads as tinyproxy-py makes them
+
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
@@ -183,8 +185,6 @@ class _Bare(socketserver.BaseRequestHandler):
 
     def weigh(self, client: socket.socket) -> None:
         if self.peeks:
-            from tinyproxy_py.net import nowait
-
             for _ in range(3):
                 if self.peeks == "nowait":
                     nowait.peek(client)

@@ -3,10 +3,12 @@
 Python releases the GIL around every socket call, even one that cannot block: a recv
 that finds bytes waiting (or finds none), a peek. With many handler threads busy, each
 release sends the caller to the back of the queue for the GIL, a context switch or two
-for a call that took a microsecond. On the bare threaded shape at 50 keep-alive
-connections (scripts/floor.py --weights), three such calls more per request cut its rate
-to about a third. So reads on non-blocking plain sockets go to libc through
-`ctypes.PyDLL`, which keeps the GIL; waits (poll) release it.
+for a call that took a microsecond. So reads on non-blocking plain sockets go to libc
+through `ctypes.PyDLL`, which keeps the GIL; waits (poll) release it. In tinyproxy-py at
+50 keep-alive connections that cut context switches per request from 17 to 10 and CPU
+per request by 10-18 % (docs/performance.md). They are not free: on the bare threaded
+shape three reads more per request cut its rate to 0.38 of itself made by the socket's
+method and to 0.44 made here (scripts/floor.py --weights).
 
 Sends still let go: a send wakes the peer that reads it, which may take this CPU while
 the sender holds the GIL; made here, they doubled the 99th percentile latency at 50
