@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import Aborted, BadGateway, Cause, GatewayTimeout, ProxyError, RequestTimeout, ResponseTimeout
+from ..settings.routes import join_host_port
 from . import nowait
 
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -87,6 +88,16 @@ class Stream:
         self._poller: select.poll | None = None  # made at the first wait: many never wait
         self._events = 0
         self._watching = False
+
+    shaped = False  # True for a stream that injects faults (net/faultstream.py)
+
+    def held(self, now: float) -> int:
+        """Events the hub should not wait for now (a fault's stream holds some back)."""
+        return 0
+
+    def due(self, now: float) -> float | None:
+        """When the hub should call again though no socket stirs (None: on events only)."""
+        return None
 
     def fileno(self) -> int:
         """For selectors: a Stream registers as its socket."""
@@ -266,6 +277,20 @@ class Stream:
         if not data:
             raise CLIENT_WAIT.error("client went away while waiting for the origin")
         self.watch_client(False)  # the next request is already coming: not a hang-up
+
+
+def peer_label(client: Stream, target: Stream) -> str:
+    """ "CLIENT -> TARGET" by their addresses (a tunnel's default label)."""
+    try:
+        return f"{_address(client.sock.getpeername())} -> {_address(target.sock.getpeername())}"
+    except OSError:
+        return "?"
+
+
+def _address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return join_host_port(str(address[0]), address[1])
+    return repr(address)  # an AF_UNIX name, when embedded with socketpairs
 
 
 @dataclass(frozen=True)

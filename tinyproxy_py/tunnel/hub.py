@@ -29,12 +29,12 @@ from typing import Any
 
 from ..errors import Cause, Overloaded
 from ..net import nowait
-from ..net.stream import Stream
+from ..net.stream import Stream, peer_label
 from ..observe.accesslog import AccessRecord
 from ..observe.stats import Stats
 from ..settings.config import Config
-from ..settings.routes import join_host_port
 from .state import READ, WRITE, ClosedTunnel, Flow, Tunnel, TunnelState
+from .timers import Timers
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class TunnelHub:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, READ, None)
         self._view = memoryview(bytearray(BUFFER_SIZE))
+        self._timers = Timers()  # only tunnels with a fault stream use it
         self._thread = threading.Thread(target=self._run, name="tinyproxy-py-tunnels", daemon=True)
 
     def __repr__(self) -> str:
@@ -92,10 +93,8 @@ class TunnelHub:
 
     @property
     def buffered(self) -> int:
-        """Bytes the hub holds back right now, over all tunnels (for tests and stats).
-
-        Added up when asked, from another thread: a tail read a moment before the hub
-        changes it is as good as one read after, and no event pays for the bookkeeping."""
+        """Bytes the hub holds back now, over all tunnels; added up when asked (no event
+        pays for the bookkeeping), a moment stale at worst."""
         with self._lock:
             tunnels = list(self._tunnels)
         return sum(t.state.held for t in tunnels if not t.closed)
@@ -109,17 +108,7 @@ class TunnelHub:
         now = time.monotonic()
         with self._lock:
             tunnels = list(self._tunnels)
-        return [
-            {
-                "client": t.client_name,
-                "target": t.target_name,
-                "age": now - t.state.opened,
-                "idle": max(0.0, now - t.state.last_active),
-                "bytes_up": t.state.up.bytes,
-                "bytes_down": t.state.down.bytes,
-            }
-            for t in sorted(tunnels, key=lambda t: t.state.opened)
-        ]
+        return [t.describe(now) for t in sorted(tunnels, key=lambda t: t.state.opened)]
 
     def closed_tunnels(self) -> list[dict[str, Any]]:
         """The last RECENT_CLOSED tunnels to close, newest first."""
@@ -158,8 +147,9 @@ class TunnelHub:
             state.up.bytes = len(pending)  # the client's, read early by the caller
         if greeting:
             state.down.tail = memoryview(greeting)
-        client_name, _, target_name = (label or _label(client, target)).partition(" -> ")
+        client_name, _, target_name = (label or peer_label(client, target)).partition(" -> ")
         tunnel = Tunnel(client, target, client_name, target_name or "?", state, record=record, owner=owner)
+        tunnel.shaped = client.shaped or target.shaped
         cap = self.config.max_tunnels_per_address if owner else 0
         with self._lock:
             if self._stopping:
@@ -211,8 +201,10 @@ class TunnelHub:
         try:
             next_sweep = 0.0
             while not self._stopping:
-                self._dispatch(self._selector.select(self._tick()))
+                self._dispatch(self._selector.select(self._timers.timeout(self._tick(), time.monotonic())))
                 now = time.monotonic()
+                for tunnel in self._timers.due(now) if self._timers else ():
+                    self._woken(tunnel)
                 if now >= next_sweep:
                     self._sweep(now)
                     next_sweep = now + self._tick()
@@ -373,6 +365,8 @@ class TunnelHub:
     def _update_interest(self, tunnel: Tunnel) -> None:
         socks = (tunnel.client, tunnel.target)
         interest = (0, READ) if tunnel.awaiting is not None else tunnel.state.interest()
+        if tunnel.shaped:
+            interest = self._shape(tunnel, interest)
         for i, mask in enumerate(interest):
             old = tunnel.masks[i]
             if mask == old:
@@ -384,6 +378,23 @@ class TunnelHub:
             else:
                 self._selector.modify(socks[i], mask, tunnel)
             tunnel.masks[i] = mask
+
+    def _shape(self, tunnel: Tunnel, interest: tuple[int, int]) -> tuple[int, int]:
+        """A stream that injects faults holds some events back until its time (`due`):
+        they are not waited for, and a timer calls the tunnel then."""
+        now = time.monotonic()
+        due = min((d for s in (tunnel.client, tunnel.target) if (d := s.due(now)) is not None), default=None)
+        if due is not None:
+            self._timers.schedule(tunnel, due)
+        return interest[0] & ~tunnel.client.held(now), interest[1] & ~tunnel.target.held(now)
+
+    def _woken(self, tunnel: Tunnel) -> None:
+        """A timer's call: what a fault held back may move now (the call alone is no activity)."""
+        before = (state := tunnel.state).up.bytes, state.down.bytes, state.last_active
+        for stream in (tunnel.target, tunnel.client):
+            self._guarded(self._service, tunnel, stream, READ | WRITE)
+        if (state.up.bytes, state.down.bytes) == before[:2]:
+            state.last_active = before[2]
 
     def _sweep(self, now: float) -> None:
         idle, linger = self.config.tunnel_idle_timeout, self.config.tunnel_linger
@@ -402,6 +413,7 @@ class TunnelHub:
         if tunnel.closed:
             return
         tunnel.closed = True
+        self._timers.forget(tunnel)
         state = tunnel.state
         # A reset is passed on as a reset, and a side that is owed bytes it will never get
         # is reset too: a truncated stream must not look like a clean EOF.
@@ -486,16 +498,3 @@ def _ended(stream: Stream) -> bool:
         return stream.unread() == b""
     except OSError:  # it failed too
         return False
-
-
-def _label(client: Stream, target: Stream) -> str:
-    try:
-        return f"{_address(client.sock.getpeername())} -> {_address(target.sock.getpeername())}"
-    except OSError:
-        return "?"
-
-
-def _address(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return join_host_port(str(address[0]), address[1])
-    return repr(address)  # an AF_UNIX name, when embedded with socketpairs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import selectors
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import Cause
 from ..net.stream import Stream
@@ -118,6 +119,15 @@ class Tunnel:
     # The client went away with everything delivered: (until when, why) the hub waits for
     # the target's own end, to tell a finished exchange from a cut one.
     awaiting: tuple[float, str] | None = None
+    shaped: bool = False  # a stream injects faults: the hub asks it what to wait for
+    wake_at: float | None = None  # when its timer calls it (timers.py)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """For the stats page: client, target, age, idle, bytes each way."""
+        state = self.state
+        return {"client": self.client_name, "target": self.target_name, "age": now - state.opened,
+                "idle": max(0.0, now - state.last_active), "bytes_up": state.up.bytes,
+                "bytes_down": state.down.bytes}  # fmt: skip
 
     def sides(self, sock: Stream) -> tuple[Flow, Flow, Stream]:
         """(the flow `sock` feeds, the flow that feeds `sock`, the other stream)."""
