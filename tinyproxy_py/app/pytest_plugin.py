@@ -9,6 +9,14 @@ The fixture's proxy listens on a free loopback port, allows CONNECT and requests
 (a CONNECT as soon as its tunnel opens, completed when it closes; `.wait_for_requests(n)`
 waits for them), exposes its counters and gauges in `.stats`, and is stopped after the
 test, leaving no thread and no socket behind. Override the `tinyproxy_config` fixture to change its settings.
+
+`tinyproxy_faults` is that proxy's fault rules (docs/faults.md), for a test of how a client
+copes when a destination misbehaves:
+
+    def test_my_client_retries(tinyproxy, tinyproxy_faults):
+        with tinyproxy_faults.add(host="127.0.0.1", kind="fail_first", n=2) as fault:
+            assert fetch(URL, proxy=tinyproxy.url).status == 200
+        assert fault.applied == 2
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import pytest
 from ..observe.accesslog import AccessRecord
 from ..server.proxy import ProxyServer
 from ..settings.config import Config
+from ..settings.faults import Faults
 
 
 class RecordingProxy(ProxyServer):
@@ -66,3 +75,10 @@ def tinyproxy(tinyproxy_config: Config) -> Iterator[RecordingProxy]:
     proxy = RecordingProxy(tinyproxy_config)
     with proxy:
         yield proxy
+
+
+@pytest.fixture
+def tinyproxy_faults(tinyproxy: RecordingProxy) -> Iterator[Faults]:
+    """The `tinyproxy` fixture's fault rules: `.add(...)` one; none outlives the test."""
+    yield tinyproxy.faults
+    tinyproxy.faults.clear()

@@ -90,6 +90,7 @@ FAMILIES = {
     "responses": ("class", "Responses sent, by status class (none: the connection closed without one)."),
     "errors": ("cause", "Failed requests and refusals, by cause."),
     "tunnels_closed": ("reason", "Tunnels (CONNECT and upgrades) closed, by reason."),
+    "faults": ("kind", "Faults applied by fault rules (docs/faults.md), by kind."),
 }
 COUNTERS = {
     "connect_attempts": "TCP connects started to origins, targets and parent proxies (each address tried).",
@@ -154,6 +155,7 @@ def render_html(snapshot: Snapshot) -> str:
         _table("Now", ["what", "count"], [[k, v] for k, v in _now(snapshot, gauges)]),
         _table("Responses by status class", ["class", "count"], _prefixed(counters, "responses.").items()),
         _table("Errors by cause", ["cause", "count"], _prefixed(counters, "errors.").items()),
+        _table("Faults applied, by kind", ["kind", "count"], _prefixed(counters, "faults.").items()),
         _table(
             "Connection pool",
             ["origin", "in use", "idle"],

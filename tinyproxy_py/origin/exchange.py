@@ -27,9 +27,11 @@ from ..net import nowait
 from ..net.chain import auth_refused, label
 from ..net.clientconn import ClientConnection
 from ..net.dialer import DIRECT, Dialer
+from ..net.faultstream import target_stream
 from ..net.stream import ORIGIN_BODY, ORIGIN_BODY_SENT, ORIGIN_HEAD, ORIGIN_REQUEST, Stream
 from ..observe.accesslog import AccessRecord
 from ..settings.config import Config
+from ..settings.faults import Rule
 from ..settings.routes import Parent
 from ..tunnel.hub import TunnelHub
 from ..wire.grammar import HOP_BY_HOP, MAX_INTERIM, Headers
@@ -110,6 +112,7 @@ class Route:
     client_ip: str
     parent: Parent | None = None
     dialer: Dialer = DIRECT
+    fault: Rule | None = None  # a TCP-level fault shapes the origin's stream (net/faultstream.py)
 
 
 def forward(head: RequestHead, client: ClientConnection, route: Route) -> Outcome:
@@ -186,7 +189,7 @@ def _exchange(head: RequestHead, headers: Headers, client: ClientConnection, rou
     peer = f"{head.host}:{head.port}" + (f" (via {label(parent)})" if parent is not None else "")
     lease = pool.checkout(head.scheme, head.host, head.port, parent, dialer=dialer)
     while True:
-        stream = Stream(lease.sock, client.sock)
+        stream = target_stream(lease.sock, route.fault, client.sock)
         reader = _HeadReader(head, client, pool.config)
         try:
             early = _send_request(head, _request_bytes(head, headers, lease), client, stream, reader)

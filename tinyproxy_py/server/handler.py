@@ -9,6 +9,7 @@ The handler knows its server only as `Services`, the few things it uses of it.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -30,15 +31,18 @@ from ..errors import (
 from ..net.chain import connect_through
 from ..net.clientconn import ClientConnection
 from ..net.dialer import DIRECT, Dialer, is_local_address
-from ..net.stream import Stream
+from ..net.faultstream import shaping, target_stream
+from ..net.stream import ORIGIN_CONNECT
 from ..observe import statspage
 from ..observe.accesslog import AccessRecord
 from ..observe.quietlog import EpisodeLog
 from ..observe.statspage import Snapshot
 from ..origin.exchange import Outcome, Route, forward
+from ..settings.faults import ANSWERS, Faults, Rule
 from ..wire.proxyprotocol import BadProxyHeader
 from ..wire.request import RequestHead
 from ..wire.writer import CONNECTION_ESTABLISHED, render, response_head, via_value
+from . import faultapi
 
 if TYPE_CHECKING:
     from ..observe.stats import Stats
@@ -59,6 +63,7 @@ class Services(Protocol):
 
     runtime: Runtime  # replaced whole by a reload: read it once per request
     stats: Stats
+    faults: Faults
     pool: OriginPool
     hub: TunnelHub
     draining: threading.Event  # set by drain(): /readyz 503, no more keep-alive
@@ -180,18 +185,29 @@ class ClientHandler:
                 return self._answer_probe(head, client)
             return self._answer_stats(head, client, policy)
         self._admit(head, policy)
+        fault = self.server.faults.match(
+            head.host, head.port, head.method, None if head.method == "CONNECT" else head.path
+        )
+        if fault is not None and fault.kind in ANSWERS | {"refuse"}:
+            return _fault_answer(head, client, fault)
         if head.method == "CONNECT":
             with self.server.stats.live("requests_in_flight"):  # a graceful stop waits for the dial
-                self._tunnel(head, client, runtime)
+                self._tunnel(head, client, runtime, fault)
             return None
         parent = runtime.routes.choose(head.host, head.port, head.scheme)
         self.parent_url = parent.url if parent is not None else ""
         dialer = self._dialer(runtime)
         if parent is not None:
             dialer.judge_before_parent(head.host, head.port)  # a parent on this host is no way around
-        with self.server.stats.live("requests_in_flight"):
+        with self.server.stats.live("requests_in_flight"), shaping(client, fault):
             route = Route(
-                self.server.pool, self.server.hub, runtime.rewrite, self.client_address[0], parent, dialer
+                self.server.pool,
+                self.server.hub,
+                runtime.rewrite,
+                self.client_address[0],
+                parent,
+                dialer,
+                fault,
             )
             return forward(head, client, route)
 
@@ -218,16 +234,29 @@ class ClientHandler:
     def _answer_stats(self, head: RequestHead, client: ClientConnection, policy: Policy) -> Outcome:
         """The proxy's own pages: /, /metrics, /json (origin-form, or via the stat host),
         for the clients `stats_allow` names, with credentials if the proxy wants them."""
-        if not statspage.has_page(head.path):
+        if not statspage.has_page(head.path) and not faultapi.is_fault_path(head.path):
             if head.form == "origin":
                 raise BadRequest("this is a proxy: send absolute-form requests (http://host/path)")
             raise NotFound(f"no stats page at {head.path} (try /, /metrics or /json)")
         policy.check_stats_client(self.client_address[0])
         policy.check_credentials(head.get("Proxy-Authorization"))
+        if faultapi.is_fault_path(head.path):
+            return self._answer_faults(head, client)
         if head.has_body or head.method not in ("GET", "HEAD"):
             raise BadRequest("the stats pages take GET or HEAD without a body")
         content_type, body = statspage.render(head.path, self.server.snapshot)
         return _answer(head, client, 200, content_type, body)
+
+    def _answer_faults(self, head: RequestHead, client: ClientConnection) -> Outcome:
+        """The fault rules' JSON endpoint (server/faultapi.py), after the stats pages' checks."""
+        if (head.content_length or 0) > faultapi.MAX_BODY or head.chunked:
+            raise BadRequest(
+                f"a fault rule is sent with a Content-Length of at most {faultapi.MAX_BODY} bytes"
+            )
+        body = b"".join(client.body(head)) if head.has_body else b""
+        status, document = faultapi.answer(head.method, head.path, body, self.server.faults)
+        data = json.dumps(document, indent=2).encode() + b"\n"
+        return _answer(head, client, status, "application/json", data)
 
     def _answer_probe(self, head: RequestHead, client: ClientConnection) -> Outcome:
         """/healthz: the process serves. /readyz: it takes new work; 503 once a drain began
@@ -239,7 +268,9 @@ class ClientHandler:
         status, body = (503, b"draining\n") if draining else (200, b"ok\n")
         return replace(_answer(head, client, status, "text/plain; charset=utf-8", body), logged=False)
 
-    def _tunnel(self, head: RequestHead, client: ClientConnection, runtime: Runtime) -> None:
+    def _tunnel(
+        self, head: RequestHead, client: ClientConnection, runtime: Runtime, fault: Rule | None
+    ) -> None:
         """Dial the target (directly or through a parent proxy) and hand both sockets to the hub.
 
         The 200 goes to the client as the hub's greeting, so a refused adoption never
@@ -264,7 +295,8 @@ class ClientHandler:
         record = self._record(head, Outcome(status=200), time.monotonic())
         if record is not None:
             record.ongoing = True  # before the hand-off: the hub may close the tunnel at once
-        client.hand_off(hub.adopt, Stream(target), label, CONNECTION_ESTABLISHED + early, record=record)
+        greeting = CONNECTION_ESTABLISHED + early
+        client.hand_off(hub.adopt, target_stream(target, fault), label, greeting, record=record)
         self.server.stats.count("responses.2xx")
         if record is not None:
             self.server.tunnel_opened(record)  # its log line is written when it closes
@@ -325,14 +357,39 @@ def _retry_expected(error: ProxyError, head: RequestHead | None, client: ClientC
     )
 
 
+def _fault_answer(head: RequestHead, client: ClientConnection, fault: Rule) -> Outcome:
+    """A status fault's answer (the origin is not contacted), or a refused dial's."""
+    if fault.kind == "refuse":
+        message = f"{head.host}:{head.port} refused the connection (refuse fault, rule {fault.id})"
+        raise ORIGIN_CONNECT.error(message)
+    status = fault["status"]
+    body = fault["body"].encode() or f"{status} {_phrase(status)} (fault rule {fault.id})\n".encode()
+    extra = [("Retry-After", fault["retry_after"])] if fault["retry_after"] else []
+    return _answer(head, client, status, "text/plain; charset=utf-8", body, extra, unread_body=head.has_body)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Fault"
+
+
 def _answer(
-    head: RequestHead, client: ClientConnection, status: int, content_type: str, body: bytes
+    head: RequestHead,
+    client: ClientConnection,
+    status: int,
+    content_type: str,
+    body: bytes,
+    extra: list[tuple[str, str]] | None = None,
+    *,
+    unread_body: bool = False,
 ) -> Outcome:
-    """One of the proxy's own answers (stats pages, probes), never cached."""
-    keep_alive = head.keep_alive and not client.draining.is_set()
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    """One of the proxy's own answers (stats pages, probes, status faults), never cached."""
+    keep_alive = head.keep_alive and not client.draining.is_set() and not unread_body
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *(extra or [])]
     headers += [("Cache-Control", "no-store")] + ([] if keep_alive else [("Connection", "close")])
     if head.method == "HEAD":
         body = b""
-    client.send(response_head(status, HTTPStatus(status).phrase, headers) + body)
+    client.send(response_head(status, _phrase(status), headers) + body)
     return Outcome(status=status, keep_alive=keep_alive, bytes_down=len(body))

@@ -24,6 +24,7 @@ from ..observe.stats import Stats
 from ..observe.statspage import Snapshot
 from ..origin.pool import OriginPool
 from ..settings.config import Config
+from ..settings.faults import Faults, Rule
 from ..settings.routes import join_host_port
 from ..tunnel.hub import SHUTDOWN_IDLE, TunnelHub
 from ..tunnel.state import ClosedTunnel
@@ -83,7 +84,11 @@ class ProxyServer:
         # back in a request means the request looped through us.
         self._token = os.urandom(4).hex()  # not secrets: it loads hashlib (libcrypto) for nothing
         self.stats = Stats()
+        # Fault rules (docs/faults.md): those of the config, and any added at run time.
+        self.faults = Faults(on_fire=self._fault_fired)
         config = config or Config()
+        self.faults.replace_config_rules(config.faults)
+        self._fault_texts = config.faults
         # Each client waits for one lookup at a time; lookups given up on count too.
         self._lookups = Lookups(config.max_clients, self.stats)
         self.runtime = Runtime.compile(config, self._token, self.stats, resolver, self._lookups)
@@ -144,10 +149,18 @@ class ProxyServer:
         runtime = Runtime.compile(config, self._token, self.stats, self._resolver, self._lookups)
         self.hub.config = self.pool.config = config
         self.runtime = runtime  # one assignment: a request sees all of it or none
+        if config.faults != self._fault_texts:  # unchanged rules keep their counts
+            self.faults.replace_config_rules(config.faults)
+            self._fault_texts = config.faults
         log.info(
             "configuration reloaded%s", f"; a restart is needed to change {', '.join(kept)}" if kept else ""
         )
         return kept
+
+    def _fault_fired(self, rule: Rule, exchange: str) -> None:
+        """Every fault applied is counted and logged, so a test can tell it fired."""
+        self.stats.count(f"faults.{rule.kind}")
+        log.info("fault %s (rule %d, #%d) applied to %s", rule.kind, rule.id, rule.applied, exchange)
 
     def __enter__(self) -> ProxyServer:
         self.start()

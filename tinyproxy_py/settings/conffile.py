@@ -197,6 +197,10 @@ class _Parser:
             raise ValueError('takes a "Name" and a "value"')
         self.set("add_headers", [f"{values[0]}: {values[1]}"])
 
+    def _fault(self, number: int, values: list[str]) -> None:
+        """Fault "host=H kind=K ..." or the words unquoted: one rule a line."""
+        self.set("faults", [values[0] if len(values) == 1 else shlex.join(values)] if values else [])
+
     def _disableviaheader(self, number: int, values: list[str]) -> None:
         if parse_bool(_one(values)):
             self.result.values["via_name"] = ""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..wire.grammar import TOKEN_TEXT
+from .faults import rule_problem
 
 SPELLED = frozenset({"connect_ports"})  # settings whose text is more than a number: see coerce
 CHOICES = {
@@ -243,6 +244,13 @@ class Config:
         flag="add-header",
         spaced=True,
     )
+    faults: tuple[str, ...] = _opt(
+        (),
+        "Fault rule 'host=H kind=KIND key=value ...' (repeatable; docs/faults.md), e.g. "
+        "'host=api.test kind=latency ms=300'.",
+        flag="fault",
+        spaced=True,
+    )
     stat_host: str = _opt(
         "tinyproxy-py.stats",
         "Requests to this host are answered by the proxy's stats pages (at the default, tinyproxy's "
@@ -311,6 +319,8 @@ def _why_not(name: str, kind: str, value: Any) -> str:
         return f"must be one of {', '.join(CHOICES[name])}; got {value!r}"
     if name == "add_headers":
         return next((problem for header in value if (problem := _header_problem(header))), "")
+    if name == "faults":
+        return next((f"{text!r}: {problem}" for text in value if (problem := rule_problem(text))), "")
     if name == "auth_realm" and not _REALM.fullmatch(value):
         return f"must be printable ASCII without quotes or backslashes, got {value!r}"
     # Via's received-by pseudonym is a token (RFC 9110 §7.6.3)
