@@ -15,12 +15,16 @@ from .observe.accesslog import AccessRecord
 from .observe.stats import Stats
 from .server.proxy import ProxyServer
 from .settings.config import Config, SettingError
+from .settings.faults import FaultError, FaultHandle, Faults
 from .version import __version__
 
 __all__ = [
     "AccessRecord",
     "Cause",
     "Config",
+    "FaultError",
+    "FaultHandle",
+    "Faults",
     "ProxyError",
     "ProxyServer",
     "SettingError",

@@ -53,6 +53,7 @@ class Cause(str, Enum):
     BAD_RESPONSE = "bad-response"
     NO_RESPONSE = "no-response"
     ORIGIN_ABORT = "origin-abort"
+    FAULT = "fault"  # a fault rule cut the response (docs/faults.md)
     # A parent proxy
     PARENT_DNS = "parent-dns"
     PARENT_CONNECT = "parent-connect"

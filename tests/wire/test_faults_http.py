@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -18,6 +19,7 @@ from tinyproxy_py import ProxyServer
 
 from ..kit.clients import read_response, recv_head, request
 from ..kit.origins import OriginServer, pattern_bytes
+from ..kit.resolver import offline_resolver
 from ..kit.waits import MUST_NOT_EXPIRE
 from ..support import client_env, proxy_process
 
@@ -97,7 +99,9 @@ def test_truncate_cuts_the_body_with_a_reset(proxy: ProxyServer, origin: OriginS
         assert body == pattern_bytes(1000)
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
             requests.get(origin.url("/bytes/5000"), proxies=proxies(proxy), timeout=MUST_NOT_EXPIRE)
-    assert proxy.stats.snapshot()["counters"]["faults.truncate"] == 2
+    counters = proxy.stats.snapshot()["counters"]
+    assert counters["faults.truncate"] == counters["errors.fault"] == 2  # not a client's abort
+    assert counters["responses.2xx"] == 2  # the access line has the 200 that was cut
 
 
 def test_status_answers_a_connect_too(proxy: ProxyServer, origin: OriginServer) -> None:
@@ -129,8 +133,8 @@ def test_the_json_endpoint_adds_lists_and_removes_rules(proxy: ProxyServer, orig
     assert proxy.faults.rules() == []
 
 
-def test_the_json_endpoint_keeps_the_stats_pages_access_rule(make_proxy: object) -> None:
-    proxy = make_proxy(stats_allow=("10.0.0.0/8",))  # type: ignore[operator]
+def test_the_json_endpoint_keeps_the_stats_pages_access_rule(make_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = make_proxy(stats_allow=("10.0.0.0/8",))
     reply = requests.post(f"{STATS}/faults", json={"host": "a", "kind": "refuse"}, proxies=proxies(proxy))
     assert reply.status_code == 403 and proxy.faults.rules() == []
 
@@ -152,4 +156,32 @@ def test_fault_on_the_command_line(origin: OriginServer) -> None:
         log = proc.stderr.read()
     assert result.stdout == "teapot 418"
     assert json.loads(listed.stdout)["rules"][0]["source"] == "config"
+    assert "fault rule 1 in force: host=127.0.0.1 kind=status status=418 body=teapot" in log
     assert "fault status (rule 1, #1) applied to GET 127.0.0.1" in log
+
+
+def test_a_seeded_rule_gives_the_same_outcomes_on_two_proxies(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    rule = "host=127.0.0.1 kind=status status=503 p=0.5 seed=1234"
+    runs = []
+    for _ in range(2):
+        proxy = make_proxy(faults=(rule,))
+        with requests.Session() as session:
+            replies = [session.get(origin.url("/bytes/1"), proxies=proxies(proxy)) for _ in range(24)]
+        runs.append([reply.status_code for reply in replies])
+    assert runs[0] == runs[1]
+    assert 4 <= runs[0].count(503) <= 20  # a mix, as p=0.5 draws it
+
+
+def test_a_black_hole_times_out_quietly_at_the_response_deadline(
+    make_proxy: Callable[..., ProxyServer], origin: OriginServer
+) -> None:
+    proxy = make_proxy(offline_resolver({"api.test": ["127.0.0.1"]}), response_header_timeout=1.0)
+    with proxy.faults.add(host="API.test", kind="timeout"):  # hosts match in any case
+        url = origin.url("/bytes/10").replace("127.0.0.1", "Api.Test")
+        started, cpu = time.monotonic(), time.process_time()
+        reply = requests.get(url, proxies=proxies(proxy), timeout=MUST_NOT_EXPIRE)
+        took, spent = time.monotonic() - started, time.process_time() - cpu
+    assert reply.status_code == 504 and 0.9 <= took <= 1.5
+    assert spent < 0.3  # waited, not spun (this process is the proxy too)

@@ -14,6 +14,7 @@ A removed rule's streams pass bytes through from their next call on.
 
 from __future__ import annotations
 
+import math
 import random
 import select
 import selectors
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from ..errors import Aborted, Cause
 from ..settings.faults import CLIENT_KINDS, TCP_KINDS, Rule
 from . import nowait
 from .stream import Stream
@@ -229,8 +231,8 @@ class FaultStream(Stream):
             now = time.monotonic()
             self._trip(now)
             dark, pace = self._dark(now), self._down
-            if dark:
-                self._sleep_until(min(self._closes_at() or deadline, deadline), deadline)
+            if dark:  # nothing comes: the deadline (TimeoutError), or the end at closes_at
+                self._sleep_until(self._closes_at() or math.inf, deadline)
                 continue
             if dark is False or self._limit_reached(pace):
                 return 0
@@ -259,13 +261,14 @@ class ClientShaping(Stream):
     response head's first byte late (header_delay), the head dribbled (slow_head), or
     the body cut after `bytes` with a reset (truncate)."""
 
-    __slots__ = ("_head_done", "_sent_body", "rule", "truncated")
+    __slots__ = ("_head_done", "rule", "sent_body", "status", "truncated")
 
     def __init__(self, sock: socket.socket, rule: Rule) -> None:
         super().__init__(sock)
         self.rule = rule
         self._head_done = False  # the first head's blank line has been sent
-        self._sent_body = 0
+        self.sent_body = 0
+        self.status = 0  # of the response whose head went out
         self.truncated = False  # the body was cut: the connection must end with a reset
 
     def send(
@@ -277,11 +280,12 @@ class ClientShaping(Stream):
         if not self._head_done:
             end = bytes(view).find(b"\r\n\r\n")
             head, view = (view[: end + 4], view[end + 4 :]) if end >= 0 else (view, view[len(view) :])
+            self.status = self.status or _status_of(head)
             self._send_head(head, timeout)
             self._head_done = end >= 0
         if rule.kind == "truncate" and view:
-            allowed = max(0, rule["bytes"] - self._sent_body)
-            self._sent_body += min(allowed, len(view))
+            allowed = max(0, rule["bytes"] - self.sent_body)
+            self.sent_body += min(allowed, len(view))
             super().send(view[:allowed], timeout)
             if len(view) > allowed:
                 self.truncated = True
@@ -322,7 +326,17 @@ def shaping(client: ClientConnection, rule: Rule | None) -> Iterator[None]:
     client.stream = shaper = ClientShaping(client.sock, rule)
     try:
         yield
+    except Aborted as exc:
+        if shaper.truncated:  # the fault cut it, not the client: say so, and what was sent
+            exc.cause, exc.status_sent, exc.bytes_sent = Cause.FAULT, shaper.status, shaper.sent_body
+        raise
     finally:
         client.stream = plain
         if shaper.truncated:  # a head may have gone with the body: cut, never a clean end
             client.cut_off()
+
+
+def _status_of(head: memoryview) -> int:
+    """The status code of a response head's first bytes (0 if they do not show one)."""
+    code = bytes(head[9:12])
+    return int(code) if code.isdigit() else 0

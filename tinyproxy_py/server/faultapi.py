@@ -17,9 +17,13 @@ def is_fault_path(path: str) -> bool:
     return path.split("?", 1)[0].rstrip("/").split("/")[:2] == ["", "faults"]
 
 
-def answer(method: str, path: str, body: bytes, faults: Faults) -> tuple[int, Any]:
-    """(status, JSON document) for one request to the endpoint."""
+def answer(method: str, path: str, body: bytes, faults: Faults, workers: int = 1) -> tuple[int, Any]:
+    """(status, JSON document) for one request to the endpoint. With several worker
+    processes a change would reach the one that took the request: refused (409)."""
     parts = path.split("?", 1)[0].rstrip("/").split("/")[2:]
+    if workers > 1 and method not in ("GET", "HEAD"):
+        why = f"with --workers {workers} a rule changed here would reach one worker only"
+        return 409, {"error": f"{why}: use --fault or the config file's Fault lines (reload: SIGHUP)"}
     if not parts:
         if method in ("GET", "HEAD"):
             return 200, {"rules": faults.describe()}

@@ -254,7 +254,8 @@ class ClientHandler:
                 f"a fault rule is sent with a Content-Length of at most {faultapi.MAX_BODY} bytes"
             )
         body = b"".join(client.body(head)) if head.has_body else b""
-        status, document = faultapi.answer(head.method, head.path, body, self.server.faults)
+        workers = self.server.runtime.config.workers
+        status, document = faultapi.answer(head.method, head.path, body, self.server.faults, workers)
         data = json.dumps(document, indent=2).encode() + b"\n"
         return _answer(head, client, status, "application/json", data)
 

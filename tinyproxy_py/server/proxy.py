@@ -152,6 +152,7 @@ class ProxyServer:
         if config.faults != self._fault_texts:  # unchanged rules keep their counts
             self.faults.replace_config_rules(config.faults)
             self._fault_texts = config.faults
+            log.info("fault rules of the configuration now: %s", "; ".join(config.faults) or "none")
         log.info(
             "configuration reloaded%s", f"; a restart is needed to change {', '.join(kept)}" if kept else ""
         )
@@ -198,6 +199,8 @@ class ProxyServer:
             self.hub.close()
             raise
         self.addresses = tuple((str(ls.server_address[0]), int(ls.server_address[1])) for ls in listeners)
+        for rule in self.faults.rules():  # logged here: a command line's log is set up by now
+            log.info("fault rule %d in force: %s", rule.id, rule.text)
         self.hub.start()
         self.pool.start()
         for listener in listeners:

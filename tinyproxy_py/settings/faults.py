@@ -85,7 +85,9 @@ class Rule:
     def text(self) -> str:
         """The rule as `--fault` takes it."""
         words = [f"host={self.host}", f"kind={self.kind}"]
-        words += [f"{k}={v}" for k, v in self.settings.items() if v not in ("", None)]
+        words += [
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.settings.items() if v != ""
+        ]
         chosen = {"port": self.port, "method": self.method, "path": self.path, "first": self.first}
         words += [f"{k}={v}" for k, v in chosen.items() if v]
         words += [f"after={self.after}"] if self.after else []
@@ -218,7 +220,8 @@ class Faults:
         with self._lock:
             rule.id, self._next_id = self._next_id, self._next_id + 1
             self._rules = [*self._rules, rule]
-        log.info("fault rule %d added: %s", rule.id, rule.text)
+        if rule.source != "config":  # those are logged as the proxy starts or reloads
+            log.info("fault rule %d added: %s", rule.id, rule.text)
         return FaultHandle(self, rule)
 
     def remove(self, rule_id: int) -> bool:
@@ -253,6 +256,7 @@ class Faults:
         No rules, no cost: one list check."""
         if not self._rules:
             return None
+        host = host.lower()
         with self._lock:  # counts and draws in one order: seeded runs repeat
             fired = next(
                 (rule for rule in self._rules if rule.selects(host, port, method, path) and rule.fires()),
