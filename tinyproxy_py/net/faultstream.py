@@ -201,7 +201,17 @@ class FaultStream(Stream):
             if now >= deadline:
                 raise TimeoutError("deadline passed")
             reset_at = self._reset_at()
-            time.sleep(max(0.0, min(until, deadline, reset_at or until, now + RECHECK) - now))
+            self._pause(max(0.0, min(until, deadline, reset_at or until, now + RECHECK) - now))
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, but end the exchange if the client hangs up meanwhile (when watched)."""
+        if not self._watching or self.client is None:
+            time.sleep(seconds)
+            return
+        poller = select.poll()
+        poller.register(self.client, select.POLLIN)
+        for _, event in poller.poll(seconds * 1000):
+            self._check_client(event)
 
     def send(
         self, data: bytes | bytearray | memoryview, timeout: float, *, until_readable: bool = False

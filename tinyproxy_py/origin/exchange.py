@@ -201,6 +201,7 @@ def _exchange(head: RequestHead, headers: Headers, client: ClientConnection, rou
         except OSError as exc:
             lease.release(False)
             stale = lease.reused and stream.received == 0 and not isinstance(exc, TimeoutError)
+            stale = stale and not stream.shaped  # a fault's failure is not an idle close
             if not (retry and stale):
                 raise _origin_error(exc, peer, stream.received) from exc
             log.debug(
