@@ -38,7 +38,7 @@ from ..observe.accesslog import AccessRecord
 from ..observe.quietlog import EpisodeLog
 from ..observe.statspage import Snapshot
 from ..origin.exchange import Outcome, Route, forward
-from ..settings.faults import ANSWERS, Faults, Rule
+from ..settings.faults import ANSWERED, Faults, Rule
 from ..wire.proxyprotocol import BadProxyHeader
 from ..wire.request import RequestHead
 from ..wire.writer import CONNECTION_ESTABLISHED, render, response_head, via_value
@@ -188,7 +188,7 @@ class ClientHandler:
         fault = self.server.faults.match(
             head.host, head.port, head.method, None if head.method == "CONNECT" else head.path
         )
-        if fault is not None and fault.kind in ANSWERS | {"refuse"}:
+        if fault is not None and fault.kind in ANSWERED:
             return _fault_answer(head, client, fault)
         if head.method == "CONNECT":
             with self.server.stats.live("requests_in_flight"):  # a graceful stop waits for the dial

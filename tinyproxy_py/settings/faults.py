@@ -42,7 +42,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "header_delay": {"ms": None},
 }
 TCP_KINDS = frozenset({"latency", "bandwidth", "slicer", "reset_peer", "timeout", "limit_data"})
-ANSWERS = frozenset({"status", "fail_first"})  # answered by the proxy, the origin never dialed
+ANSWERED = frozenset({"status", "fail_first", "refuse"})  # by the proxy, before any dial
 CLIENT_KINDS = frozenset({"slow_head", "truncate", "header_delay"})  # shape the client's response
 SELECTORS = {"host": "*", "port": 0, "method": "", "path": "", "p": 1.0, "seed": None, "first": 0, "after": 0}
 _TEXT = frozenset({"direction", "retry_after", "body", "host", "method", "path"})
@@ -110,7 +110,7 @@ class Rule:
         if self.path and (path is None or not path.startswith(self.path)):
             return False
         if path is None:  # a tunnel carries bytes, not exchanges the proxy can shape
-            return self.kind in TCP_KINDS or self.kind in ANSWERS or self.kind == "refuse"
+            return self.kind in TCP_KINDS or self.kind in ANSWERED
         return True
 
     def fires(self) -> bool:
@@ -159,7 +159,7 @@ def parse_rule(text: str | None = None, /, **words: Any) -> Rule:
         raise FaultError("rate must be above 0 (KB/s)")
     if not 0 <= chosen["p"] <= 1:
         raise FaultError(f"p must be between 0 and 1; got {chosen['p']}")
-    if kind in ANSWERS and not 100 <= settings["status"] <= 599:
+    if "status" in settings and not 100 <= settings["status"] <= 599:
         raise FaultError(f"status must be 100-599; got {settings['status']}")
     chosen["method"], chosen["host"] = chosen["method"].upper(), chosen["host"].lower()
     return Rule(kind, settings, **chosen)
