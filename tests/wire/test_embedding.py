@@ -123,13 +123,13 @@ def test_the_fixture_examples_in_the_docs_run_as_written(tmp_path: Path) -> None
     text = (PACKAGE.parent / "docs" / "embedding.md").read_text()
     section = text.split("## In your tests", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     (tmp_path / "conftest.py").write_text(USER_FIXTURES)
     for number, block in enumerate(blocks):
         (tmp_path / f"test_example_{number}.py").write_text(block)
     result = run_user_suite(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert "3 passed" in result.stdout
 
 
 def test_vendored_copy_serves_without_click(tmp_path: Path, origin: OriginServer) -> None:
