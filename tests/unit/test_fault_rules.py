@@ -6,7 +6,7 @@ import pytest
 
 from tinyproxy_py.settings.conffile import parse
 from tinyproxy_py.settings.config import Config, SettingError
-from tinyproxy_py.settings.faults import FaultError, Faults, from_json, parse_rule
+from tinyproxy_py.settings.faults import MAX_RULES, FaultError, Faults, from_json, parse_rule
 
 
 def test_text_and_keywords_make_the_same_rule() -> None:
@@ -27,10 +27,17 @@ def test_text_and_keywords_make_the_same_rule() -> None:
         ("host=a kind=nope", "kind must be one of"),
         ("host=a kind=latency", "latency needs ms="),
         ("host=a kind=latency ms=fast", "ms must be a number"),
-        ("host=a kind=latency ms=-1", "must not be negative"),
+        ("host=a kind=latency ms=-1", "ms must be between 0 and 8.64e"),
+        ("host=a kind=latency ms=nan", "ms must be between"),
+        ("host=a kind=slow_head ms=1e300", "ms must be between"),
+        ("host=a kind=bandwidth rate=inf", "rate must be between"),
+        ("host=a kind=limit_data bytes=1e999", "bytes must be a number"),
         ("host=a kind=latency ms=1 status=503", "not status"),
         ("host=a kind=latency ms=1 direction=sideways", "direction must be"),
-        ("host=a kind=status status=999", "status must be 100-599"),
+        ("host=a kind=status status=999", "status must be between 0 and 599"),
+        ("host=a kind=status status=101", "status must be 200-599"),
+        ("host=a kind=status status=304", "not 204 or 304"),
+        ("host=a kind=status 'retry_after=1\r\nSet-Cookie: a=b'", "printable text on one line"),
         ("host=a kind=status p=2", "p must be between 0 and 1"),
         ("host=a kind=refuse oops", "is not key=value"),
         ("host=a kind='refuse", "cannot split"),
@@ -64,6 +71,21 @@ def test_a_tunnel_matches_only_kinds_that_apply_to_bytes() -> None:
     assert [r.matched for r in faults.rules()] == [0, 1, 0]
 
 
+def test_a_2xx_status_never_answers_a_connect() -> None:
+    faults = Faults()
+    faults.add("host=t kind=status status=200")
+    assert faults.match("t", 443, "CONNECT", None) is None
+    assert faults.match("t", 80, "GET", "/") is not None
+
+
+def test_the_rules_are_bounded() -> None:
+    faults = Faults()
+    for _ in range(MAX_RULES):
+        faults.add("host=h kind=refuse")
+    with pytest.raises(FaultError, match="remove some first"):
+        faults.add("host=h kind=refuse")
+
+
 def test_first_and_after_count_matches() -> None:
     faults = Faults()
     handle = faults.add("host=h kind=status after=2 first=3")
@@ -88,11 +110,11 @@ def test_a_seeded_probability_repeats_its_sequence() -> None:
 
 def test_removing_a_rule_ends_it_and_reports_the_fire() -> None:
     fired: list[str] = []
-    faults = Faults(on_fire=lambda rule, what: fired.append(f"{rule.kind} {what}"))
+    faults = Faults(on_fire=lambda rule, what, count: fired.append(f"{rule.kind} {what} #{count}"))
     with faults.add("host=h kind=refuse") as handle:
         assert faults.match("h", 80, "GET", "/a") is not None
     assert not handle.rule.active and faults.match("h", 80, "GET", "/a") is None
-    assert fired == ["refuse GET h:80/a"]
+    assert fired == ["refuse GET h:80/a #1"]
     assert faults.remove(handle.rule.id) is False
 
 

@@ -32,7 +32,8 @@ from .stream import Stream
 if TYPE_CHECKING:
     from .clientconn import ClientConnection
 
-RECHECK = 0.1  # a black hole looks at its rule this often: removed, it lets bytes pass
+RECHECK = 0.1  # a handler thread's fault wait looks at its rule (and client) this often
+HUB_RECHECK = 1.0  # a black-hole tunnel, in the hub: removed, bytes flow within a second
 
 
 class _Pace:
@@ -87,19 +88,27 @@ class _Pace:
 
 
 class FaultStream(Stream):
-    """The target's side of one exchange or tunnel, shaped by a TCP-level `rule`."""
+    """The target's side of one exchange or tunnel, shaped by a TCP-level `rule`.
 
-    __slots__ = ("_down", "_opened", "_up", "rule")
+    Once a fault has changed what the peers see (bytes swallowed on a handler thread, a
+    limit reached, a reset), the stream stays so (`broke`), rule removed or not: a
+    request whose first piece vanished must not have its rest reach the origin as a
+    request of its own. Only pacing (latency, bandwidth, slicer) ends with the rule."""
+
+    __slots__ = ("_down", "_opened", "_up", "broke", "rule")
     shaped = True
 
     def __init__(self, sock: socket.socket, rule: Rule, client: socket.socket | None = None) -> None:
         super().__init__(sock, client)
-        self.rule, self._opened = rule, time.monotonic()
+        self.rule, self._opened, self.broke = rule, time.monotonic(), False
         direction = rule.settings.get("direction", "both")
         self._down = _Pace(rule) if direction in ("down", "both") else None  # reads: target to client
         self._up = _Pace(rule) if direction in ("up", "both") else None  # writes: client to target
 
     # --- when things happen ---
+
+    def _on(self) -> bool:
+        return self.broke or self.rule.active
 
     def _reset_at(self) -> float | None:
         rule = self.rule
@@ -109,15 +118,21 @@ class FaultStream(Stream):
         """A black hole's end: from then on it reads as closed."""
         return self._opened + self.rule["ms"] / 1000 if self.rule["ms"] else None
 
-    def _trip(self, now: float) -> None:
+    def check(self, now: float | None = None) -> None:
         """A reset_peer whose time (or bytes) has come: every call fails as a reset would."""
         reset_at = self._reset_at()
         spent = any(p is not None and p.spent for p in (self._up, self._down))
-        if (reset_at is not None and now >= reset_at) or (self.rule.kind == "reset_peer" and spent):
+        if (reset_at is not None and (now or time.monotonic()) >= reset_at) or (
+            self.rule.kind == "reset_peer" and spent
+        ):
+            self.broke = True
             raise ConnectionResetError(f"reset_peer fault (rule {self.rule.id})")
 
-    def _limit_reached(self, pace: _Pace | None) -> bool:
-        return self.rule.kind == "limit_data" and pace is not None and pace.spent
+    def _ended(self, pace: _Pace | None) -> bool:
+        """limit_data used up (or a black hole past its end): reads as closed from now on."""
+        ended = self.rule.kind == "limit_data" and pace is not None and pace.spent
+        self.broke = self.broke or ended
+        return ended
 
     def _dark(self, now: float) -> bool | None:
         """A black hole: True while it swallows, False once it reads as closed, None: not one."""
@@ -130,7 +145,7 @@ class FaultStream(Stream):
 
     def held(self, now: float) -> int:
         """Events (selectors') the hub should not wait for now: their time comes by `due`."""
-        if not self.rule.active:
+        if not self._on():
             return 0
         if self._dark(now):
             return selectors.EVENT_READ
@@ -140,24 +155,24 @@ class FaultStream(Stream):
 
     def due(self, now: float) -> float | None:
         """When the hub should call again though no socket stirs (None: no need)."""
-        if not self.rule.active:
+        if not self._on():
             return None
         times = [self._reset_at()] + [p.pending(now) for p in (self._up, self._down) if p is not None]
-        if self._dark(now):
-            times += [self._closes_at(), now + RECHECK]
-        return min((t for t in times if t is not None), default=None)
+        if self._dark(now):  # its end, and a look now and then whether the rule is gone
+            times += [self._closes_at(), now + HUB_RECHECK]
+        return min((t for t in times if t is not None), default=None)  # a reset past due: check() has it
 
     def recv_into(self, view: memoryview) -> int | None:
         now = time.monotonic()
-        if not self.rule.active:
+        if not self._on():
             return super().recv_into(view)
-        self._trip(now)
+        self.check(now)
         dark, pace = self._dark(now), self._down
         if dark is not None:
             return None if dark else 0
         if pace is None:
             return super().recv_into(view)
-        if self._limit_reached(pace):
+        if self._ended(pace):
             return 0
         if not self.buffered() and nowait.peek(self.sock) is None:
             return None  # nothing has come: no wait begins
@@ -170,17 +185,17 @@ class FaultStream(Stream):
 
     def send_nowait(self, data: memoryview) -> int:
         now = time.monotonic()
-        if not self.rule.active:
+        if not self._on():
             return super().send_nowait(data)
-        self._trip(now)
+        self.check(now)
         dark, pace = self._dark(now), self._up
         if dark is not None:
             if dark:
-                return len(data)  # swallowed
+                return len(data)  # swallowed (a tunnel's own bytes: it flows again once the rule goes)
             raise BrokenPipeError(f"timeout fault (rule {self.rule.id}): closed")
         if pace is None:
             return super().send_nowait(data)
-        if self._limit_reached(pace):
+        if self._ended(pace):
             raise BrokenPipeError(f"limit_data fault (rule {self.rule.id}): closed")
         if pace.ready_at(now) > now:
             return 0
@@ -193,9 +208,9 @@ class FaultStream(Stream):
 
     def _sleep_until(self, until: float, deadline: float) -> None:
         """Sleep until `until`; TimeoutError if `deadline` comes first, a reset if its time does."""
-        while self.rule.active:
+        while self._on():
             now = time.monotonic()
-            self._trip(now)
+            self.check(now)
             if now >= until:
                 return
             if now >= deadline:
@@ -217,13 +232,15 @@ class FaultStream(Stream):
         self, data: bytes | bytearray | memoryview, timeout: float, *, until_readable: bool = False
     ) -> memoryview:
         view = memoryview(data)
-        while view and self.rule.active:
+        while view and self._on():
             now = time.monotonic()
-            self._trip(now)
+            self.check(now)
             dark, pace = self._dark(now), self._up
             if dark:
-                return view[len(view) :]  # swallowed
-            if dark is False or self._limit_reached(pace):
+                self.broke = True  # the origin never gets these bytes: it never gets any more
+                return view[len(view) :]
+            if dark is False or self._ended(pace):
+                self.broke = True
                 raise BrokenPipeError(f"{self.rule.kind} fault (rule {self.rule.id}): closed")
             if pace is None:
                 break
@@ -237,14 +254,15 @@ class FaultStream(Stream):
         return super().send(view, timeout, until_readable=until_readable) if view else view
 
     def read_into(self, view: memoryview, deadline: float, *, wait_first: bool = False) -> int:
-        while self.rule.active:
+        while self._on():
             now = time.monotonic()
-            self._trip(now)
+            self.check(now)
             dark, pace = self._dark(now), self._down
             if dark:  # nothing comes: the deadline (TimeoutError), or the end at closes_at
                 self._sleep_until(self._closes_at() or math.inf, deadline)
                 continue
-            if dark is False or self._limit_reached(pace):
+            if dark is False or self._ended(pace):
+                self.broke = True
                 return 0
             if not self.buffered():
                 self._readable(deadline)
@@ -262,23 +280,24 @@ class FaultStream(Stream):
         try:
             self._wait(select.POLLIN, min(deadline, reset_at or deadline))
         except TimeoutError:
-            self._trip(time.monotonic())
+            self.check(time.monotonic())
             raise
 
 
 class ClientShaping(Stream):
     """The client's side of one plain exchange, shaped by an HTTP-level `rule`: the
-    response head's first byte late (header_delay), the head dribbled (slow_head), or
-    the body cut after `bytes` with a reset (truncate)."""
+    final response head's first byte late (header_delay), every head dribbled
+    (slow_head), or the body cut after `bytes` with a reset (truncate). A head takes at
+    most the send timeout in all, and a client that hangs up meanwhile ends it."""
 
     __slots__ = ("_head_done", "rule", "sent_body", "status", "truncated")
 
     def __init__(self, sock: socket.socket, rule: Rule) -> None:
         super().__init__(sock)
         self.rule = rule
-        self._head_done = False  # the first head's blank line has been sent
+        self._head_done = False  # the final head's blank line has been sent
         self.sent_body = 0
-        self.status = 0  # of the response whose head went out
+        self.status = 0  # of the final response, once its head went out
         self.truncated = False  # the body was cut: the connection must end with a reset
 
     def send(
@@ -287,12 +306,13 @@ class ClientShaping(Stream):
         view, rule = memoryview(data), self.rule
         if not rule.active or (self._head_done and rule.kind != "truncate"):
             return super().send(view, timeout)
-        if not self._head_done:
+        while not self._head_done and view:  # interim (1xx) heads, then the final one
             end = bytes(view).find(b"\r\n\r\n")
             head, view = (view[: end + 4], view[end + 4 :]) if end >= 0 else (view, view[len(view) :])
-            self.status = self.status or _status_of(head)
-            self._send_head(head, timeout)
-            self._head_done = end >= 0
+            status = _status_of(head)
+            self._send_head(head, timeout, final=status >= 200)
+            if end >= 0 and status >= 200:
+                self._head_done, self.status = True, status
         if rule.kind == "truncate" and view:
             allowed = max(0, rule["bytes"] - self.sent_body)
             self.sent_body += min(allowed, len(view))
@@ -305,18 +325,37 @@ class ClientShaping(Stream):
             return view[len(view) :]
         return super().send(view, timeout)
 
-    def _send_head(self, head: memoryview, timeout: float) -> None:
+    def _send_head(self, head: memoryview, timeout: float, *, final: bool) -> None:
         rule = self.rule
-        if rule.kind == "header_delay":
-            time.sleep(min(rule["ms"] / 1000, timeout))
+        deadline = time.monotonic() + timeout
+        if rule.kind == "header_delay" and final:
+            self._nap(rule["ms"] / 1000, deadline)
         if rule.kind != "slow_head":
             super().send(head, timeout)
             return
-        size = max(1, rule["size"])
+        size = max(1, int(rule["size"]))
         for start in range(0, len(head), size):
-            if start and rule.active:
-                time.sleep(rule["ms"] / 1000)
-            super().send(head[start : start + size], timeout)
+            if start:
+                self._nap(rule["ms"] / 1000, deadline)
+            super().send(head[start : start + size], max(0.0, deadline - time.monotonic()))
+
+    def _nap(self, seconds: float, deadline: float) -> None:
+        """Wait `seconds` while the rule lasts, not past `deadline` (TimeoutError then); a
+        client that hangs up meanwhile ends it (one that sends its next request may wait)."""
+        until, watch = time.monotonic() + seconds, True
+        while self.rule.active and (now := time.monotonic()) < until:
+            if now >= deadline:
+                raise TimeoutError("the head took longer than the send timeout")
+            step = min(until, deadline, now + RECHECK) - now
+            if not watch:
+                time.sleep(step)
+                continue
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            if poller.poll(step * 1000):
+                if nowait.peek(self.sock) == b"":  # a reset raises here too
+                    raise ConnectionResetError("the client went away during a fault's wait")
+                watch = False
 
 
 def target_stream(sock: socket.socket, rule: Rule | None, client: socket.socket | None = None) -> Stream:

@@ -99,6 +99,9 @@ class Stream:
         """When the hub should call again though no socket stirs (None: on events only)."""
         return None
 
+    def check(self, now: float | None = None) -> None:
+        """Raise the OSError a fault has due by now (a plain stream has none)."""
+
     def fileno(self) -> int:
         """For selectors: a Stream registers as its socket."""
         return self.sock.fileno()

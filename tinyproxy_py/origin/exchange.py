@@ -201,7 +201,7 @@ def _exchange(head: RequestHead, headers: Headers, client: ClientConnection, rou
         except OSError as exc:
             lease.release(False)
             stale = lease.reused and stream.received == 0 and not isinstance(exc, TimeoutError)
-            stale = stale and not stream.shaped  # a fault's failure is not an idle close
+            stale = stale and not getattr(stream, "broke", False)  # a fault's doing, not an idle close
             if not (retry and stale):
                 raise _origin_error(exc, peer, stream.received) from exc
             log.debug(
@@ -481,7 +481,7 @@ def _hand_off(head: RequestHead, exchange: _Exchange, client: ClientConnection, 
     """The origin switched protocols: both sockets become a tunnel in the hub, whose
     close gets an access line of its own (the 101 has had one)."""
     greeting = _client_head(exchange.response, [], route.rewrite.pseudonym) + exchange.leftover
-    origin = Stream(exchange.lease.detach())
+    origin = target_stream(exchange.lease.detach(), route.fault)  # a fault goes on shaping it
     label = f"{client.peer} -> {head.host}:{head.port}"
     record = AccessRecord(route.client_ip, "CONNECT", f"{head.host}:{head.port}", status=200)
     client.hand_off(route.hub.adopt, origin, label, greeting, record)

@@ -47,7 +47,7 @@ def answer(method: str, path: str, body: bytes, faults: Faults, workers: int = 1
 def _add(body: bytes, faults: Faults) -> tuple[int, Any]:
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):
         return 400, {"error": 'send a JSON object: {"rule": "host=H kind=KIND key=value ..."} or its keys'}

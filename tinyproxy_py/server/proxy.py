@@ -158,10 +158,10 @@ class ProxyServer:
         )
         return kept
 
-    def _fault_fired(self, rule: Rule, exchange: str) -> None:
+    def _fault_fired(self, rule: Rule, exchange: str, count: int) -> None:
         """Every fault applied is counted and logged, so a test can tell it fired."""
         self.stats.count(f"faults.{rule.kind}")
-        log.info("fault %s (rule %d, #%d) applied to %s", rule.kind, rule.id, rule.applied, exchange)
+        log.info("fault %s (rule %d, #%d) applied to %s", rule.kind, rule.id, count, exchange)
 
     def __enter__(self) -> ProxyServer:
         self.start()

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..wire.grammar import FIELD_TEXT
+
 log = logging.getLogger(__name__)
 
 # Kinds and their settings, with defaults (None: required). Units: ms, bytes, KB/s.
@@ -48,6 +50,12 @@ SELECTORS = {"host": "*", "port": 0, "method": "", "path": "", "p": 1.0, "seed":
 _TEXT = frozenset({"direction", "retry_after", "body", "host", "method", "path"})
 
 
+# Bounds that keep every rule's arithmetic finite and every wait within a day.
+LIMITS = {"ms": 86_400_000, "jitter": 86_400_000, "rate": 1e9, "port": 65535, "p": 1, "status": 599}
+MAX_COUNT = 2**53  # bytes, counts, seeds
+MAX_RULES = 1000
+
+
 class FaultError(ValueError):
     """A rule that cannot be: unknown kind or key, a bad value."""
 
@@ -73,10 +81,11 @@ class Rule:
     matched: int = 0
     applied: int = 0
     active: bool = True
-    _random: random.Random = field(default_factory=random.Random, repr=False)
+    _random: random.Random | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._random = random.Random(self.seed)
+        if self.p < 1:  # only a probability draws (and a generator holds ~2.5 KiB)
+            self._random = random.Random(self.seed)
 
     def __getitem__(self, key: str) -> Any:
         return self.settings[key]
@@ -110,6 +119,8 @@ class Rule:
         if self.path and (path is None or not path.startswith(self.path)):
             return False
         if path is None:  # a tunnel carries bytes, not exchanges the proxy can shape
+            if "status" in self.settings and self.settings["status"] < 300:
+                return False  # a 2xx to a CONNECT would say the tunnel is open
             return self.kind in TCP_KINDS or self.kind in ANSWERED
         return True
 
@@ -121,7 +132,7 @@ class Rule:
         limit = self.settings["n"] if self.kind == "fail_first" else self.first
         if limit and self.applied >= limit:
             return False
-        if self.p < 1 and self._random.random() >= self.p:
+        if self._random is not None and self._random.random() >= self.p:
             return False
         self.applied += 1
         return True
@@ -159,8 +170,10 @@ def parse_rule(text: str | None = None, /, **words: Any) -> Rule:
         raise FaultError("rate must be above 0 (KB/s)")
     if not 0 <= chosen["p"] <= 1:
         raise FaultError(f"p must be between 0 and 1; got {chosen['p']}")
-    if "status" in settings and not 100 <= settings["status"] <= 599:
-        raise FaultError(f"status must be 100-599; got {settings['status']}")
+    if "status" in settings and (settings["status"] < 200 or settings["status"] in (204, 304)):
+        raise FaultError(
+            f"status must be 200-599 and not 204 or 304 (the answer has a body); got {settings['status']}"
+        )
     chosen["method"], chosen["host"] = chosen["method"].upper(), chosen["host"].lower()
     return Rule(kind, settings, **chosen)
 
@@ -171,13 +184,15 @@ def _value(kind: str, key: str, value: Any) -> Any:
             return None
         raise FaultError(f"{kind} needs {key}=")
     if key in _TEXT:
+        if key != "body" and not FIELD_TEXT.fullmatch(str(value)):  # it goes into a head
+            raise FaultError(f"{key} must be printable text on one line; got {value!r}")
         return str(value)
     try:
         number = float(value) if key in ("p", "jitter", "ms", "rate") else int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise FaultError(f"{key} must be a number; got {value!r}") from None
-    if number < 0:
-        raise FaultError(f"{key} must not be negative; got {value!r}")
+    if not 0 <= number <= LIMITS.get(key, MAX_COUNT):  # NaN fails this too
+        raise FaultError(f"{key} must be between 0 and {LIMITS.get(key, MAX_COUNT):g}; got {value!r}")
     return number
 
 
@@ -204,9 +219,10 @@ class FaultHandle:
 
 class Faults:
     """The proxy's fault rules, changed at run time from any thread. `on_fire(rule,
-    what)` is told of every fault applied (the proxy counts and logs it)."""
+    what, count)` is told of every fault applied: the exchange, and the how-manieth it
+    was for the rule (the proxy counts and logs it)."""
 
-    def __init__(self, on_fire: Callable[[Rule, str], None] | None = None) -> None:
+    def __init__(self, on_fire: Callable[[Rule, str, int], None] | None = None) -> None:
         self._rules: list[Rule] = []  # replaced whole on change: match() reads it unlocked
         self._lock = threading.Lock()
         self._next_id = 1
@@ -218,6 +234,8 @@ class Faults:
 
     def add_rule(self, rule: Rule) -> FaultHandle:
         with self._lock:
+            if len(self._rules) >= MAX_RULES:
+                raise FaultError(f"there are {MAX_RULES} fault rules already: remove some first")
             rule.id, self._next_id = self._next_id, self._next_id + 1
             self._rules = [*self._rules, rule]
         if rule.source != "config":  # those are logged as the proxy starts or reloads
@@ -242,11 +260,14 @@ class Faults:
 
     def replace_config_rules(self, texts: tuple[str, ...]) -> None:
         """The rules of the command line and config file, anew (start, reload)."""
-        self.clear("config")
-        for text in texts:
-            rule = parse_rule(text)
-            rule.source = "config"
-            self.add_rule(rule)
+        fresh = [parse_rule(text) for text in texts]  # all or nothing
+        with self._lock:  # in one step: no exchange sees neither the old nor the new
+            gone = [rule for rule in self._rules if rule.source == "config"]
+            for rule in fresh:
+                rule.source, rule.id, self._next_id = "config", self._next_id, self._next_id + 1
+            self._rules = [rule for rule in self._rules if rule.source != "config"] + fresh
+        for rule in gone:
+            rule.active = False
 
     def rules(self) -> list[Rule]:
         return list(self._rules)
@@ -262,8 +283,9 @@ class Faults:
                 (rule for rule in self._rules if rule.selects(host, port, method, path) and rule.fires()),
                 None,
             )
+            count = fired.applied if fired is not None else 0
         if fired is not None and self.on_fire is not None:
-            self.on_fire(fired, f"{method} {host}:{port}{path or ''}")
+            self.on_fire(fired, f"{method} {host}:{port}{path or ''}", count)
         return fired
 
     def describe(self) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from ..net.stream import Stream, peer_label
 from ..observe.accesslog import AccessRecord
 from ..observe.stats import Stats
 from ..settings.config import Config
-from .state import READ, WRITE, ClosedTunnel, Flow, Tunnel, TunnelState
+from .state import READ, WRITE, ClosedTunnel, Flow, SideFailed, Tunnel, TunnelState
 from .timers import Timers
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ class TunnelHub:
             for flow, src, dst in ((inbound, sock, other), (outbound, other, sock)):
                 if flow.wants_read and src.buffered():  # TLS holds bytes: no selector would wake
                     self._pump(flow, src, dst)
-        except _SideFailed as failed:
+        except SideFailed as failed:
             # A reset after the target finished and everything was delivered is an end.
             # After its own failure a socket reads as EOF, so only a live target is asked.
             waiting_eof = failed.sock is not tunnel.target and _ended(tunnel.target)
@@ -308,7 +308,7 @@ class TunnelHub:
             try:
                 n = src.recv_into(view)
             except OSError as exc:
-                raise _SideFailed(src, exc) from exc
+                raise SideFailed(src, exc) from exc
             if n is None:
                 return
             if n == 0:
@@ -320,7 +320,7 @@ class TunnelHub:
                 sent = dst.send_nowait(view[:n])
             except OSError as exc:
                 flow.tail = nowait.copy_out(view[:n])  # undelivered: the stream was cut
-                raise _SideFailed(dst, exc) from exc
+                raise SideFailed(dst, exc) from exc
             if sent < n:
                 flow.tail = nowait.copy_out(view[sent:n])
                 return
@@ -330,7 +330,7 @@ class TunnelHub:
         try:
             flow.sent(dst.send_nowait(flow.tail))
         except OSError as exc:
-            raise _SideFailed(dst, exc) from exc
+            raise SideFailed(dst, exc) from exc
         self._pass_eof(flow, dst)
 
     @staticmethod
@@ -340,7 +340,7 @@ class TunnelHub:
             try:
                 dst.shut_write()
             except OSError as exc:
-                raise _SideFailed(dst, exc) from exc
+                raise SideFailed(dst, exc) from exc
             flow.shut = True
 
     def _await_target_end(self, tunnel: Tunnel, detail: str) -> None:
@@ -389,8 +389,13 @@ class TunnelHub:
         return interest[0] & ~tunnel.client.held(now), interest[1] & ~tunnel.target.held(now)
 
     def _woken(self, tunnel: Tunnel) -> None:
-        """A timer's call: what a fault held back may move now (the call alone is no activity)."""
+        """A timer's call: a fault's reset due, or bytes it held back (the call is no activity)."""
         before = (state := tunnel.state).up.bytes, state.down.bytes, state.last_active
+        try:
+            tunnel.target.check()
+        except OSError as exc:
+            self._close(tunnel, Cause.RESET, f"{exc.__class__.__name__}: {exc}")
+            return
         for stream in (tunnel.target, tunnel.client):
             self._guarded(self._service, tunnel, stream, READ | WRITE)
         if (state.up.bytes, state.down.bytes) == before[:2]:
@@ -482,14 +487,6 @@ class TunnelHub:
             self._close(tunnel, Cause.SHUTDOWN)
         self._selector.close()
         self._wake_r.close()
-
-
-class _SideFailed(Exception):
-    """A stream operation of a tunnel failed; `sock` is the stream it failed on."""
-
-    def __init__(self, sock: Stream, error: OSError) -> None:
-        super().__init__(sock, error)
-        self.sock, self.error = sock, error
 
 
 def _ended(stream: Stream) -> bool:

@@ -136,6 +136,14 @@ class Tunnel:
         return self.state.down, self.state.up, self.client
 
 
+class SideFailed(Exception):
+    """A stream operation of a tunnel failed; `sock` is the stream it failed on."""
+
+    def __init__(self, sock: Stream, error: OSError) -> None:
+        super().__init__(sock, error)
+        self.sock, self.error = sock, error
+
+
 @dataclass(frozen=True)
 class ClosedTunnel:
     """How one tunnel ended: what the close log line says, as data."""
