@@ -119,7 +119,10 @@ class FaultStream(Stream):
         return self._opened + self.rule["ms"] / 1000 if self.rule["ms"] else None
 
     def check(self, now: float | None = None) -> None:
-        """A reset_peer whose time (or bytes) has come: every call fails as a reset would."""
+        """A reset_peer whose time (or bytes) has come: every call fails as a reset would
+        (a rule removed before that never resets)."""
+        if not self._on():
+            return
         reset_at = self._reset_at()
         spent = any(p is not None and p.spent for p in (self._up, self._down))
         if (reset_at is not None and (now or time.monotonic()) >= reset_at) or (
