@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -429,10 +430,16 @@ def test_a_client_giving_up_on_a_black_hole_leaves_nothing_behind(
     session.close()
     assert_idle(proxy)
     fds = open_fds()
+    held = threading.Event()  # the exchange was in flight, held, while the client waited
+    watcher = threading.Thread(
+        target=lambda: wait_until(lambda: proxy.stats.gauge("requests_in_flight") == 1, 0.4) and held.set()
+    )
     with proxy.faults.add(host="127.0.0.1", kind="timeout") as handle:
+        watcher.start()
         with pytest.raises(requests.exceptions.ReadTimeout):
             session.get(origin.url("/bytes/10"), timeout=0.5)
-        assert proxy.stats.gauge("requests_in_flight") == 1
+        watcher.join(MUST_NOT_EXPIRE)
+        assert held.is_set()  # (the client's hang-up may end it at once after its timeout)
     session.close()
     assert_fired(proxy, handle, "timeout", 1)
     assert_settled(proxy, fds)

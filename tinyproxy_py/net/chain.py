@@ -26,7 +26,7 @@ from typing import Protocol
 from ..errors import BadGateway, BadRequest, Cause, GatewayTimeout, LoopDetected, ProxyError
 from ..settings.routes import Parent, join_host_port
 from ..wire.grammar import MAX_INTERIM, STATUS_LINE
-from ..wire.writer import head, request_line
+from ..wire.writer import head, reason_phrase, request_line
 from .dialer import DIRECT, Dialer
 from .stream import PARENT_HANDSHAKE, Stream
 
@@ -135,10 +135,8 @@ def connect_head(authority: str, proxy_authorization: str | None, via: str = "")
 
 def _describe(status: int) -> str:
     """The status and its standard phrase; the parent's own reason text is not repeated."""
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return str(status)
+    phrase = reason_phrase(status)
+    return f"{status} {phrase}" if phrase else str(status)
 
 
 # --- SOCKS5 ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import Aborted, Cause
 from ..settings.faults import CLIENT_KINDS, TCP_KINDS, Rule
+from ..wire.grammar import STATUS_LINE
 from . import nowait
 from .stream import Stream
 
@@ -395,5 +396,5 @@ def _shaped(client: ClientConnection, rule: Rule) -> Iterator[None]:
 
 def _status_of(head: memoryview) -> int:
     """The status code of a response head's first bytes (0 if they do not show one)."""
-    code = bytes(head[9:12])
-    return int(code) if code.isdigit() else 0
+    line = STATUS_LINE.match(bytes(head[:64]))
+    return int(line.group(3)) if line else 0

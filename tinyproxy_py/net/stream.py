@@ -90,6 +90,7 @@ class Stream:
         self._watching = False
 
     shaped = False  # True for a stream that injects faults (net/faultstream.py)
+    broke = False  # True once such a fault changed what a peer saw (a reset, bytes swallowed)
 
     def held(self, now: float) -> int:
         """Events the hub should not wait for now (a fault's stream holds some back)."""

@@ -201,7 +201,7 @@ def _exchange(head: RequestHead, headers: Headers, client: ClientConnection, rou
         except OSError as exc:
             lease.release(False)
             stale = lease.reused and stream.received == 0 and not isinstance(exc, TimeoutError)
-            stale = stale and not getattr(stream, "broke", False)  # a fault's doing, not an idle close
+            stale = stale and not stream.broke  # a fault's doing, not an idle close
             if not (retry and stale):
                 raise _origin_error(exc, peer, stream.received) from exc
             log.debug(

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from dataclasses import replace
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import (
@@ -41,7 +40,7 @@ from ..origin.exchange import Outcome, Route, forward
 from ..settings.faults import ANSWERED, Faults, Rule
 from ..wire.proxyprotocol import BadProxyHeader
 from ..wire.request import RequestHead
-from ..wire.writer import CONNECTION_ESTABLISHED, render, response_head, via_value
+from ..wire.writer import CONNECTION_ESTABLISHED, reason_phrase, render, response_head, via_value
 from . import faultapi
 
 if TYPE_CHECKING:
@@ -370,10 +369,7 @@ def _fault_answer(head: RequestHead, client: ClientConnection, fault: Rule) -> O
 
 
 def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Fault"
+    return reason_phrase(status) or "Fault"  # a status fault may name any code
 
 
 def _answer(

@@ -201,7 +201,7 @@ class TunnelHub:
         try:
             next_sweep = 0.0
             while not self._stopping:
-                self._dispatch(self._selector.select(self._timers.timeout(self._tick(), time.monotonic())))
+                self._dispatch(self._selector.select(self._timers.timeout(self._tick())))
                 now = time.monotonic()
                 for tunnel in self._timers.due(now) if self._timers else ():
                     self._woken(tunnel)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 
 from .state import Tunnel
 
@@ -24,9 +25,9 @@ class Timers:
             tunnel.wake_at = when
             heapq.heappush(self._heap, (when, next(self._serials), tunnel))
 
-    def timeout(self, longest: float, now: float) -> float:
+    def timeout(self, longest: float) -> float:
         """How long the loop may wait: `longest`, or until the next timer."""
-        return max(0.0, min(longest, self._heap[0][0] - now)) if self._heap else longest
+        return max(0.0, min(longest, self._heap[0][0] - time.monotonic())) if self._heap else longest
 
     def due(self, now: float) -> list[Tunnel]:
         """The tunnels whose time has come (their timers gone)."""

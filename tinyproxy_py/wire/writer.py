@@ -7,6 +7,7 @@ dropped, and chunk framing.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from http import HTTPStatus
 
 from ..errors import ProxyError
 from .grammar import FIELD_TEXT, HOP_BY_HOP, OBS_FOLD_TEXT, TOKEN_TEXT, Headers
@@ -54,6 +55,14 @@ def strip_hop_by_hop(headers: Iterable[tuple[str, str]], connection_tokens: Iter
 def via_value(version: str, pseudonym: str) -> str:
     """A Via member (RFC 9110 §7.6.3): protocol version received, then our pseudonym."""
     return f"{version.removeprefix('HTTP/')} {pseudonym}"
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase of `status`, "" for a code that has none."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def response_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> bytes:
