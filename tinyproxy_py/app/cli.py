@@ -34,7 +34,14 @@ from .workers import PASSED_ON, SharedStats, supervise
 
 THREAD_STACK_SIZE = 512 * 1024
 M_MMAP_THRESHOLD = -3  # mallopt(3)
-_SCALARS: dict[str, Any] = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}
+_SCALARS: dict[str, Any] = {
+    "int": int,
+    "int | None": int,
+    "float": float,
+    "str": str,
+    "str | None": str,
+    "bool": bool,
+}
 log = logging.getLogger("tinyproxy_py")
 
 
@@ -220,7 +227,7 @@ def _start(proxy: ProxyServer) -> None:
 
 def _announce(proxy: ProxyServer) -> None:
     local = _local_url(proxy)
-    click.echo(f"tinyproxy-py listening on {proxy.url}; use it with: ", nl=False)
+    click.echo(f"tinyproxy-py listening on {' and '.join(proxy.urls)}; use it with: ", nl=False)
     click.echo(f"export HTTP_PROXY={local} HTTPS_PROXY={local}")
 
 

@@ -40,8 +40,15 @@ def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None])
     import shutil  # here, not at the top: a proxy without --workers never needs them
     import tempfile
 
-    reserved = _reserve_port(config)  # held until the end: a restarted worker binds it again
-    config = config.replace(port=reserved.getsockname()[1])
+    # Held until the end: a restarted worker binds them again.
+    reserved = [_reserve_port(config, config.port)]
+    if config.tls_port is not None:
+        try:
+            reserved.append(_reserve_port(config, config.tls_port))
+        except OSError:
+            reserved[0].close()
+            raise
+    config = config.replace(port=_port(reserved[0]), tls_port=_port(reserved[-1]) if reserved[1:] else None)
     folder = Path(tempfile.mkdtemp(prefix="tinyproxy-py-"))
     children: dict[int, tuple[int, float]] = {}  # pid → (worker index, started, monotonic)
     stops = _pass_signals_on(children)  # before forking: no window where a signal is lost
@@ -54,7 +61,8 @@ def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None])
         try:
             pid = os.fork()
             if pid == 0:  # the worker
-                reserved.close()
+                for sock in reserved:
+                    sock.close()
                 os._exit(_worker_main(run_worker, config, SharedStats(folder, index)))
             children[pid] = (index, time.monotonic())
         finally:
@@ -63,14 +71,22 @@ def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None])
     try:
         for index in range(config.workers):
             spawn(index)
-        log.info("%d workers on port %d: %s", len(children), config.port, ", ".join(map(str, children)))
+        ports = (
+            f"{config.port} and TLS port {config.tls_port}" if config.tls_port is not None else config.port
+        )
+        log.info("%d workers on port %s: %s", len(children), ports, ", ".join(map(str, children)))
         return _wait_for(children, stops, spawn)
     finally:
-        reserved.close()
+        for sock in reserved:
+            sock.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _reserve_port(config: Config) -> socket.socket:
+def _port(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
+def _reserve_port(config: Config, port: int) -> socket.socket:
     """Bind (not listen) with SO_REUSEPORT: fixes port 0 to a number the workers all share."""
     host = config.host[0]  # the others listen on the port this one gets
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -78,7 +94,7 @@ def _reserve_port(config: Config) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((host, config.port))
+        sock.bind((host, port))
     except OSError:
         sock.close()
         raise

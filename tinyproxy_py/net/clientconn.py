@@ -14,16 +14,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import Aborted, RequestTimeout
 from ..observe.accesslog import AccessRecord
 from ..settings.config import Config
 from ..wire.body import ChunkedDecoder
+from ..wire.proxyprotocol import MAX_LENGTH as MAX_PROXY_HEADER
 from ..wire.proxyprotocol import BadProxyHeader, ProxyHeader
 from ..wire.proxyprotocol import parse as parse_proxy_header
 from ..wire.request import RequestHead, parse_request_head
 from ..wire.writer import CONTINUE
 from .stream import CLIENT_BODY, CLIENT_HEAD, CLIENT_SEND, Stream, reset_on_close
+
+if TYPE_CHECKING:
+    import ssl  # loaded only by a TLS listener
 
 RECV_SIZE = 65536
 # Chunked framing a request body may carry before it must weigh less than the data: a
@@ -40,6 +45,15 @@ def send_quietly(sock: socket.socket, data: bytes, timeout: float = 1.0) -> None
     """Best effort, with a short deadline: an error reply to a client that may be gone."""
     try:
         Stream(sock).send(data, timeout)
+    except OSError:
+        pass
+
+
+def shut_down(sock: socket.socket) -> None:
+    """Both directions, from another thread: its owner reads EOF. Below TLS: an
+    SSLSocket's own shutdown() drops its TLS state, under the owner's feet."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
 
@@ -115,26 +129,35 @@ class ClientConnection:
         reads EOF and ends. A request that began meanwhile is cut, as any client must
         expect of an idle keep-alive connection (RFC 9112 §9.3.1)."""
         self.idle_since = None  # evicted once
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shut_down(self.sock)
 
     def read_proxy_header(self, accept: str) -> ProxyHeader:
         """The PROXY protocol header a load balancer sends first, under the header
-        deadline. Raises BadProxyHeader (also for a close or the deadline): the caller
-        closes the connection, as the spec says, without guessing."""
+        deadline, and not a byte past it: a TLS handshake that follows must find its bytes
+        in the socket. Raises BadProxyHeader (also for a close or the deadline): the
+        caller closes the connection, as the spec says, without guessing."""
         deadline = time.monotonic() + self.config.header_timeout
-        while (header := parse_proxy_header(self.buffer, accept)) is None:
+        while True:
             try:
-                data = self.stream.recv(RECV_SIZE, deadline)
-            except (OSError, TimeoutError) as exc:  # TimeoutError is an OSError too
+                seen = self.stream.peek(MAX_PROXY_HEADER, deadline)
+                if not seen:
+                    raise BadProxyHeader("closed before a complete PROXY header")
+                header = parse_proxy_header(self.buffer + seen, accept)
+                # All of a header not yet complete is taken, so that the next peek waits.
+                wanted = len(seen) if header is None else header.length - len(self.buffer)
+                self.buffer += self.stream.recv(wanted, deadline)  # there already
+            except OSError as exc:  # TimeoutError is an OSError too
                 raise BadProxyHeader(f"no complete PROXY header ({exc.__class__.__name__})") from exc
-            if not data:
-                raise BadProxyHeader("closed before a complete PROXY header")
-            self.buffer += data
-        del self.buffer[: header.length]
-        return header
+            if header is not None:
+                self.buffer.clear()
+                return header
+
+    def start_tls(self, context: ssl.SSLContext, deadline: float) -> None:
+        """Speak TLS from here on (the listener's): the handshake, under `deadline`.
+        Raises OSError (ssl.SSLError, TimeoutError); either way `sock` is the socket to close."""
+        self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        self.stream = Stream(self.sock)
+        self.stream.handshake(deadline)
 
     def _worth_parsing(self, fresh: bytes | None) -> bool:
         """Whether the parser could decide more now than before `fresh` arrived.

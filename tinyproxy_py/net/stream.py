@@ -83,7 +83,9 @@ class Stream:
 
             self._want_read, self._want_write = ssl.SSLWantReadError, ssl.SSLWantWriteError
             self._closed = ssl.SSLZeroReturnError
-            sock.suppress_ragged_eofs = False  # type: ignore[attr-defined]  # a FIN alone is a cut
+            # An origin's FIN without close_notify is a cut; a client (we are its server)
+            # ends so as often as not, and its requests frame themselves: an EOF.
+            sock.suppress_ragged_eofs = sock.server_side  # type: ignore[attr-defined]
         self.received = 0  # bytes read through this stream
         self._poller: select.poll | None = None  # made at the first wait: many never wait
         self._events = 0
@@ -164,6 +166,14 @@ class Stream:
             self.received += count
             return count
 
+    def peek(self, size: int, deadline: float) -> bytes:
+        """Up to `size` bytes the peer sent, left in the (plain) socket; b"" for its EOF."""
+        while True:
+            try:
+                return self.sock.recv(size, socket.MSG_PEEK)
+            except BlockingIOError:
+                self._wait(select.POLLIN, deadline)
+
     def watch_client(self, on: bool) -> None:
         """Watch the client's socket for a hang-up during waits (on) or stop (off)."""
         if self.client is None or on == self._watching:
@@ -174,6 +184,17 @@ class Stream:
         else:
             poller.unregister(self.client)
         self._watching = on
+
+    def handshake(self, deadline: float) -> None:
+        """Complete a TLS socket's handshake (TimeoutError past `deadline`)."""
+        while True:
+            try:
+                self.sock.do_handshake()  # type: ignore[attr-defined]
+                return
+            except self._want_read:
+                self._wait(select.POLLIN, deadline)
+            except self._want_write:
+                self._wait(select.POLLOUT, deadline)
 
     # --- calls that never wait (the tunnel hub) ---
 
@@ -207,7 +228,8 @@ class Stream:
 
     def shut_write(self) -> None:
         """Pass an EOF on: a FIN; on TLS a close_notify, once the peer's own end has been
-        read: unwrap() goes on to read, and OpenSSL drops data that follows a close_notify."""
+        read: unwrap() goes on to read, and OpenSSL drops data that follows a close_notify
+        (peeking first would leave a race: bytes arriving in between are lost)."""
         if self._want_read is _NotTLS:
             self.sock.shutdown(socket.SHUT_WR)
         elif self._peer_ended:
@@ -219,7 +241,7 @@ class Stream:
         self._notify_due = False
         try:
             self.sock.unwrap()  # type: ignore[attr-defined]
-        except OSError:
+        except (OSError, ValueError):  # ValueError: both close_notify were exchanged
             pass  # the peer ended without waiting: the close says the rest
 
     def buffered(self) -> bool:
@@ -237,6 +259,8 @@ class Stream:
         """Close the socket; `abort`: with a reset, so that a cut stream looks cut."""
         if abort:
             reset_on_close(self.sock)
+        elif self._want_read is not _NotTLS:
+            self._close_notify()  # an orderly end, said so: nothing read after it matters now
         self.sock.close()
 
     # --- waiting ---

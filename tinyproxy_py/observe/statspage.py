@@ -91,6 +91,10 @@ FAMILIES = {
     "errors": ("cause", "Failed requests and refusals, by cause."),
     "tunnels_closed": ("reason", "Tunnels (CONNECT and upgrades) closed, by reason."),
     "faults": ("kind", "Faults applied by fault rules (docs/faults.md), by kind."),
+    "tls_handshakes": (
+        "result",
+        "Handshakes on TLS listeners: ok, or why one failed (timeout, closed, reset, refused).",
+    ),
 }
 COUNTERS = {
     "connect_attempts": "TCP connects started to origins, targets and parent proxies (each address tried).",
@@ -156,6 +160,9 @@ def render_html(snapshot: Snapshot) -> str:
         _table("Responses by status class", ["class", "count"], _prefixed(counters, "responses.").items()),
         _table("Errors by cause", ["cause", "count"], _prefixed(counters, "errors.").items()),
         _table("Faults applied, by kind", ["kind", "count"], _prefixed(counters, "faults.").items()),
+        _table(
+            "TLS handshakes, by result", ["result", "count"], _prefixed(counters, "tls_handshakes.").items()
+        ),
         _table(
             "Connection pool",
             ["origin", "in use", "idle"],

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ..settings.policy import Policy
     from ..tunnel.hub import TunnelHub
     from .runtime import Runtime
+    from .tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,15 @@ class ClientHandler:
     connection ends first): a graceful stop waits a moment for those.
     """
 
-    def __init__(self, client: ClientConnection, client_address: tuple[Any, ...], server: Services) -> None:
+    def __init__(
+        self,
+        client: ClientConnection,
+        client_address: tuple[Any, ...],
+        server: Services,
+        tls: ServerTLS | None = None,
+    ) -> None:
         self.client = client
+        self.tls = tls  # a TLS listener's: the client handshakes first
         self.client_address = client_address
         self.server = server
         self.parent_url = ""  # the parent proxy the current request goes through
@@ -114,6 +122,9 @@ class ClientHandler:
 
     def _serve(self, client: ClientConnection, runtime: Runtime) -> None:
         if runtime.config.proxy_protocol != "off" and not self._behind_balancer(client, runtime):
+            return
+        peer, deadline = self.client_address[0], runtime.config.header_timeout
+        if self.tls is not None and not self.tls.handshake(client, peer, deadline):
             return
         try:
             runtime.policy.check_client(self.client_address[0])  # before reading a byte

@@ -11,10 +11,10 @@ import socketserver
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EXHAUSTED, Overloaded
-from ..net.clientconn import ClientConnection, send_quietly
+from ..net.clientconn import ClientConnection, send_quietly, shut_down
 from ..net.threads import HandlerThreads
 from ..observe.quietlog import EpisodeLog
 from ..observe.stats import Stats
@@ -22,6 +22,9 @@ from ..settings.config import Config
 from ..settings.routes import join_host_port
 from ..wire.writer import render
 from .handler import ClientHandler, Services
+
+if TYPE_CHECKING:
+    from .tls import ServerTLS  # loads ssl: only a TLS listener has one
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +107,7 @@ class Clients:
         with self._lock:
             clients = list(self._open)
         for client in clients:
-            try:
-                client.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shut_down(client.sock)
 
 
 class Listener(socketserver.TCPServer):
@@ -119,7 +119,12 @@ class Listener(socketserver.TCPServer):
     request_queue_size = 128  # the kernel's accept backlog, not a queue of ours
 
     def __init__(
-        self, address: tuple[str, int], services: Services, config: Config, clients: Clients
+        self,
+        address: tuple[str, int],
+        services: Services,
+        config: Config,
+        clients: Clients,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.allow_reuse_port = config.workers > 1  # sibling workers share the port
@@ -127,6 +132,7 @@ class Listener(socketserver.TCPServer):
         # `Listen 0.0.0.0` together must not collide. A lone `::` stays dual-stack.
         self.v6only = len(config.host) > 1
         self.services, self.clients = services, clients
+        self.tls = tls  # set: a TLS listener, whose clients handshake first
         self._starved_since: float | None = None  # out of descriptors since (monotonic)
         self._accept_pause = ACCEPT_PAUSE[0]
         self._stopping = threading.Event()
@@ -182,7 +188,8 @@ class Listener(socketserver.TCPServer):
                 client_address[0],
                 self.clients.max_clients,
             )
-            send_quietly(request, _OVERLOADED)
+            if self.tls is None:  # a TLS client cannot read a clear 503: just the close
+                send_quietly(request, _OVERLOADED)
             self.shutdown_request(request)
             return
         self.clients.stats.adjust("opening_clients", 1)  # until its first request is done
@@ -200,18 +207,29 @@ class Listener(socketserver.TCPServer):
             client = ClientConnection(request, self.services.runtime.config, self.services.draining)
             self.clients.register(client)
             with self.clients.stats.live("handler_threads"):
-                ClientHandler(client, client_address, self.services).handle()
+                ClientHandler(client, client_address, self.services, self.tls).handle()
         except Exception:
             self.handle_error(request, client_address)
         finally:
             try:
+                sock = request if client is None else client.sock  # an SSLSocket after a handshake
                 if client is not None and client.cut:
-                    request.close()  # a reset: shutdown() would send a FIN first
+                    sock.close()  # a reset: shutdown() would send a FIN first
                 elif client is None or not client.handed_off:  # else the hub owns it now
-                    self.shutdown_request(request)
+                    self.shutdown_request(sock)
             finally:
                 if client is not None:
                     self.clients.unregister(client)
+
+    def shutdown_request(self, request: Any) -> None:
+        """TCPServer's FIN and close, after TLS's close_notify (not waiting for the
+        client's): without it, a client reading up to the close would see a cut."""
+        if hasattr(request, "unwrap"):
+            try:
+                request.unwrap()
+            except (OSError, ValueError):  # unfinished handshake, no room, unread bytes
+                pass
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
@@ -233,8 +251,10 @@ class _Accepted:
         self.listener.shutdown_request(self.request)
 
 
-def bind(host: str, port: int, services: Services, config: Config, clients: Clients) -> Listener:
+def bind(
+    host: str, port: int, services: Services, config: Config, clients: Clients, tls: ServerTLS | None
+) -> Listener:
     try:
-        return Listener((host, port), services, config, clients)
+        return Listener((host, port), services, config, clients, tls)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, join_host_port(host, port)) from exc

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..origin.exchange import Rewrite
     from ..settings.policy import Policy
     from ..settings.routes import Routes
+    from .tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,15 @@ class ProxyServer:
         # Each client waits for one lookup at a time; lookups given up on count too.
         self._lookups = Lookups(config.max_clients, self.stats)
         self.runtime = Runtime.compile(config, self._token, self.stats, resolver, self._lookups)
+        self.tls: ServerTLS | None = None  # the TLS listeners' certificate, if there are some
+        if config.tls_cert is not None:
+            from .tls import ServerTLS  # ssl is loaded for TLS listeners only
+
+            self.tls = ServerTLS(config.tls_cert, config.tls_key, self.stats)
         self._listeners: list[tuple[Listener, threading.Thread]] = []
         self._clients = Clients(self.config.max_clients, self.stats)
         self.addresses: tuple[tuple[str, int], ...] = ()  # kept after stop: draining handlers read it
+        self.urls: tuple[str, ...] = ()  # of the addresses, https:// for a TLS listener's
         self.draining = threading.Event()  # set by drain(): /readyz 503, no more keep-alive
         self._drain_started: float | None = None
         self.cut_off = threading.Event()  # set when the grace period is over
@@ -125,6 +132,7 @@ class ProxyServer:
     RESTART_FIELDS = (
         "host",
         "port",
+        "tls_port",
         "max_clients",
         "connect_timeout",
         "read_timeout",
@@ -140,13 +148,19 @@ class ProxyServer:
     def reload(self, config: Config) -> list[str]:
         """Apply `config` to the running proxy without dropping a connection.
 
-        ACL, auth, filters, ports, headers and the client/tunnel timeouts apply to what
-        comes next; RESTART_FIELDS keep their running values (returned, and logged).
+        ACL, auth, filters, ports, headers, the client/tunnel timeouts and a TLS listener's
+        certificate (reread) apply to what comes next; RESTART_FIELDS keep their running
+        values (returned, and logged).
         Raises ValueError or OSError, leaving the running configuration untouched.
         """
-        kept = [name for name in self.RESTART_FIELDS if getattr(config, name) != getattr(self.config, name)]
+        # A TLS listener comes and goes with a restart only; its certificate files are reread.
+        tls_fixed = ("tls_cert", "tls_key") if self.tls is None or config.tls_cert is None else ()
+        restart_only = self.RESTART_FIELDS + tls_fixed
+        kept = [name for name in restart_only if getattr(config, name) != getattr(self.config, name)]
         config = config.replace(**{name: getattr(self.config, name) for name in kept})
         runtime = Runtime.compile(config, self._token, self.stats, self._resolver, self._lookups)
+        if self.tls is not None and config.tls_cert is not None:  # reread, renamed or not
+            self.tls.reload(config.tls_cert, config.tls_key)
         self.hub.config = self.pool.config = config
         self.runtime = runtime  # one assignment: a request sees all of it or none
         if config.faults != self._fault_texts:  # unchanged rules keep their counts
@@ -181,7 +195,18 @@ class ProxyServer:
 
     @property
     def url(self) -> str:
-        return _url(self.address)
+        """The first listener's URL: https:// if it is a TLS one."""
+        if not self.urls:
+            raise RuntimeError("the proxy has not been started")
+        return self.urls[0]
+
+    @property
+    def tls_url(self) -> str:
+        """The first TLS listener's URL (RuntimeError if there is none)."""
+        tls_urls = [url for url in self.urls if url.startswith("https:")]
+        if not tls_urls:
+            raise RuntimeError("the proxy has no TLS listener (see --tls-cert)")
+        return tls_urls[0]
 
     def start(self) -> None:
         """Bind every address, then serve from background threads. Returns once connections
@@ -199,6 +224,9 @@ class ProxyServer:
             self.hub.close()
             raise
         self.addresses = tuple((str(ls.server_address[0]), int(ls.server_address[1])) for ls in listeners)
+        self.urls = tuple(
+            _url(address, ls.tls is not None) for address, ls in zip(self.addresses, listeners, strict=True)
+        )
         for rule in self.faults.rules():  # logged here: a command line's log is set up by now
             log.info("fault rule %d in force: %s", rule.id, rule.text)
         self.hub.start()
@@ -212,26 +240,34 @@ class ProxyServer:
             )
             thread.start()
             self._listeners.append((listener, thread))
-        log.info("listening on %s", ", ".join(map(_url, self.addresses)))
+        log.info("listening on %s", ", ".join(self.urls))
 
     def _bind_all(self, tries: int = 5) -> list[Listener]:
-        """A listener per address, all on one port; with port 0 the first picks it, and if
-        another address has that port taken already, the whole set tries again."""
+        """A listener per address and port (the clear one, the TLS one); with port 0 the
+        first address picks it for the others, and if one of them has that port taken
+        already, the whole set tries again."""
         for attempt in range(tries):
             listeners: list[Listener] = []
             try:
-                port = self.config.port
-                for host in self.config.host:
-                    listeners.append(bind(host, port, self, self.config, self._clients))
-                    port = listeners[0].server_address[1]
+                for port, tls in self._ports():
+                    first = len(listeners)
+                    for host in self.config.host:
+                        listeners.append(bind(host, port, self, self.config, self._clients, tls))
+                        port = listeners[first].server_address[1]
                 return listeners
             except OSError as exc:
                 for listener in listeners:
                     listener.server_close()
-                chosen = self.config.port == 0 and len(listeners) > 0
+                chosen = 0 in (self.config.port, self.config.tls_port) and len(listeners) > 0
                 if not (chosen and exc.errno == errno.EADDRINUSE and attempt < tries - 1):
                     raise
         raise AssertionError("unreachable")
+
+    def _ports(self) -> list[tuple[int, ServerTLS | None]]:
+        """The ports to listen on, each with its TLS (None: clear text)."""
+        if self.config.tls_port is None:
+            return [(self.config.port, self.tls)]  # with a certificate, --port speaks TLS
+        return [(self.config.port, None), (self.config.tls_port, self.tls)]
 
     def drain(self) -> None:
         """Stop being ready: /readyz answers 503 and connections close after their current
@@ -337,7 +373,7 @@ class ProxyServer:
         return {
             "version": __version__,
             "workers": [os.getpid()],
-            "listening": ", ".join(map(_url, self.addresses)),
+            "listening": ", ".join(self.urls),
             "uptime": stats["uptime"],
             "counters": stats["counters"],
             "gauges": stats["gauges"],
@@ -375,8 +411,8 @@ class ProxyServer:
         return counts
 
 
-def _url(address: tuple[str, int]) -> str:
-    return "http://" + join_host_port(*address)
+def _url(address: tuple[str, int], tls: bool) -> str:
+    return ("https://" if tls else "http://") + join_host_port(*address)
 
 
 def _open_fds() -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..wire.grammar import TOKEN_TEXT
 from .faults import rule_problem
+from .ports import connect_ports, port_range_problem
 
 SPELLED = frozenset({"connect_ports"})  # settings whose text is more than a number: see coerce
 CHOICES = {
@@ -27,7 +28,6 @@ CHOICES = {
 # Squid's Safe_ports for the protocols a plain request can speak here: HTTP's, and every
 # unprivileged port (where development servers listen).
 HTTP_PORTS = ("80", "443", "280", "488", "591", "777", "1025-65535")
-_PORT_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
 _HEADER_LINE = re.compile(TOKEN_TEXT.pattern + r": [\x20-\x7e]*")
 # A realm goes inside a quoted-string (RFC 9110 §5.6.4): printable ASCII without " or \.
 _REALM = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
@@ -68,6 +68,15 @@ class Config:
         "the same port; e.g. 127.0.0.1 and ::1).",
     )
     port: int = _opt(8888, "TCP port to listen on; 0 picks a free port.")
+    tls_cert: str | None = _opt(
+        None,
+        "Certificate chain (PEM) for a TLS listener, which clients reach as an https:// proxy: "
+        "on --tls-port beside the clear --port, or without it on --port itself. Reread on SIGHUP.",
+    )
+    tls_key: str | None = _opt(None, "Private key (PEM) of --tls-cert; default: inside the --tls-cert file.")
+    tls_port: int | None = _opt(
+        None, "Port of the TLS listener beside the clear one (needs --tls-cert); 0 picks a free port."
+    )
     connect_timeout: float = _opt(
         10.0,
         "Name lookup and TCP connect to an origin, CONNECT target or parent proxy, all its addresses.",
@@ -277,6 +286,10 @@ class Config:
             check_setting(f.name, getattr(self, f.name))
         if self.max_head_bytes < self.max_line_bytes:
             raise SettingError("max_head_bytes", "must be at least max_line_bytes (--max-line-bytes)")
+        if self.tls_cert is None and (self.tls_port is not None or self.tls_key is not None):
+            raise SettingError("tls_port" if self.tls_key is None else "tls_key", "needs --tls-cert")
+        if self.tls_port and self.tls_port == self.port:
+            raise SettingError("tls_port", "must differ from --port (without it, --port speaks TLS)")
         if self.proxy_protocol != "off" and not self.proxy_protocol_from:
             reason = "needs --proxy-protocol-from: the balancers that may send the header"
             raise SettingError("proxy_protocol", reason)
@@ -313,7 +326,7 @@ def check_setting(name: str, value: Any) -> None:
 
 
 def _why_not(name: str, kind: str, value: Any) -> str:
-    if kind in ("int", "float"):
+    if kind in ("int", "float", "int | None") and value is not None:
         return _number_problem(name, kind, value)
     if name in CHOICES and value not in CHOICES[name]:
         return f"must be one of {', '.join(CHOICES[name])}; got {value!r}"
@@ -329,7 +342,7 @@ def _why_not(name: str, kind: str, value: Any) -> str:
     if name == "connect_ports" and not all(0 <= port <= 65535 for port in value):
         return "must be ports (0 allows every port, none at all refuses CONNECT)"
     if name == "http_ports":
-        return next((problem for text in value if (problem := _port_range_problem(text))), "")
+        return next((problem for text in value if (problem := port_range_problem(text))), "")
     if name == "host":
         return _listen_problem(value)
     if name in ("resolve", "connect_to"):
@@ -357,7 +370,7 @@ def _number_problem(name: str, kind: str, value: Any) -> str:
         return f"must be a non-negative number, got {value!r}"
     if kind == "float" and value == 0 and name != "drain_delay":  # 0: no delay; elsewhere, no deadline
         return "must be greater than 0"
-    if name == "port" and value > 65535:
+    if name in ("port", "tls_port") and value > 65535:
         return f"must be within 0..65535, got {value}"
     if name in _AT_LEAST_ONE and value < 1:
         return "must be at least 1"
@@ -442,7 +455,7 @@ def coerce(name: str, values: list[str]) -> Any:
     """
     kind = FIELD_TYPES[name]
     if name == "connect_ports":
-        return _connect_ports(values)
+        return connect_ports(values)
     if kind.startswith("tuple["):
         item = int if kind == "tuple[int, ...]" else str
         return tuple(item(value) for value in values)
@@ -451,46 +464,11 @@ def coerce(name: str, values: list[str]) -> Any:
     text = values[0]
     if kind == "bool":
         return parse_bool(text)
-    if kind == "int":
+    if kind in ("int", "int | None"):
         return int(text)
     if kind == "float":
         return float(text)
     return text
-
-
-def port_ranges(texts: tuple[str, ...]) -> tuple[tuple[int, int], ...] | None:
-    """`http_ports` as (first, last) pairs; None for 'any'. The texts are checked."""
-    if any(text.strip().lower() == "any" for text in texts):
-        return None
-    ranges = [_port_range(text) for text in texts]
-    assert None not in ranges, texts
-    return tuple(r for r in ranges if r is not None)
-
-
-def _port_range(text: str) -> tuple[int, int] | None:
-    """'80' or '8000-8999' as (first, last); None if it is neither."""
-    match = _PORT_RANGE.fullmatch(text.strip())
-    if match is None:
-        return None
-    first = int(match[1])
-    last = int(match[2] or first)
-    return (first, last) if 1 <= first <= last <= 65535 else None
-
-
-def _port_range_problem(text: str) -> str:
-    if text.strip().lower() == "any" or _port_range(text) is not None:
-        return ""
-    return f"must be ports or ranges of ports (80, 8000-8999) or 'any'; got {text!r}"
-
-
-def _connect_ports(values: list[str]) -> tuple[int, ...]:
-    """The command line's and environment's spelling: ports, 'any' (or 0), or 'none'."""
-    words = [value.strip().lower() for value in values]
-    if "none" in words:
-        if len(words) > 1:
-            raise ValueError("'none' refuses CONNECT: give it alone")
-        return ()
-    return tuple(0 if word == "any" else int(word) for word in words)
 
 
 def parse_bool(text: str) -> bool:

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..errors import Cause, Forbidden, LoopDetected, ProxyAuthRequired
-from .config import Config, port_ranges
+from .config import Config
+from .ports import port_ranges
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

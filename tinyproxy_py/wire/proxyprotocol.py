@@ -16,6 +16,7 @@ from dataclasses import dataclass
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 MAX_V1 = 107  # the spec's bound, CRLF included
 MAX_V2_BODY = 1024  # addresses are at most 216 bytes; TLVs beyond this are not plausible
+MAX_LENGTH = len(V2_SIGNATURE) + 4 + MAX_V2_BODY  # the longest header of either version
 _V1 = re.compile(rb"PROXY (TCP4|TCP6) (\S+) (\S+) (\d{1,5}) (\d{1,5})\r\n|PROXY UNKNOWN[^\r\n]*\r\n")
 _ADDRESS_BYTES = {0x1: 4, 0x2: 16}  # v2 family nibble: AF_INET, AF_INET6
 
@@ -32,7 +33,7 @@ class ProxyHeader:
 
 def parse(buffer: bytes | bytearray, accept: str = "any") -> ProxyHeader | None:
     """The header at the start of `buffer`; `accept` is "v1", "v2" or "any"."""
-    data = bytes(buffer[: len(V2_SIGNATURE) + 4 + MAX_V2_BODY])
+    data = bytes(buffer[:MAX_LENGTH])
     if accept in ("v2", "any") and V2_SIGNATURE.startswith(data[:12]):
         return _v2(data) if len(data) >= 12 else None
     if accept in ("v1", "any") and b"PROXY "[: len(data)] == data[:6]:
