@@ -116,6 +116,14 @@ class OriginHandler(BaseHTTPRequestHandler):
             self.wfile.write(piece)
         self.close_connection = True
 
+    def route_page(self) -> None:
+        """A small HTML page, for browsers."""
+        html = (
+            b"<!doctype html><title>tinyproxy-py</title><body style='font:24px sans-serif;margin:2em'>"
+            b"<h1>Hello from the origin</h1><p>This page came through the proxy.</p></body>"
+        )
+        self._send(200, html, {"Content-Type": "text/html; charset=utf-8"})
+
     def route_echo(self) -> None:
         self._send(200, self.body, {"Content-Type": "application/octet-stream"})
 

@@ -189,3 +189,15 @@ def test_repeated_directives_cost_linear_work(monkeypatch: pytest.MonkeyPatch) -
     result = parse("".join(f"Allow 10.0.{i // 256}.{i % 256}\n" for i in range(lines)))
     assert len(result.values["allow"]) == lines
     assert sum(checks) <= 2 * lines + 10, sum(checks)
+
+
+def test_tls_listener_directives() -> None:
+    config = Config(**parse("Port 8888\nTlsPort 8443\nTlsCert proxy.pem\nTlsKey proxy-key.pem\n").values)
+    assert (config.port, config.tls_port, config.tls_cert, config.tls_key) == (
+        8888,
+        8443,
+        "proxy.pem",
+        "proxy-key.pem",
+    )
+    with pytest.raises(ConfigFileError, match=r"f\.conf:1: TlsPort: invalid literal"):
+        parse("TlsPort https\n", "f.conf")

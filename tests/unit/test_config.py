@@ -59,3 +59,20 @@ def test_proxy_protocol_needs_the_balancers_named() -> None:
     with pytest.raises(ValueError, match="proxy_protocol needs --proxy-protocol-from"):
         Config(proxy_protocol="v2")
     assert Config(proxy_protocol="any", proxy_protocol_from=("10.0.0.0/8",)).proxy_protocol == "any"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tls_port": 8443}, "tls_port needs --tls-cert"),
+        ({"tls_key": "k.pem"}, "tls_key needs --tls-cert"),
+        ({"tls_cert": "c.pem", "tls_port": 8888}, "tls_port must differ from --port"),
+        ({"tls_cert": "c.pem", "tls_port": 70000}, "tls_port must be within 0..65535"),
+    ],
+)
+def test_a_tls_listener_needs_its_certificate_and_a_port_of_its_own(
+    changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Config(**changes)  # type: ignore[arg-type]
+    assert Config(tls_cert="c.pem", tls_port=0).tls_port == 0  # 0: a free port, as --port

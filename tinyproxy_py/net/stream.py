@@ -10,10 +10,11 @@ the same to its users: SSLWantRead/Write are waits, and bytes TLS has decrypted 
 call took yet (`buffered()`), which poll cannot see, are read before waiting. A fault
 injector is a Stream subclass that overrides these calls: nothing above knows.
 
-Limits of TLS through an SSLSocket, for a TLS side in the hub: a close_notify waits for
-the peer's own end (see `shut_write`), and a read that must write (or a write that must
-read: renegotiation, a TLS 1.3 KeyUpdate into a full buffer) waits for the wrong event.
-An SSLObject over memory buffers would lift both.
+Limits of TLS through an SSLSocket, for a TLS side in the hub (a TLS listener's client):
+a close_notify waits for the peer's own end or the close (see `shut_write`), and a read
+that must write (a TLS 1.3 KeyUpdate answered into a full buffer) waits for the wrong
+event; a write that must read (renegotiation) the TLS listener refuses. An SSLObject
+over memory buffers would lift both.
 
 Socket errors pass through as OSError (TimeoutError for a deadline): only the caller knows
 what it was doing, and so which `Failure` of the table below it was. The owner of the

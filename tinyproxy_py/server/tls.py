@@ -23,15 +23,17 @@ _failures = EpisodeLog(log, logging.INFO, interval=1.0)
 def server_context(cert: str, key: str | None) -> ssl.SSLContext:
     """TLS 1.2 or later, HTTP/1.1 by ALPN, and no renegotiation: a write that has to read
     first would wait for the wrong event in the tunnel hub. Raises OSError (ssl.SSLError
-    is one) naming what is wrong with the files."""
+    is one) naming the files."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
     try:
         context.load_cert_chain(cert, key)
-    except ssl.SSLError as exc:  # says only "[SSL] PEM lib": name the files
-        raise ssl.SSLError(exc.errno, f"cannot use {cert}{f' with {key}' if key else ''}: {exc}") from exc
+    except OSError as exc:  # names no file ("[SSL] PEM lib", "No such file or directory")
+        files = f"{cert} and {key}" if key else cert
+        reason = exc.strerror or str(exc)
+        raise OSError(f"cannot use {files} as a PEM certificate chain and key: {reason}") from exc
     return context
 
 
