@@ -8,6 +8,7 @@ by the header deadline with the proxy's fds and threads back at their baseline.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import socket
 import ssl
@@ -75,10 +76,12 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
 
 
 def tls_client(proxy: ProxyServer, ca: trustme.CA) -> ssl.SSLSocket:
-    """A TLS connection to the proxy's TLS listener, handshake done."""
+    """A TLS connection to the proxy's TLS listener, handshake done. An EOF without the
+    proxy's close_notify is an error (SSLEOFError); with it, recv() returns b""."""
     sock = socket.create_connection(tls_address(proxy), timeout=MUST_NOT_EXPIRE)
     try:
-        return client_context(ca).wrap_socket(sock, server_hostname="127.0.0.1")
+        context = client_context(ca)
+        return context.wrap_socket(sock, server_hostname="127.0.0.1", suppress_ragged_eofs=False)
     except BaseException:
         sock.close()
         raise
@@ -194,8 +197,9 @@ def test_keep_alive_auth_and_stats_pages_over_tls(
 
 def test_connect_inside_tls_and_the_origin_ending_first(tls_proxy: ProxyServer, ca: trustme.CA) -> None:
     """A tunnel's client side is the TLS socket in the hub. The origin ends first: every
-    byte arrives, and the close_notify waits for the client's own (one sent earlier would
-    make OpenSSL drop what the client still sends), then the tunnel closes at once."""
+    byte arrives, then the proxy's close_notify, once the tunnel has been quiet for a
+    sweep of the hub (one sent while the client may still send would make OpenSSL drop
+    those bytes), well before the linger would close it."""
     records: list[AccessRecord] = []
     tls_proxy.on_access = records.append
 
@@ -207,17 +211,12 @@ def test_connect_inside_tls_and_the_origin_ending_first(tls_proxy: ProxyServer, 
         head = recv_head(sock)
         assert head.startswith(b"HTTP/1.1 200"), head
         sock.sendall(b"world")
+        started = time.monotonic()
         received = b""
-        while len(received) < len(b"hello world"):
-            received += sock.recv(100)
+        while chunk := sock.recv(100):  # b"": the close_notify (a bare EOF would raise)
+            received += chunk
         assert received == b"hello world"
-        sock.setblocking(False)
-        try:
-            sock.unwrap()  # ours; it completes if the proxy's came already (the tunnel closed)
-        except ssl.SSLWantReadError:
-            sock.settimeout(EXPIRE_SOON)
-            with pytest.raises(ssl.SSLZeroReturnError):
-                sock.recv(100)  # the proxy's close_notify, at once: an end, not a cut
+        assert time.monotonic() - started < tls_proxy.config.tunnel_linger
     assert wait_until(
         lambda: [(r.method, r.ongoing, r.cause) for r in records][-1] == ("CONNECT", False, "eof")
     )
@@ -273,6 +272,60 @@ def test_a_full_tls_listener_closes_without_a_clear_503(
         with socket.create_connection(tls_address(proxy), timeout=MUST_NOT_EXPIRE) as refused:
             assert recv_all_quietly(refused) == b""
         assert proxy.stats.snapshot()["counters"]["errors.overloaded"] == 1
+
+
+def test_silent_connections_to_the_tls_port_make_room_and_count_per_address(
+    make_tls_proxy: Callable[..., ProxyServer], ca: trustme.CA
+) -> None:
+    """A connection that has not finished its handshake is evictable after the new
+    connection's grace, as a silent clear one is, and counts against its address's cap."""
+    proxy = make_tls_proxy(max_clients=2, max_clients_per_address=2)
+    silent = [socket.create_connection(tls_address(proxy), timeout=MUST_NOT_EXPIRE) for _ in range(2)]
+    try:
+        assert wait_until(lambda: proxy.stats.gauge("clients") == 2)
+        time.sleep(1.2)  # past the grace of a new connection
+        with tls_client(proxy, ca) as good:  # evicts one
+            assert (
+                request_over(
+                    good, b"GET http://tinyproxy-py.stats/healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                ).status
+                == 200
+            )
+        assert proxy.stats.snapshot()["counters"]["clients_evicted"] >= 1
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_one_deadline_for_the_proxy_header_and_the_handshake(
+    make_tls_proxy: Callable[..., ProxyServer], ca: trustme.CA
+) -> None:
+    proxy = make_tls_proxy(proxy_protocol="v1", proxy_protocol_from=("127.0.0.1",))
+    with socket.create_connection(tls_address(proxy), timeout=MUST_NOT_EXPIRE) as sock:
+        started = time.monotonic()
+        time.sleep(DEADLINE * 0.75)
+        sock.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 50000 443\r\n" + client_hello(ca)[:20])
+        assert recv_all_quietly(sock) == b""
+        assert time.monotonic() - started < DEADLINE + EXPIRE_SOON / 2
+
+
+def test_clients_that_reset_before_the_handshake_leave_nothing_behind(tls_proxy: ProxyServer) -> None:
+    """Each socket is closed by its owner, not by the garbage collector (whose
+    ResourceWarning this suite turns into a failure)."""
+    for _ in range(50):
+        sock = socket.create_connection(tls_address(tls_proxy), timeout=MUST_NOT_EXPIRE)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    assert wait_until(
+        lambda: (
+            sum(
+                tls_proxy.stats.snapshot()["counters"].get(f"tls_handshakes.{cause}", 0)
+                for cause in ("reset", "closed")
+            )
+            == 50
+        )
+    )
+    gc.collect()
 
 
 def recv_all_quietly(sock: socket.socket) -> bytes:
@@ -449,11 +502,14 @@ def test_certificate_reloaded_for_new_handshakes_only(
             tls_client(proxy, ca)  # new handshakes get the new certificate
         with tls_client(proxy, other_ca) as after:
             assert request_over(after, raw).status == 200
-    # A broken file keeps the running pair (and says why).
+    # A broken file keeps the running pair, and the rest of the reload applies.
     key.write_text("not a key")
-    with pytest.raises(OSError, match=r"cannot use .* as a PEM certificate chain and key"):
-        proxy.reload(proxy.config)
-    with tls_client(proxy, other_ca):
+    assert proxy.reload(proxy.config.replace(deny=("127.0.0.1",))) == []
+    with pytest.raises(OSError):  # the new ACL: closed before the handshake, no clear-text 403
+        tls_client(proxy, other_ca)
+    assert proxy.stats.snapshot()["counters"]["errors.acl"] == 1
+    assert proxy.reload(proxy.config.replace(deny=())) == []
+    with tls_client(proxy, other_ca):  # the pair that ran
         pass
 
 

@@ -4,13 +4,17 @@ worker, and with its certificate reread on SIGHUP without dropping a connection.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import trustme
+
+from tinyproxy_py.app.workers import RESTART_AFTER
 
 from ..kit.responses import request_over
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
@@ -93,3 +97,43 @@ def test_every_worker_serves_the_clear_and_the_tls_listener(tmp_path: Path) -> N
         assert wait_until(both_seen, MUST_NOT_EXPIRE)
         with socket.create_connection(found["http"], timeout=MUST_NOT_EXPIRE) as clear:
             assert request_over(clear, HEALTH).status == 200
+
+
+def test_a_replacement_worker_starts_with_the_pair_that_loaded_not_a_broken_file(tmp_path: Path) -> None:
+    """A renewal gone wrong (the key no longer matches) must not keep a worker from
+    starting after another died: it starts with the pair the parent last loaded."""
+    ca = trustme.CA()
+    cert, key = issue(ca, tmp_path)
+    args = (
+        "--workers",
+        "2",
+        "--tls-port",
+        "0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--log-level",
+        "warning",
+    )
+    with proxy_process(*args) as (proc, urls):
+        clear = listening(urls)["http"]
+
+        def workers() -> list[int]:
+            try:
+                with socket.create_connection(clear, timeout=MUST_NOT_EXPIRE) as sock:
+                    raw = b"GET http://tinyproxy-py.stats/json HTTP/1.1\r\nHost: x\r\n\r\n"
+                    return sorted(json.loads(request_over(sock, raw).body)["workers"])
+            except ConnectionResetError:  # queued for the killed worker: the kernel resets those
+                return []
+
+        assert wait_until(lambda: len(workers()) == 2)
+        first = workers()
+        Path(key).write_text(trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes().decode())
+        proc.send_signal(signal.SIGHUP)  # every process keeps the pair it has
+        time.sleep(RESTART_AFTER)  # one that dies sooner is a broken start: all would stop
+        os.kill(first[0], signal.SIGKILL)
+        assert wait_until(lambda: len(set(workers()) - set(first)) == 1)
+        for _ in range(10):  # new connections reach both workers
+            assert handshakes_with(listening(urls)["https"], ca)
+        assert proc.poll() is None

@@ -175,9 +175,12 @@ def serve(config_file: str | None, **settings: Any) -> None:
                 return
 
             def worker(config: Config, shared: SharedStats) -> None:
-                _run_worker(ProxyServer(config), logs, reload, shared, announce=shared.index == 0)
+                # The certificate the parent loaded: a replacement worker does not depend
+                # on the files being good when it starts.
+                server = ProxyServer(config, tls=proxy.tls)
+                _run_worker(server, logs, reload, shared, announce=shared.index == 0)
 
-            status = supervise(config, worker)
+            status = supervise(config, worker, on_reload=lambda: _reload_tls(proxy, reload))
     except OSError as exc:
         where = exc.filename or f"{config.host[0]}:{config.port}"
         raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from exc
@@ -208,6 +211,16 @@ def _run_worker(
         finally:
             if shared is not None:
                 shared.detach()
+
+
+def _reload_tls(proxy: ProxyServer, reload: Callable[[], tuple[Config, list[str]]]) -> None:
+    """In the parent of --workers, on SIGHUP: the pair a replacement worker will start with."""
+    try:
+        config = reload()[0]
+        if proxy.tls is not None and config.tls_cert is not None:
+            proxy.tls.reload(config.tls_cert, config.tls_key)
+    except (ValueError, OSError) as exc:
+        log.warning("a replacement worker would start with the certificate loaded before: %s", exc)
 
 
 def _make_proxy(config: Config) -> ProxyServer:

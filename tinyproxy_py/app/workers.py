@@ -32,11 +32,17 @@ PUBLISH_INTERVAL = 1.0
 STALE_AFTER = 5.0  # a snapshot older than this belongs to a worker that is gone
 RESTART_AFTER = 2.0  # a worker that ends sooner after its start is not replaced: all stop
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None]) -> int:
-    """Fork `config.workers` workers on one port and wait for them; the exit status."""
+def supervise(
+    config: Config,
+    run_worker: Callable[[Config, SharedStats], None],
+    on_reload: Callable[[], None] | None = None,
+) -> int:
+    """Fork `config.workers` workers on one port and wait for them; the exit status.
+    `on_reload` runs in this process when a reload signal has been passed on."""
     import shutil  # here, not at the top: a proxy without --workers never needs them
     import tempfile
 
@@ -51,7 +57,7 @@ def supervise(config: Config, run_worker: Callable[[Config, SharedStats], None])
     config = config.replace(port=_port(reserved[0]), tls_port=_port(reserved[-1]) if reserved[1:] else None)
     folder = Path(tempfile.mkdtemp(prefix="tinyproxy-py-"))
     children: dict[int, tuple[int, float]] = {}  # pid → (worker index, started, monotonic)
-    stops = _pass_signals_on(children)  # before forking: no window where a signal is lost
+    stops = _pass_signals_on(children, on_reload)  # before forking: no window where a signal is lost
 
     def spawn(index: int) -> None:
         # Blocked while forking: a child has no handlers of its own until run_worker
@@ -114,7 +120,9 @@ def _worker_main(
     return 0
 
 
-def _pass_signals_on(children: dict[int, tuple[int, float]]) -> list[int]:
+def _pass_signals_on(
+    children: dict[int, tuple[int, float]], on_reload: Callable[[], None] | None
+) -> list[int]:
     """Send stop and reload signals on to the workers; a second stop signal kills them.
 
     Returns the list that records the stop signals received (for _wait_for)."""
@@ -129,6 +137,8 @@ def _pass_signals_on(children: dict[int, tuple[int, float]]) -> list[int]:
                 os.kill(pid, sent)
             except ProcessLookupError:
                 pass
+        if signum in RELOAD_SIGNALS and on_reload is not None:
+            on_reload()
 
     for signum in PASSED_ON:
         signal.signal(signum, pass_on)

@@ -69,11 +69,12 @@ class ClientConnection:
         self.body_bytes = 0  # of the current request, for the access log
         self.handed_off = False  # the hub has the socket: its owner now
         self.cut = False  # a response broke off after its head: close with a reset
-        # Since when it waits for a request to begin (None: a request is under way). At
-        # max_clients the server closes the connection idle longest to admit a new one.
-        self.idle_since: float | None = None
+        self.opened = time.monotonic()
+        # Since when it waits for a request to begin (None: a request is under way), or
+        # for a PROXY header or TLS handshake to complete. At max_clients the server
+        # closes the connection idle longest to admit a new one.
+        self.idle_since: float | None = self.opened
         self._served_one = False  # a keep-alive connection is idle at once; a new one after a grace
-        self._opened = time.monotonic()
         self.address = ""  # the client's address once the server counts it (PROXY header applied)
         self._body_pace = _Pace(config.read_timeout, config.request_body_min_rate)
 
@@ -117,7 +118,9 @@ class ClientConnection:
     def evictable(self, now: float) -> bool:
         """Idle (a new connection: silent past its grace) with no request bytes waiting
         unread: closing it cuts nothing the client has sent."""
-        if self.idle_since is None or (not self._served_one and now - self._opened < FIRST_REQUEST_GRACE):
+        if self.idle_since is None or (not self._served_one and now - self.opened < FIRST_REQUEST_GRACE):
+            return False
+        if self.buffer:  # a PROXY header begun
             return False
         try:
             return not self.stream.unread()  # nothing waiting, or its EOF
@@ -129,6 +132,8 @@ class ClientConnection:
         reads EOF and ends. A request that began meanwhile is cut, as any client must
         expect of an idle keep-alive connection (RFC 9112 §9.3.1)."""
         self.idle_since = None  # evicted once
+        # Both ways: with reads alone shut, OpenSSL would answer the EOF it reads with a
+        # decode_error alert. The client sees an idle connection end without close_notify.
         shut_down(self.sock)
 
     def read_proxy_header(self, accept: str) -> ProxyHeader:
@@ -155,6 +160,9 @@ class ClientConnection:
     def start_tls(self, context: ssl.SSLContext, deadline: float) -> None:
         """Speak TLS from here on (the listener's): the handshake, under `deadline`.
         Raises OSError (ssl.SSLError, TimeoutError); either way `sock` is the socket to close."""
+        # wrap_socket() takes the descriptor, then fails on a reset peer and loses it to
+        # the garbage collector: ask first (a reset in between is the rare case left).
+        self.sock.getpeername()
         self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
         self.stream = Stream(self.sock)
         self.stream.handshake(deadline)

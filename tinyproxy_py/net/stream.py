@@ -238,6 +238,17 @@ class Stream:
         else:
             self._notify_due = True
 
+    def notify_if_quiet(self) -> None:
+        """Send a close_notify that waits for the peer's end (shut_write) now, if nothing
+        waits to be read: the hub asks once the tunnel has been quiet a while, so that a
+        client reading to the end is not kept waiting. Bytes arriving within the
+        microseconds unwrap() takes are the ones OpenSSL could drop."""
+        try:
+            if self._notify_due and not self.buffered() and nowait.peek(self.sock) is None:
+                self._close_notify()
+        except OSError:
+            pass  # failed: the next read says so
+
     def _close_notify(self) -> None:
         self._notify_due = False
         try:

@@ -123,15 +123,18 @@ class ClientHandler:
     def _serve(self, client: ClientConnection, runtime: Runtime) -> None:
         if runtime.config.proxy_protocol != "off" and not self._behind_balancer(client, runtime):
             return
-        peer, deadline = self.client_address[0], runtime.config.header_timeout
-        if self.tls is not None and not self.tls.handshake(client, peer, deadline):
-            return
+        peer = self.client_address[0]
         try:
-            runtime.policy.check_client(self.client_address[0])  # before reading a byte
-            self.server.claim_address(client, self.client_address[0])
+            runtime.policy.check_client(peer)  # before reading a byte (or a TLS handshake)
+            self.server.claim_address(client, peer)
         except ProxyError as error:
-            self._fail(error, None, time.monotonic())
+            # A TLS client could not read an answer in clear text: the close says it.
+            self._fail(error, None, time.monotonic(), answer=self.tls is None)
             return
+        if self.tls is not None:  # one deadline for the PROXY header and the handshake
+            deadline = client.opened + runtime.config.header_timeout
+            if not self.tls.handshake(client, peer, deadline, self.server.stats):
+                return
         admitted_by = runtime.policy
         idle_timeout = runtime.config.header_timeout
         challenged = False  # a 407 was answered on this connection already
@@ -312,7 +315,14 @@ class ClientHandler:
         if record is not None:
             self.server.tunnel_opened(record)  # its log line is written when it closes
 
-    def _fail(self, error: ProxyError, head: RequestHead | None, started: float, close: bool = True) -> None:
+    def _fail(
+        self,
+        error: ProxyError,
+        head: RequestHead | None,
+        started: float,
+        close: bool = True,
+        answer: bool = True,
+    ) -> None:
         if self.server.cut_off.is_set():  # stop() cut it: whatever failed, that is why
             error.cause = Cause.SHUTDOWN
         self.server.stats.count(f"errors.{error.cause}")
@@ -320,6 +330,8 @@ class ClientHandler:
             outcome = Outcome(status=error.status_sent, bytes_down=error.bytes_sent)
             if error.status_sent:  # a response went out and broke off: it must not look whole
                 self.client.cut_off()
+        elif not answer:
+            outcome = Outcome(status=0)
         else:
             outcome = Outcome(status=error.status.value)
             self.client.send_quietly(render(error, close=close))

@@ -68,6 +68,7 @@ class ProxyServer:
         config: Config | None = None,
         on_access: Callable[[AccessRecord], None] | None = None,
         resolver: Resolver | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         """Check the configuration (ValueError names what is wrong); nothing is opened yet.
 
@@ -75,7 +76,8 @@ class ProxyServer:
         (from the thread that served it: keep it quick and thread-safe). `resolver`
         replaces getaddrinfo for every name the proxy looks up: (host, port) → a list of
         (family, sockaddr); tests use one that never asks DNS. An IP address literal is
-        dialled as it is, without asking it.
+        dialled as it is, without asking it. `tls`: the TLS listeners' certificate, loaded
+        already (by default it is loaded from `config.tls_cert`, if set).
         """
         self._resolver = resolver
         self.on_access = on_access
@@ -93,11 +95,11 @@ class ProxyServer:
         # Each client waits for one lookup at a time; lookups given up on count too.
         self._lookups = Lookups(config.max_clients, self.stats)
         self.runtime = Runtime.compile(config, self._token, self.stats, resolver, self._lookups)
-        self.tls: ServerTLS | None = None  # the TLS listeners' certificate, if there are some
-        if config.tls_cert is not None:
+        self.tls = tls  # the TLS listeners' certificate, if there are some
+        if config.tls_cert is not None and tls is None:
             from .tls import ServerTLS  # ssl is loaded for TLS listeners only
 
-            self.tls = ServerTLS(config.tls_cert, config.tls_key, self.stats)
+            self.tls = ServerTLS(config.tls_cert, config.tls_key)
         self._listeners: list[tuple[Listener, threading.Thread]] = []
         self._clients = Clients(self.config.max_clients, self.stats)
         self.addresses: tuple[tuple[str, int], ...] = ()  # kept after stop: draining handlers read it
@@ -150,7 +152,8 @@ class ProxyServer:
 
         ACL, auth, filters, ports, headers, the client/tunnel timeouts and a TLS listener's
         certificate (reread) apply to what comes next; RESTART_FIELDS keep their running
-        values (returned, and logged).
+        values (returned, and logged). A certificate that does not load is logged and
+        the running one stays; the rest applies.
         Raises ValueError or OSError, leaving the running configuration untouched.
         """
         # A TLS listener comes and goes with a restart only; its certificate files are reread.
@@ -160,7 +163,10 @@ class ProxyServer:
         config = config.replace(**{name: getattr(self.config, name) for name in kept})
         runtime = Runtime.compile(config, self._token, self.stats, self._resolver, self._lookups)
         if self.tls is not None and config.tls_cert is not None:  # reread, renamed or not
-            self.tls.reload(config.tls_cert, config.tls_key)
+            try:
+                self.tls.reload(config.tls_cert, config.tls_key)
+            except OSError as exc:  # a renewal gone wrong must not hold back the rest
+                log.error("TLS certificate not reloaded, the running one stays: %s", exc)
         self.hub.config = self.pool.config = config
         self.runtime = runtime  # one assignment: a request sees all of it or none
         if config.faults != self._fault_texts:  # unchanged rules keep their counts

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 
 from ..net.clientconn import ClientConnection
 from ..observe.quietlog import EpisodeLog
@@ -39,27 +38,27 @@ def server_context(cert: str, key: str | None) -> ssl.SSLContext:
 
 class ServerTLS:
     """The certificate pair a TLS listener presents; reload() swaps it for new handshakes
-    (open connections keep theirs)."""
+    (open connections keep theirs). `serve --workers` loads it before forking: a worker
+    that replaces a dead one starts with it, whatever the files hold at that moment."""
 
-    def __init__(self, cert: str, key: str | None, stats: Stats) -> None:
+    def __init__(self, cert: str, key: str | None) -> None:
         self.context = server_context(cert, key)
-        self.stats = stats
 
     def reload(self, cert: str, key: str | None) -> None:
         """Reread the files; on an error (OSError) the running pair stays."""
         self.context = server_context(cert, key)  # one assignment: a handshake sees either
 
-    def handshake(self, client: ClientConnection, peer: str, timeout: float) -> bool:
-        """Whether `client` completed its handshake within `timeout`. A failure is counted
-        by cause and logged once; the caller closes the connection."""
+    def handshake(self, client: ClientConnection, peer: str, deadline: float, stats: Stats) -> bool:
+        """Whether `client` completed its handshake by `deadline` (monotonic). A failure is
+        counted by cause and logged once; the caller closes the connection."""
         try:
-            client.start_tls(self.context, time.monotonic() + timeout)
+            client.start_tls(self.context, deadline)
         except OSError as exc:
             cause, detail = failure_cause(exc)
-            self.stats.count(f"tls_handshakes.{cause}")
+            stats.count(f"tls_handshakes.{cause}")
             _failures("TLS handshake with %s failed (%s): %s", peer, cause, detail)
             return False
-        self.stats.count("tls_handshakes.ok")
+        stats.count("tls_handshakes.ok")
         return True
 
 

@@ -9,10 +9,9 @@ Memory is bounded: bytes are read into one shared buffer and sent on at once; on
 unsent tail is kept, per direction, and while a direction holds a tail the hub stops
 reading its source (backpressure). So a tunnel holds at most one buffer's worth per
 direction (plus the bytes the client sent with its CONNECT), and an idle tunnel none.
-The bookkeeping (state.py) touches no socket and no clock; the hub does the I/O, through
-net/stream.py's never-waiting calls (so a TLS side, or a stream that injects faults,
-is carried like any other), and asks the state what to wait for. This module knows
-nothing of HTTP.
+The bookkeeping (state.py) touches no socket and no clock; the hub does the I/O through
+net/stream.py's never-waiting calls (a TLS side, or a stream injecting faults, is carried
+like any other) and asks the state what to wait for. It knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -38,10 +37,9 @@ from .timers import Timers
 
 log = logging.getLogger(__name__)
 
-# One recv's worth, and so the most a direction ever holds back. Measured on loopback
-# (scripts/measure_tunnels.py): a single stream runs at ~0.4 of a direct connection with
-# 256 KiB, ~0.5 with 512 KiB, little more beyond, as per-event Python overhead shrinks.
-# Worst case, every tunnel stalled on a full read: max_tunnels x 2 x this. Idle: nothing.
+# One recv's worth, and so the most a direction ever holds back (worst case max_tunnels x 2
+# x this; idle: nothing). Measured on loopback (scripts/measure_tunnels.py): one stream
+# runs at ~0.4 of a direct connection with 256 KiB, ~0.5 with 512 KiB, little more beyond.
 BUFFER_SIZE = 512 * 1024
 _READS_PER_EVENT = 4  # then let other tunnels have a turn
 
@@ -406,6 +404,8 @@ class TunnelHub:
         for tunnel in [t for t in self._tunnels if t.awaiting is not None and now >= t.awaiting[0]]:
             assert tunnel.awaiting is not None
             self._close(tunnel, Cause.RESET, tunnel.awaiting[1])  # the target went on: a cut
+        for tunnel in [t for t in self._tunnels if now - t.state.last_active >= self._tick()]:
+            tunnel.client.notify_if_quiet()  # a TLS client's end, deferred while it might send
         for tunnel in [t for t in self._tunnels if t.state.expired(now, idle, linger)]:
             detail = f"half-closed, linger {linger:g} s" if tunnel.state.half_closed else f"{idle:g} s"
             self._close(tunnel, Cause.IDLE, detail)
