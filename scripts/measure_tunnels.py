@@ -16,6 +16,7 @@ Usage: python3 scripts/measure_tunnels.py [--gib 1] [--rounds 3] [--tunnels 1000
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -24,14 +25,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.kit, the traffic kit
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_lib
 
-from bench_lib import services
+from bench_lib import procinfo, services
 from bench_lib.clients import read_exactly
 
 from tests.kit import procfs
@@ -83,20 +85,18 @@ def timed_read(open_stream: Callable[[], tuple[socket.socket, bytes]], total: in
     return total / MiB / (time.perf_counter() - started)
 
 
-def throughput(proxy_port: int, gib: float, rounds: int) -> None:
-    total = int(gib * 1024 * MiB)
+@contextlib.contextmanager
+def byte_source(total: int, connections: int) -> Iterator[int]:
+    """A child process that sends `total` bytes on each of `connections` connections;
+    yields its port, and stops it (by PID) whatever happens."""
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    source = ctx.Process(target=source_main, args=(theirs, total, 2 * rounds), daemon=True)
+    source = ctx.Process(target=source_main, args=(theirs, total, connections), daemon=True)
     source.start()
     try:
         if not ours.poll(DEADLINE):
             raise TimeoutError("the source did not start")
-        port = ours.recv()
-        direct, proxied = [], []
-        for _ in range(rounds):
-            direct.append(timed_read(lambda: (socket.create_connection(("127.0.0.1", port)), b""), total))
-            proxied.append(timed_read(lambda: tunnel(proxy_port, port), total))
+        yield ours.recv()
         source.join(DEADLINE)
     finally:
         if source.is_alive():
@@ -104,6 +104,15 @@ def throughput(proxy_port: int, gib: float, rounds: int) -> None:
             source.join(5)
         ours.close()
         theirs.close()
+
+
+def throughput(proxy_port: int, gib: float, rounds: int) -> None:
+    total = int(gib * 1024 * MiB)
+    direct, proxied = [], []
+    with byte_source(total, 2 * rounds) as port:
+        for _ in range(rounds):
+            direct.append(timed_read(lambda: (socket.create_connection(("127.0.0.1", port)), b""), total))
+            proxied.append(timed_read(lambda: tunnel(proxy_port, port), total))
     best_d, best_p = max(direct), max(proxied)
     print(f"throughput, {gib:g} GiB per stream, {rounds} rounds, {os.cpu_count()} CPUs:")
     print(f"  direct      best {best_d:8.0f} MiB/s  median {statistics.median(direct):8.0f} MiB/s")
@@ -154,36 +163,54 @@ class SilentTarget:
         self.listener.close()
 
 
-def idle_tunnels(proxy_pid: int, proxy_port: int, count: int) -> None:
+@dataclass(frozen=True)
+class Idle:
+    before: procfs.Usage
+    loaded: procfs.Usage
+    after: procfs.Usage
+    opened_s: float
+    fds_back: bool
+    threads_back: bool
+
+    def per_tunnel_kib(self, count: int) -> float:
+        return (self.loaded - self.before).rss_kib / count
+
+
+def hold_idle(proxy_pid: int, open_via: Callable[[int], tuple[socket.socket, bytes]], count: int) -> Idle:
+    """Open `count` tunnels (`open_via(port)`) to a silent listener, read the proxy's
+    usage, close them, read it again once its fds and threads are back."""
     target = SilentTarget(count + 1)
     clients: list[socket.socket] = []
     try:
-        warm, _ = tunnel(proxy_port, target.port)  # hub and handler paths warmed up
-        warm.close()
+        open_via(target.port)[0].close()  # the warm-up: this listener's paths, the hub
         wait_for(lambda: len(target.accepted) == 1, "the warm-up tunnel")
         target.accepted.pop().close()
-        time.sleep(0.5)
-        before = procfs.usage(proxy_pid)
+        before = procinfo.settle(proxy_pid, DEADLINE)
         started = time.monotonic()
         for _ in range(count):
-            clients.append(tunnel(proxy_port, target.port)[0])
+            clients.append(open_via(target.port)[0])
         opened = time.monotonic() - started
         wait_for(lambda: len(target.accepted) == count, "all tunnels to reach the target")
-        time.sleep(1.0)  # let handler threads finish and the hub settle
-        loaded = procfs.usage(proxy_pid)
+        loaded = procinfo.settle(proxy_pid, DEADLINE)
         for sock in clients:
             sock.close()
         clients.clear()
         for sock in target.accepted:
             sock.close()
         target.accepted.clear()
-        wait_for(lambda: procfs.open_fds(proxy_pid) <= before.fds, "the proxy's fds to return")
-        wait_for(lambda: procfs.usage(proxy_pid).threads <= before.threads, "threads to return")
-        after = procfs.usage(proxy_pid)
+        fds_back = wait_until(lambda: procfs.open_fds(proxy_pid) <= before.fds, DEADLINE, 0.05)
+        threads_back = wait_until(lambda: procfs.usage(proxy_pid).threads <= before.threads, DEADLINE, 0.05)
+        after = procinfo.settle(proxy_pid, DEADLINE)
     finally:
         for sock in clients:
             sock.close()
         target.close()
+    return Idle(before, loaded, after, opened, fds_back, threads_back)
+
+
+def idle_tunnels(proxy_pid: int, proxy_port: int, count: int) -> None:
+    held = hold_idle(proxy_pid, lambda port: tunnel(proxy_port, port), count)
+    before, loaded, after, opened = held.before, held.loaded, held.after, held.opened_s
     grown = loaded - before
     print(f"idle tunnels: {count} opened in {opened:.2f} s")
     show("baseline (1 warm-up)", before)
