@@ -156,8 +156,8 @@ def main() -> None:
 def serve(config_file: str | None, **settings: Any) -> None:
     """Run the proxy until Ctrl-C or SIGTERM (a second signal exits at once).
 
-    SIGHUP or SIGUSR1 reloads the config file (ACL, auth, filters, timeouts) without
-    dropping connections, and reopens the log file. SIGUSR2 starts a drain: /readyz
+    SIGHUP or SIGUSR1 reloads the config file (ACL, auth, filters, timeouts) and a TLS
+    listener's certificate without dropping connections, and reopens the log file. SIGUSR2 starts a drain: /readyz
     answers 503 while the proxy goes on serving (see --drain-delay).
     """
     explicit = _explicit(settings)
