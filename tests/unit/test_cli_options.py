@@ -29,6 +29,7 @@ def test_connect_ports_are_numbers_or_words_on_the_command_line() -> None:
     assert parsed(["--connect-port", "443"])["connect_ports"] == (443,)
     assert parsed(["--connect-port", "443", "--connect-port", "any"])["connect_ports"] == (443, 0)
     assert parsed(["--connect-port", "none"])["connect_ports"] == ()
+    assert parsed(["--connect-port", "443,8443"])["connect_ports"] == (443, 8443)
 
 
 def test_defaults_stay_as_they_are() -> None:

@@ -53,7 +53,22 @@ def test_unsupported_directives_warn_with_file_and_line() -> None:
         "tinyproxy.conf:4: User: not supported, ignored (run as that user with your service manager instead)"
     )
     assert [w.split(":")[1] for w in warnings] == ["4", "5", "8", "9"]
-    assert "unknown directive" in parse("Frobnicate yes\n", "f").warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Port 8888\nAlow 10.0.0.0/8\n", "f.conf:2: Alow: unknown directive; did you mean Allow?"),
+        ("MaxClient 5\n", "f.conf:1: MaxClient: unknown directive; did you mean MaxClients?"),
+        ("TlsCrt proxy.pem\n", "f.conf:1: TlsCrt: unknown directive; did you mean TlsCert?"),
+        ("Frobnicate yes\n", "f.conf:1: Frobnicate: unknown directive"),
+    ],
+)
+def test_a_directive_nobody_knows_stops_the_start_with_a_guess(text: str, message: str) -> None:
+    """tinyproxy refuses it too; starting without the rule the user meant would be worse."""
+    with pytest.raises(ConfigFileError) as refused:
+        parse(text, "f.conf")
+    assert str(refused.value) == message
 
 
 def test_explicit_timeouts_win_over_timeout_in_any_order() -> None:
@@ -94,7 +109,7 @@ def test_our_own_limits_have_keywords() -> None:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("Port eighty\n", "f.conf:1: Port: invalid literal"),
+        ("Port eighty\n", "f.conf:1: Port: takes a whole number, got 'eighty'"),
         ("Port 80\nMaxClients\n", "f.conf:2: MaxClients: needs a value"),
         ("Listen ::1\nListen ::1\n", "f.conf:2: Listen: lists '::1' twice"),
         ("BasicAuth onlyuser\n", "f.conf:1: BasicAuth: takes a user and a password"),
@@ -164,8 +179,9 @@ def test_environment_variables() -> None:
         {"TINYPROXY_PY_PORT": "9000", "TINYPROXY_PY_ALLOW": "10.0.0.0/8, 192.168.0.0/16", "OTHER": "x"}
     )
     assert values == {"port": 9000, "allow": ("10.0.0.0/8", "192.168.0.0/16")}
-    with pytest.raises(ValueError, match="TINYPROXY_PY_MAX_CLIENTS"):
+    with pytest.raises(ValueError, match=r"^TINYPROXY_PY_MAX_CLIENTS: takes a whole number, got 'many'$"):
         from_environment({"TINYPROXY_PY_MAX_CLIENTS": "many"})
+    assert from_environment({"TINYPROXY_PY_CONNECT_PORTS": "443,8443"}) == {"connect_ports": (443, 8443)}
     with pytest.raises(ValueError, match=r"^TINYPROXY_PY_READ_TIMEOUT: must be a finite number, got nan$"):
         from_environment({"TINYPROXY_PY_READ_TIMEOUT": "nan"})
 
@@ -199,5 +215,21 @@ def test_tls_listener_directives() -> None:
         "proxy.pem",
         "proxy-key.pem",
     )
-    with pytest.raises(ConfigFileError, match=r"f\.conf:1: TlsPort: invalid literal"):
+    with pytest.raises(ConfigFileError, match=r"f\.conf:1: TlsPort: takes a whole number, got 'https'"):
         parse("TlsPort https\n", "f.conf")
+
+
+def test_files_that_cannot_be_read_are_named_in_words(tmp_path: Path) -> None:
+    binary = tmp_path / "bin.conf"
+    binary.write_bytes(b"Port 80\n\xd0\xcf\x11\xe0")
+    with pytest.raises(ConfigFileError, match=r"bin\.conf: not a text file \(byte 8 is not UTF-8\)$"):
+        load_file(str(binary))
+    with pytest.raises(OSError, match=r"^cannot read the auth file .*nope\.txt: No such file or directory$"):
+        conffile.load_credentials(str(tmp_path / "nope.txt"))
+    (tmp_path / "hosts.txt").write_text("ok\\.example\n(bad\n")
+    conf = tmp_path / "c.conf"
+    conf.write_text('Filter "hosts.txt"\n')
+    with pytest.raises(
+        ConfigFileError, match=r"c\.conf:1: Filter: .*hosts\.txt:2: bad regular expression '\(bad'"
+    ):
+        load_file(str(conf))

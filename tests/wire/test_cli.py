@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from tinyproxy_py import AccessRecord, ProxyServer
+from tinyproxy_py.app.cli import _announce
 from tinyproxy_py.app.workers import RESTART_AFTER
 
 from ..kit.origins import OriginServer, pattern_bytes
@@ -40,6 +42,28 @@ def test_serve_prints_usage_line_forwards_and_exits_0_on_sigterm(origin: OriginS
         log = proc.stderr.read()
     assert f"GET {origin.url('/bytes/5000')} 200 up=0 down=5000" in log
     assert "stopped" in log
+
+
+def test_curl_follows_the_banners_exports(
+    proxy: ProxyServer, origin: OriginServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """curl reads only the lower-case http_proxy: an upper-case export alone would send
+    `curl http://...` straight to the origin, past the proxy, without a word."""
+    records: list[AccessRecord] = []
+    proxy.on_access = records.append
+    _announce(proxy)
+    exports = capsys.readouterr().out.split("use it with: ", 1)[1].strip()
+    assert exports.startswith("export http_proxy=") and "HTTPS_PROXY=" in exports
+    url = origin.url("/bytes/10")
+    result = subprocess.run(
+        ["sh", "-c", f"{exports}; curl -sS --fail {url}"],
+        capture_output=True,
+        env=client_env(),
+        timeout=MUST_NOT_EXPIRE,
+        check=True,
+    )
+    assert result.stdout == pattern_bytes(10)
+    assert [r.target for r in records] == [url]  # through the proxy
 
 
 def test_env_proxy_with_urllib_in_a_child(origin: OriginServer) -> None:
@@ -230,3 +254,13 @@ def test_counters_never_go_down_between_scrapes_of_two_workers(origin: OriginSer
     for earlier, later in itertools.pairwise(scrapes):
         for key, value in earlier.items():
             assert later.get(key, 0) >= value, f"{key} went from {value} to {later.get(key)}"
+
+
+def test_the_open_files_warning_names_the_values_that_fit() -> None:
+    with proxy_process("--max-tunnels", "2000", open_files=4096) as (proc, _):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(MUST_NOT_EXPIRE) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    # 2 x 256 clients + 100 x 10 pooled = 1512; (4096 - 1512) / 2 tunnels fit.
+    assert "lower --max-tunnels to 1292, or raise the limit to 5512" in log

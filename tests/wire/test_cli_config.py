@@ -48,10 +48,16 @@ def test_unmodified_tinyproxy_config_serves_and_warns_with_file_and_line(
         response = get(address_of(url), origin.url("/bytes/100"))
         assert response.body == pattern_bytes(100)
         assert (response.header("Via") or "").startswith("1.1 tinyproxy (")
+        proc.send_signal(signal.SIGHUP)  # the same file again: nothing new to warn about
+        assert wait_until(lambda: "configuration reloaded" in (tmp_path / "proxy.log").read_text())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(MUST_NOT_EXPIRE) == 0
+        assert proc.stderr is not None
+        terminal = proc.stderr.read()
     log = (tmp_path / "proxy.log").read_text()
     assert f"{conf}:1: User: not supported" in log and f"{conf}:6: StatFile: not supported" in log
+    assert log.count(f"{conf}:1: User: not supported") == 1  # said once, not at every SIGHUP
+    assert f"warning: {conf}:1: User: not supported" in terminal  # the log is a file: said here too
     assert f"GET {origin.url('/bytes/100')} 200" in log
     assert not (tmp_path / "proxy.pid").exists()
 
@@ -102,7 +108,7 @@ def test_bad_value_exits_2_naming_file_line_and_reason(tmp_path: Path) -> None:
     conf = tinyproxy_conf(tmp_path, "MaxClients lots\n")
     result = run("serve", "--config", str(conf))
     assert result.returncode == 2
-    assert f"{conf}:14: MaxClients: invalid literal" in result.stderr
+    assert f"{conf}:14: MaxClients: takes a whole number" in result.stderr
 
 
 def test_a_value_refused_only_by_another_setting_names_its_file_line(tmp_path: Path) -> None:
@@ -204,9 +210,19 @@ def test_run_wraps_a_command_and_shows_what_it_fetched(origin: OriginServer) -> 
     assert failed.returncode == 22  # curl's own exit status for an HTTP error with --fail
 
 
+def test_run_exits_as_a_shell_does_when_the_command_cannot_run(tmp_path: Path) -> None:
+    missing = run("run", "--", "no-such-command-tinyproxy-py")
+    assert missing.returncode == 127
+    assert "cannot run no-such-command-tinyproxy-py: No such file or directory" in missing.stderr
+    plain_file = tmp_path / "not-executable"
+    plain_file.write_text("#!/bin/sh\n")
+    refused = run("run", "--", str(plain_file))
+    assert refused.returncode == 126
+
+
 def test_env_prints_export_lines() -> None:
     result = run("env", "--port", "3128")
     assert result.stdout.splitlines() == [
         f"export {name}=http://127.0.0.1:3128"
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
     ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..kit.origins import OriginServer
 from ..kit.responses import get
+from ..kit.waits import wait_until
 from ..support import address_of, proxy_process
 
 TLS = ("libssl", "libcrypto", "/_ssl.", "/_hashlib.")
@@ -28,3 +29,13 @@ def test_an_idle_proxy_loads_tls_only_when_a_request_needs_it(origin: OriginServ
 def test_credentials_load_hashlib_and_nothing_else_of_tls() -> None:
     with proxy_process("--basic-auth", "u:p") as (proc, _):
         assert [path for path in tls_mapped(proc.pid) if "ssl" in path] == []
+
+
+def test_workers_have_what_the_first_request_needs_before_it_comes() -> None:
+    """--workers: the parent loads it once before forking, so no worker's first client
+    waits some 40 ms for imports, and the workers share those pages."""
+    with proxy_process("--workers", "2") as (proc, _):
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        assert wait_until(lambda: len(children.read_text().split()) == 2)
+        workers = [int(pid) for pid in children.read_text().split()]
+        assert all(tls_mapped(pid) != [] for pid in workers)  # urllib3 comes with ssl

@@ -38,7 +38,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from tinyproxy_py import ProxyServer
+from tinyproxy_py import AccessRecord, ProxyServer
+from tinyproxy_py.observe.accesslog import format_record
 
 from ..kit.clients import KiB, connect_request, open_tunnel
 from ..kit.faults import echo
@@ -278,6 +279,27 @@ def test_websocket_echo_both_ways_then_the_client_closes(proxy: ProxyServer, ws_
     assert headers["upgrade"] == "websocket"
     assert "upgrade" in headers["connection"].lower()
     assert stats_json(proxy)["tunnels"] == []
+
+
+def test_the_access_line_at_the_close_names_the_upgrade_request(
+    proxy: ProxyServer, ws_origin: WsOrigin
+) -> None:
+    """Not a CONNECT the client never sent: its GET, the 101 it got, then the bytes."""
+    records: list[AccessRecord] = []
+    proxy.on_access = records.append
+    with WsClient(proxy) as client:
+        client.open(ws_origin.authority, "/chat")
+        client.send_message("hello")
+        assert client.recv_message() == "hello"
+        client.close()
+    target = f"http://{ws_origin.authority}/chat"
+    assert wait_until(lambda: len(records) == 2)
+    opened, closed = records
+    assert (opened.method, opened.target, opened.status) == ("GET", target, 101)
+    assert (closed.method, closed.target, closed.status, closed.cause) == ("GET", target, 101, "eof")
+    assert closed.bytes_up > 0 and closed.bytes_down > 0
+    line = format_record(closed)
+    assert f"GET {target} 101 " in line and "cause=eof" in line
 
 
 def test_websocket_closed_by_the_server(proxy: ProxyServer, ws_origin: WsOrigin) -> None:

@@ -3,17 +3,17 @@
 Options are generated from `Config` (settings/config.py), so every setting has a flag whose
 default and help text come from the one source of truth. Settings are merged as:
 command line > environment (TINYPROXY_PY_...) > config file > defaults.
-Process-wide concerns live here, never in the core: logging handlers, signals, the
-open-files limit, thread stack size, the pid file.
+Process-wide concerns live here and in app/process.py, never in the core: logging
+handlers, signals, the open-files limit, thread stack size, the pid file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import queue
-import resource
 import signal
 import subprocess
 import sys
@@ -26,14 +26,13 @@ import click
 from click.core import ParameterSource
 
 from ..server.proxy import ProxyServer
-from ..settings.conffile import ConfigFileError, env_variable, from_environment, load_file
+from ..settings.conffile import env_variable, from_environment, load_file
 from ..settings.config import CHOICES, SPELLED, Config, SettingError, check_setting, coerce, flag
 from ..settings.routes import join_host_port
 from ..version import __version__
+from .process import LogSetup, prepare_process
 from .workers import PASSED_ON, SharedStats, supervise
 
-THREAD_STACK_SIZE = 512 * 1024
-M_MMAP_THRESHOLD = -3  # mallopt(3)
 _SCALARS: dict[str, Any] = {
     "int": int,
     "int | None": int,
@@ -50,6 +49,7 @@ log = logging.getLogger("tinyproxy_py")
 # as the pytest fixture allows); no serve-only options.
 RUN_DEFAULTS: dict[str, Any] = {"port": 0, "connect_ports": (0,), "http_ports": ("any",)}
 SERVE_ONLY = frozenset({"workers", "pid_file"})
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
 
 
 def _options(
@@ -139,10 +139,8 @@ def _load(
 ) -> tuple[Config, list[str]]:
     try:
         return build_config(config_file, explicit, defaults)
-    except ConfigFileError as exc:
+    except (ValueError, OSError) as exc:  # each names its file, line or variable
         raise click.UsageError(str(exc)) from exc
-    except (ValueError, OSError) as exc:
-        raise click.UsageError(f"{config_file}: {exc}" if isinstance(exc, OSError) else str(exc)) from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -157,22 +155,37 @@ def serve(config_file: str | None, **settings: Any) -> None:
     """Run the proxy until Ctrl-C or SIGTERM (a second signal exits at once).
 
     SIGHUP or SIGUSR1 reloads the config file (ACL, auth, filters, timeouts) and a TLS
-    listener's certificate without dropping connections, and reopens the log file. SIGUSR2 starts a drain: /readyz
-    answers 503 while the proxy goes on serving (see --drain-delay).
+    listener's certificate without dropping connections, and reopens the log file.
+    SIGUSR2 starts a drain: /readyz answers 503 while the proxy goes on serving (see
+    --drain-delay).
     """
     explicit = _explicit(settings)
     config, warnings = _load(config_file, explicit)
     proxy = _make_proxy(config)  # validates everything before anything starts
-    logs = _LogSetup(config)
+    logs = _logs(config)
     for warning in warnings:
         log.warning("%s", warning)
-    _prepare_process(config)
-    reload = lambda: build_config(config_file, explicit)  # noqa: E731
+        if config.log_file:  # whoever starts it reads the terminal, not the file
+            click.echo(f"warning: {warning}", err=True)
+    prepare_process(config)
+    said = set(warnings)
+
+    def reload() -> tuple[Config, list[str]]:
+        """The file and environment again; a warning said before is not said again."""
+        again, warnings = build_config(config_file, explicit)
+        fresh = [warning for warning in warnings if warning not in said]
+        said.update(fresh)
+        return again, fresh
+
     try:
         with _pid_file(config.pid_file):
             if config.workers == 1:
                 _run_worker(proxy, logs, reload, announce=True)
                 return
+
+            # What the first plain request would load (urllib3, http.client, ssl: ~40 ms),
+            # loaded once here: the workers share its pages, and no worker's first client waits.
+            importlib.import_module("tinyproxy_py.origin.connections")
 
             def worker(config: Config, shared: SharedStats) -> None:
                 # The certificate the parent loaded: a replacement worker does not depend
@@ -191,7 +204,7 @@ def serve(config_file: str | None, **settings: Any) -> None:
 
 def _run_worker(
     proxy: ProxyServer,
-    logs: _LogSetup,
+    logs: LogSetup,
     reload: Callable[[], tuple[Config, list[str]]],
     shared: SharedStats | None = None,
     announce: bool = False,
@@ -223,6 +236,13 @@ def _reload_tls(proxy: ProxyServer, reload: Callable[[], tuple[Config, list[str]
         log.warning("a replacement worker would start with the certificate loaded before: %s", exc)
 
 
+def _logs(config: Config) -> LogSetup:
+    try:
+        return LogSetup(config)
+    except OSError as exc:  # names the file
+        raise click.ClickException(str(exc)) from None
+
+
 def _make_proxy(config: Config) -> ProxyServer:
     try:
         return ProxyServer(config)
@@ -241,7 +261,9 @@ def _start(proxy: ProxyServer) -> None:
 def _announce(proxy: ProxyServer) -> None:
     local = _local_url(proxy)
     click.echo(f"tinyproxy-py listening on {' and '.join(proxy.urls)}; use it with: ", nl=False)
-    click.echo(f"export HTTP_PROXY={local} HTTPS_PROXY={local}")
+    # Both cases: curl and wget read only the lower-case http_proxy (a CGI program's
+    # HTTP_PROXY can come from a request's Proxy header); some tools only the upper case.
+    click.echo("export " + " ".join(f"{name}={local}" for name in PROXY_VARIABLES))
 
 
 def _local_url(proxy: ProxyServer) -> str:
@@ -252,7 +274,7 @@ def _local_url(proxy: ProxyServer) -> str:
 def _serve_until_stopped(
     proxy: ProxyServer,
     events: queue.SimpleQueue[int],
-    logs: _LogSetup,
+    logs: LogSetup,
     reload: Callable[[], tuple[Config, list[str]]],
 ) -> None:
     while True:
@@ -325,132 +347,6 @@ def _pid_file(path: str | None) -> Iterator[None]:
             pass
 
 
-class _LogSetup:
-    """The root handler: stderr, or a log file that can be reopened after rotation."""
-
-    FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-    def __init__(self, config: Config) -> None:
-        self.handler: logging.Handler = (
-            _open_log(config.log_file, "log file") if config.log_file else logging.StreamHandler(sys.stderr)
-        )
-        # With --workers, each line says which worker wrote it.
-        pid = " [%(process)d]" if config.workers > 1 else ""
-        self.handler.setFormatter(
-            logging.Formatter(self.FORMAT.replace(" %(levelname)s", pid + " %(levelname)s"))
-        )
-        root = logging.getLogger()
-        root.addHandler(self.handler)
-        root.setLevel(config.log_level.upper())
-        # A record per request: skip what no format here shows (the caller's file and
-        # line, found by walking the stack; thread and process names; the pid unless
-        # --workers prints it). A third of an access line's cost.
-        logging._srcfile = None
-        logging.logThreads = logging.logMultiprocessing = False
-        logging.logProcesses = config.workers > 1
-        # Access lines carry their own timestamp (CLF needs the bare line): no prefix, in
-        # their own file or the log's stream. At INFO, so log_level "warning" silences them.
-        self.access = logging.getLogger("tinyproxy_py.access")
-        try:
-            self.bare: logging.Handler = (
-                _open_log(config.access_log, "access log")
-                if config.access_log
-                else _SharedStreamHandler(self.handler)
-            )
-        except BaseException:
-            root.removeHandler(self.handler)
-            self.handler.close()
-            raise
-        self.access.addHandler(self.bare)
-        self.access.propagate = False
-
-    def reopen(self) -> None:
-        for handler in (self.handler, self.bare):
-            if isinstance(handler, logging.FileHandler):
-                with handler.lock:  # type: ignore[union-attr]
-                    handler.close()
-                    handler.stream = handler._open()
-
-    def close(self) -> None:
-        self.access.removeHandler(self.bare)
-        self.access.propagate = True
-        logging.getLogger().removeHandler(self.handler)
-        self.handler.close()
-        self.bare.close()
-
-
-def _open_log(path: str, what: str) -> logging.FileHandler:
-    """A file handler, or one line naming the file that cannot be opened."""
-    try:
-        return logging.FileHandler(path, encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"cannot open the {what} {path}: {exc.strerror or exc}") from None
-
-
-class _SharedStreamHandler(logging.Handler):
-    """Writes bare messages to another handler's current stream (so a reopen covers both)."""
-
-    def __init__(self, target: logging.Handler) -> None:
-        super().__init__()
-        self.target = target
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stream = getattr(self.target, "stream", None)
-        if stream is None:
-            return
-        with self.target.lock:  # type: ignore[union-attr]
-            try:
-                stream.write(record.getMessage() + "\n")
-                stream.flush()
-            except (OSError, ValueError):
-                self.handleError(record)
-
-
-def _pin_malloc_threshold() -> None:
-    """Keep glibc's mmap threshold at its default, 128 KiB, fixed: by default the first
-    free of a larger block raises it for good, and from then on every handler thread's
-    malloc arena keeps up to a megabyte it has freed (the proxy's own reads avoid large
-    blocks, net/nowait.py; a library may not). No-op where malloc is not glibc's."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (ImportError, AttributeError, OSError):
-        pass
-
-
-def _prepare_process(config: Config) -> None:
-    """Process-wide settings an embedding program decides for itself, so only the CLI makes them.
-
-    Small thread stacks keep max_clients threads cheap (the handler path is shallow); the
-    open-files limit is raised toward the hard limit so max_tunnels can actually be reached;
-    glibc's malloc keeps its mmap threshold at the default (`_pin_malloc_threshold`).
-    """
-    threading.stack_size(THREAD_STACK_SIZE)
-    _pin_malloc_threshold()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    needed = 2 * config.max_clients + 2 * config.max_tunnels + config.pool_hosts * config.pool_idle_per_host
-    log.info(
-        "limits: max_clients=%d max_tunnels=%d open files=%d (the limits need up to %d) thread stack=%d KiB",
-        config.max_clients,
-        config.max_tunnels,
-        soft,
-        needed,
-        THREAD_STACK_SIZE // 1024,
-    )
-    if needed > soft:
-        log.warning(
-            "the open-files limit (%d) is below what the limits need (%d): lower max_tunnels", soft, needed
-        )
-
-
 @main.command("check-config")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 def check_config(config_file: str) -> None:
@@ -486,23 +382,25 @@ def run(config_file: str | None, command: tuple[str, ...], **settings: Any) -> N
 
     Usage: tinyproxy-py run [OPTIONS] -- COMMAND [ARGS]... The proxy listens on a free
     loopback port, NO_PROXY is cleared for COMMAND so every request shows up, and the
-    exit status is COMMAND's.
+    exit status is COMMAND's (127 if it is not found, 126 if it cannot be run, as in a shell).
     """
     explicit = {"port": 0, **_explicit(settings)}  # a free port whatever a file says
     config, warnings = _load(config_file, explicit, RUN_DEFAULTS)
     proxy = _make_proxy(config)
-    logs = _LogSetup(config)
+    logs = _logs(config)
     try:
         for warning in warnings:
             log.warning("%s", warning)
         _start(proxy)
         url = _local_url(proxy)
         env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
-        env |= {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url}
+        env |= dict.fromkeys(PROXY_VARIABLES, url)
         try:
             status = subprocess.call(list(command), env=env)
         except OSError as exc:
-            raise click.ClickException(f"cannot run {command[0]}: {exc.strerror or exc}") from exc
+            # As a shell says it: 127 for a command not found, 126 for one that cannot run.
+            click.echo(f"tinyproxy-py: cannot run {command[0]}: {exc.strerror or exc}", err=True)
+            status = 127 if isinstance(exc, FileNotFoundError) else 126
     finally:
         proxy.stop()
         logs.close()
@@ -515,7 +413,7 @@ def run(config_file: str | None, command: tuple[str, ...], **settings: Any) -> N
 def env(host: str, port: int) -> None:
     """Print shell export lines that point clients at a running proxy: eval "$(tinyproxy-py env)"."""
     url = "http://" + join_host_port(host, port)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    for name in PROXY_VARIABLES:
         click.echo(f"export {name}={url}")
 
 

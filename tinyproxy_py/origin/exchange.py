@@ -483,6 +483,7 @@ def _hand_off(head: RequestHead, exchange: _Exchange, client: ClientConnection, 
     greeting = _client_head(exchange.response, [], route.rewrite.pseudonym) + exchange.leftover
     origin = target_stream(exchange.lease.detach(), route.fault)  # a fault goes on shaping it
     label = f"{client.peer} -> {head.host}:{head.port}"
-    record = AccessRecord(route.client_ip, "CONNECT", f"{head.host}:{head.port}", status=200)
+    # Its close's line names the request the client sent and the 101 it got, with the bytes.
+    record = AccessRecord(route.client_ip, head.method, head.target, head.version, status=101)
     client.hand_off(route.hub.adopt, origin, label, greeting, record)
     return Outcome(status=101, keep_alive=False)  # the hub has the client now

@@ -324,6 +324,8 @@ class ClientHandler:
         answer: bool = True,
     ) -> None:
         if self.server.cut_off.is_set():  # stop() cut it: whatever failed, that is why
+            if not isinstance(error, Aborted):  # nothing sent yet: the 503 a stop answers
+                error = Overloaded(f"the proxy is shutting down ({error.message})")
             error.cause = Cause.SHUTDOWN
         self.server.stats.count(f"errors.{error.cause}")
         if isinstance(error, Aborted):  # nothing more can be said: log what was sent

@@ -314,8 +314,11 @@ class ProxyServer:
                 self.stats.gauge("tunnels"),
             )
         self.cut_off.set()
-        self._clients.abort()
+        # Requests still waiting for an origin fail fast; each answers 503 (cause
+        # shutdown) unless a response had begun, before the client sockets are cut.
         self.pool.close()
+        self._wait_until_zero(("requests_in_flight",), SHUTDOWN_IDLE)
+        self._clients.abort()
         self.hub.close()
         self._wait_until_zero(("clients",), 5.0)
         self._clients.threads.stop(timeout=5.0)

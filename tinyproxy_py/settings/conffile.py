@@ -16,8 +16,10 @@ client-idle and tunnel-idle timeouts, unless the file also names one of those ex
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,10 +98,39 @@ _KEYWORDS = (
 )
 
 
+def spelling(f: dataclasses.Field[Any]) -> str:
+    """A setting's keyword as the docs write it: TlsCert, MaxClients, ConnectPort."""
+    return "".join(part.capitalize() for part in (f.metadata["flag"] or f.name).replace("-", "_").split("_"))
+
+
+# Every directive a file may use, lower case → as written, for "did you mean".
+_TINYPROXY_FORMS = ("Timeout", "Upstream", "No", "BasicAuth", "AddHeader", "DisableViaHeader", "LogLevel")
+_FILTER_FORMS = ("Filter", "FilterType", "FilterExtended", "FilterDefaultDeny")
+SPELLINGS = {
+    word.lower(): word
+    for word in (
+        *(spelling(f) for f in dataclasses.fields(Config) if f.metadata["cli"]),
+        *ALIASES,
+        *_TINYPROXY_FORMS,
+        *_FILTER_FORMS,
+    )
+}
+
+
 def load_file(path: str) -> FileSettings:
     """Read a tinyproxy.conf-style file. Raises ConfigFileError (or OSError if unreadable)."""
-    with open(path, encoding="utf-8") as handle:
-        return parse(handle.read(), path)
+    return parse(read_text(path, "config file"), path)
+
+
+def read_text(path: str, what: str) -> str:
+    """A file's text; OSError or ConfigFileError that name the file and say why in words."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
+    except OSError as exc:
+        raise OSError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
 
 
 def parse(text: str, path: str = "<config>") -> FileSettings:
@@ -147,9 +178,13 @@ class _Parser:
             special(number, values)
         elif keyword in _KEYWORDS:
             self.set(_KEYWORDS[keyword], values)
-        else:
-            why = UNSUPPORTED.get(keyword, "unknown directive")
+        elif keyword in UNSUPPORTED:  # tinyproxy's: the rest of its file still means what it says
+            why = UNSUPPORTED[keyword]
             self.result.warnings.append(f"{self.where(number)}: {written}: not supported, ignored ({why})")
+        else:  # a typo: starting without the rule the user meant would be worse than not starting
+            guess = difflib.get_close_matches(keyword, SPELLINGS, n=1, cutoff=0.7)
+            hint = f"; did you mean {SPELLINGS[guess[0]]}?" if guess else ""
+            raise ValueError(f"unknown directive{hint}")
 
     def set(self, name: str, values: list[str]) -> None:
         if not values:
@@ -259,14 +294,17 @@ class _Parser:
         """tinyproxy filter files hold one regular expression (or glob) per line."""
         path = os.path.join(os.path.dirname(self.path), path)
         try:
-            with open(path, encoding="utf-8") as handle:
-                lines = [line.split("#", 1)[0].strip() for line in handle]
-        except OSError as exc:
-            raise ConfigFileError(
-                f"{self.where(number)}: Filter: cannot read {path}: {exc.strerror}"
-            ) from None
+            lines = [line.split("#", 1)[0].strip() for line in read_text(path, "filter file").split("\n")]
+        except (OSError, ConfigFileError) as exc:
+            raise ConfigFileError(f"{self.where(number)}: Filter: {exc}") from None  # names the file
         if self.filter_type == "fnmatch":
             return tuple("re:" + fnmatch.translate(line) for line in lines if line)
+        for line_number, line in enumerate(lines, 1):
+            try:
+                re.compile(line)
+            except re.error as exc:
+                where = f"{self.where(number)}: Filter: {path}:{line_number}"
+                raise ConfigFileError(f"{where}: bad regular expression {line!r}: {exc}") from None
         return tuple("re:" + line for line in lines if line)
 
 
@@ -318,10 +356,7 @@ def reference_table() -> str:
     for f in dataclasses.fields(Config):
         if not f.metadata["cli"]:
             continue
-        keyword = "".join(
-            part.capitalize() for part in (f.metadata["flag"] or f.name).replace("-", "_").split("_")
-        )
-        spelled = [f"`{keyword}`"] + [f"`{a}`" for a in aliases.get(f.name, [])]
+        spelled = [f"`{spelling(f)}`"] + [f"`{a}`" for a in aliases.get(f.name, [])]
         spelled = RULE_KEYWORDS.get(f.name, list(dict.fromkeys(spelled)))
         unit = f" ({f.metadata['unit']})" if f.metadata["unit"] else ""
         rows.append(
@@ -351,12 +386,11 @@ def _default(value: Any) -> str:
 def load_credentials(path: str) -> tuple[tuple[str, str], ...]:
     """USER:PASSWORD lines of an auth file (blank lines and # comments skipped)."""
     users = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                try:
-                    users.append(parse_credential(line))
-                except ValueError as exc:
-                    raise ValueError(f"{path}:{number}: {exc}") from None
+    for number, line in enumerate(read_text(path, "auth file").split("\n"), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                users.append(parse_credential(line))
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: {exc}") from None
     return tuple(users)

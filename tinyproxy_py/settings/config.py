@@ -464,10 +464,13 @@ def coerce(name: str, values: list[str]) -> Any:
     text = values[0]
     if kind == "bool":
         return parse_bool(text)
-    if kind in ("int", "int | None"):
-        return int(text)
-    if kind == "float":
-        return float(text)
+    try:
+        if kind in ("int", "int | None"):
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"takes a {'whole ' if kind != 'float' else ''}number, got {text!r}") from None
     return text
 
 

@@ -33,10 +33,13 @@ def port_range_problem(text: str) -> str:
 
 
 def connect_ports(values: list[str]) -> tuple[int, ...]:
-    """The command line's and environment's spelling: ports, 'any' (or 0), or 'none'."""
-    words = [value.strip().lower() for value in values]
+    """The command line's and environment's spelling: ports (also 443,8443), 'any' (or
+    0), or 'none'."""
+    words = [word.strip().lower() for value in values for word in value.split(",") if word.strip()]
     if "none" in words:
         if len(words) > 1:
             raise ValueError("'none' refuses CONNECT: give it alone")
         return ()
+    if bad := [word for word in words if word != "any" and not word.isdigit()]:
+        raise ValueError(f"takes port numbers, 'any' or 'none'; got {bad[0]!r}")
     return tuple(0 if word == "any" else int(word) for word in words)
