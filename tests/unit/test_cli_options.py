@@ -33,8 +33,9 @@ def test_connect_ports_are_numbers_or_words_on_the_command_line() -> None:
 
 
 def test_defaults_stay_as_they_are() -> None:
-    assert parsed([])["connect_ports"] == (443, 563)
-    assert parsed([], RUN_DEFAULTS)["connect_ports"] == (0,)
+    assert parsed([])["connect_ports"] == (-1,)  # auto: the policy decides (settings/ports.py)
+    assert parsed([], RUN_DEFAULTS)["connect_ports"] == (-1,)  # one rule for serve, run and the fixture
+    assert parsed(["--connect-port", "auto"])["connect_ports"] == (-1,)
 
 
 def test_a_bad_port_word_is_a_usage_error() -> None:

@@ -150,12 +150,21 @@ def test_loop_by_target_address(host: str, listening: tuple[str, int], loops: bo
         policy.check_loop(host, listening[1], [], [also, listening])
 
 
-def test_connect_ports_default_and_any() -> None:
-    default = Policy(Config())
-    default.check_connect_port(443)
-    with pytest.raises(Forbidden, match="port 8443 is not allowed"):
-        default.check_connect_port(8443)
-    Policy(Config(connect_ports=(0,))).check_connect_port(8443)
+def test_connect_ports_auto_any_and_listed() -> None:
+    """'auto' (the default): every port while only this machine's clients may connect;
+    443 and 563 once others may (an allow rule beyond them, or credentials)."""
+    Policy(Config()).check_connect_port(8443)  # loopback clients only
+    Policy(Config(allow=("127.0.0.1", "::1"))).check_connect_port(8443)
+    for opened in (Config(allow=("10.0.0.0/8",)), Config(basic_auth=("u:p",))):
+        policy = Policy(opened)
+        policy.check_connect_port(443)
+        with pytest.raises(
+            Forbidden, match=r"port 8443 is not allowed \(allowed: 443, 563; see --connect-port\)"
+        ):
+            policy.check_connect_port(8443)
+    Policy(Config(allow=("10.0.0.0/8",), connect_ports=(0,))).check_connect_port(8443)
+    with pytest.raises(Forbidden, match="port 443 is not allowed"):
+        Policy(Config(connect_ports=(8443,))).check_connect_port(443)
 
 
 def test_plain_requests_reach_web_ports_only_by_default() -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from tinyproxy_py import AccessRecord, ProxyServer
 from tinyproxy_py.app.cli import _announce
 from tinyproxy_py.app.workers import RESTART_AFTER
 
+from ..kit.clients import recv_head
 from ..kit.origins import OriginServer, pattern_bytes
 from ..kit.responses import get
 from ..kit.waits import MUST_NOT_EXPIRE, wait_until
@@ -108,13 +110,14 @@ def test_help_lists_every_limit_with_its_default() -> None:
 
 
 def test_run_help_shows_what_run_does() -> None:
-    """`run` listens on a free port, lets CONNECT reach any port, and has no serve-only options."""
+    """`run` listens on a free port, lets CONNECT reach ports as serve does (auto: any,
+    for this machine's clients), and has no serve-only options."""
     command = [sys.executable, "-m", "tinyproxy_py", "run", "--help"]
     text = " ".join(
         subprocess.run(command, capture_output=True, text=True, timeout=MUST_NOT_EXPIRE).stdout.split()
     )
     assert "[default: 0]" in text.split("--port", 1)[1].split("--", 1)[0]
-    assert "[default: (any)]" in text.split("--connect-port", 1)[1].split("--", 1)[0]
+    assert "[default: (auto)]" in text.split("--connect-port", 1)[1].split("--", 1)[0]
     assert "--workers" not in text and "--pid-file" not in text
 
 
@@ -264,3 +267,23 @@ def test_the_open_files_warning_names_the_values_that_fit() -> None:
         log = proc.stderr.read()
     # 2 x 256 clients + 100 x 10 pooled = 1512; (4096 - 1512) / 2 tunnels fit.
     assert "lower --max-tunnels to 1292, or raise the limit to 5512" in log
+
+
+@pytest.mark.parametrize(
+    ("args", "reach", "status"),
+    [((), "any port", b"200"), (("--allow", "127.0.0.1", "--allow", "10.0.0.0/8"), "ports 443, 563", b"403")],
+    ids=["local-clients-only", "opened-to-a-network"],
+)
+def test_serve_lets_connect_reach_a_dev_port_while_only_local_clients_may_connect(
+    origin: OriginServer, args: tuple[str, ...], reach: str, status: bytes
+) -> None:
+    """One rule for serve, run and the fixture: a local HTTPS server on an ephemeral port
+    is reachable out of the box; a proxy opened to a network keeps to 443 and 563."""
+    with proxy_process(*args) as (proc, url), socket.create_connection(address_of(url)) as sock:
+        sock.settimeout(MUST_NOT_EXPIRE)
+        sock.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert recv_head(sock).split(b" ", 2)[1] == status
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(MUST_NOT_EXPIRE) == 0
+        assert proc.stderr is not None
+        assert f"CONNECT may reach {reach}" in proc.stderr.read()

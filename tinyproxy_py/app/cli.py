@@ -28,6 +28,7 @@ from click.core import ParameterSource
 from ..server.proxy import ProxyServer
 from ..settings.conffile import env_variable, from_environment, load_file
 from ..settings.config import CHOICES, SPELLED, Config, SettingError, check_setting, coerce, flag
+from ..settings.ports import AUTO_CONNECT_PORTS
 from ..settings.routes import join_host_port
 from ..version import __version__
 from .process import LogSetup, prepare_process
@@ -47,7 +48,7 @@ log = logging.getLogger("tinyproxy_py")
 # `run` wraps one command on this machine: a free port always, and unless a file or the
 # environment says otherwise, CONNECT and requests to any port (local test servers use ephemeral ones,
 # as the pytest fixture allows); no serve-only options.
-RUN_DEFAULTS: dict[str, Any] = {"port": 0, "connect_ports": (0,), "http_ports": ("any",)}
+RUN_DEFAULTS: dict[str, Any] = {"port": 0, "http_ports": ("any",)}
 SERVE_ONLY = frozenset({"workers", "pid_file"})
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
 
@@ -64,6 +65,9 @@ def _options(
         scalar = _SCALARS[kind[6:-6] if repeatable else kind]
         unit = f.metadata["unit"]
         spelled = f.name in SPELLED  # words as well as numbers: parsed as the environment's are
+        default = defaults.get(f.name, f.default)
+        if default == AUTO_CONNECT_PORTS:  # click passes a spelled default on as text: the word
+            default = ("auto",)
         command = click.option(
             flag(f.name),
             f.name,
@@ -71,8 +75,8 @@ def _options(
             callback=_spelled if spelled else None,
             multiple=repeatable,
             is_flag=scalar is bool,
-            default=defaults.get(f.name, f.default),
-            show_default=_shown(f.name, defaults.get(f.name, f.default)),
+            default=default,
+            show_default=_shown(f.name, default),
             help=f.metadata["help"] + (f" ({unit})" if unit else ""),
         )(command)
     return click.option(
@@ -84,8 +88,8 @@ def _options(
 
 
 def _shown(name: str, default: Any) -> bool | str:
-    if name == "connect_ports" and default == (0,):
-        return "any"
+    if name == "connect_ports":
+        return "auto"
     return default not in (None, ())
 
 
@@ -363,8 +367,9 @@ def check_config(config_file: str) -> None:
             networks = ", ".join(map(str, proxy.policy.allow))
             click.echo(f"allow = (none given) -> {networks}")
             continue
-        if f.name == "connect_ports" and value in ((), (0,)):
-            value = "any port" if value else "none (CONNECT refused)"
+        if f.name == "connect_ports":  # what the policy makes of it
+            auto = "auto -> " if value == AUTO_CONNECT_PORTS else ""
+            value = auto + proxy.policy.describe_connect_ports()
         click.echo(f"{f.name} = {_show(value)}")
 
 

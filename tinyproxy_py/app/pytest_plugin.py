@@ -67,7 +67,7 @@ class RecordingProxy(ProxyServer):
 
 @pytest.fixture
 def tinyproxy_config() -> Config:
-    return Config(port=0, connect_ports=(0,), http_ports=("any",))
+    return Config(port=0, http_ports=("any",))  # CONNECT: 'auto', every port for local clients
 
 
 @pytest.fixture

@@ -246,7 +246,11 @@ class ProxyServer:
             )
             thread.start()
             self._listeners.append((listener, thread))
-        log.info("listening on %s", ", ".join(self.urls))
+        log.info(
+            "listening on %s; CONNECT may reach %s",
+            ", ".join(self.urls),
+            self.policy.describe_connect_ports(),
+        )
 
     def _bind_all(self, tries: int = 5) -> list[Listener]:
         """A listener per address and port (the clear one, the TLS one); with port 0 the

@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import FIELD_TYPES, Config, SettingError, check_setting, coerce, flag, parse_bool
 from .policy import parse_credential
+from .ports import AUTO_CONNECT_PORTS
 from .routes import rule_from_words
 
 ENV_PREFIX = "TINYPROXY_PY_"
@@ -214,7 +215,12 @@ class _Parser:
 
     def _connectport(self, number: int, values: list[str]) -> None:
         """tinyproxy.conf(5): the ports CONNECT may reach; `ConnectPort 0` matches no port,
-        so alone it disables CONNECT; with no ConnectPort line every port is allowed."""
+        so alone it disables CONNECT; with no ConnectPort line every port is allowed.
+        `ConnectPort auto` is the command line's default (--connect-port)."""
+        if [value.lower() for value in values] == ["auto"]:
+            self.result.where["connect_ports"] = self.current
+            self.result.values["connect_ports"] = AUTO_CONNECT_PORTS
+            return
         ports = [_checked("connect_ports", (int(value),))[0] for value in values] if values else []
         if not ports:
             raise ValueError("needs a value")
@@ -374,6 +380,8 @@ RULE_KEYWORDS = {
 
 
 def _default(value: Any) -> str:
+    if value == AUTO_CONNECT_PORTS:
+        return "`auto`"
     if value is None or value == ():
         return "(none)"
     if isinstance(value, tuple):

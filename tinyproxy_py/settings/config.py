@@ -16,7 +16,7 @@ from typing import Any
 
 from ..wire.grammar import TOKEN_TEXT
 from .faults import rule_problem
-from .ports import connect_ports, port_range_problem
+from .ports import AUTO_CONNECT_PORTS, connect_ports, port_range_problem
 
 SPELLED = frozenset({"connect_ports"})  # settings whose text is more than a number: see coerce
 CHOICES = {
@@ -211,9 +211,10 @@ class Config:
         flag="allow-destination",
     )
     connect_ports: tuple[int, ...] = _opt(
-        (443, 563),
-        "Port CONNECT may reach (repeatable; replaces the default list). 'any' (or 0) allows "
-        "every port, 'none' refuses CONNECT.",
+        AUTO_CONNECT_PORTS,
+        "Port CONNECT may reach (repeatable, or 443,8443). 'auto': any port while only this "
+        "machine's clients may connect (no allow rule beyond them, no credentials), 443 and 563 "
+        "once others may. 'any' (or 0) allows every port, 'none' refuses CONNECT.",
         flag="connect-port",
     )
     http_ports: tuple[str, ...] = _opt(
@@ -339,7 +340,7 @@ def _why_not(name: str, kind: str, value: Any) -> str:
     # Via's received-by pseudonym is a token (RFC 9110 §7.6.3)
     if name == "via_name" and value and not TOKEN_TEXT.fullmatch(value):
         return f"must be a token (letters, digits, -._~ and the like), got {value!r}"
-    if name == "connect_ports" and not all(0 <= port <= 65535 for port in value):
+    if name == "connect_ports" and value != AUTO_CONNECT_PORTS and not all(0 <= p <= 65535 for p in value):
         return "must be ports (0 allows every port, none at all refuses CONNECT)"
     if name == "http_ports":
         return next((problem for text in value if (problem := port_range_problem(text))), "")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ..errors import Cause, Forbidden, LoopDetected, ProxyAuthRequired
 from .config import Config
-from .ports import port_ranges
+from .ports import AUTO_CONNECT_PORTS, PUBLIC_CONNECT_PORTS, port_ranges
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -113,6 +113,10 @@ class Policy:
         self.deny_destinations = parse_networks(config.deny_destinations)
         self.allow_destinations = parse_networks(config.allow_destinations)
         self.http_ports = port_ranges(config.http_ports)
+        self.connect_ports = config.connect_ports
+        if self.connect_ports == AUTO_CONNECT_PORTS:  # every port only while nobody else can ask
+            local = all(any(_within(net, mine) for mine in self.local_clients) for net in self.allow)
+            self.connect_ports = (0,) if local and not self._digests else PUBLIC_CONNECT_PORTS
         self._http_port_allowed: dict[int, bool] = {}
         self.stats_clients = parse_networks(config.stats_allow)
 
@@ -224,14 +228,23 @@ class Policy:
 
     def check_connect_port(self, port: int) -> None:
         """0 in the list allows every port; an empty list refuses CONNECT (ConnectPort 0)."""
-        ports = self.config.connect_ports
+        ports = self.connect_ports
         if not ports:
             raise Forbidden("CONNECT is disabled on this proxy", cause=Cause.CONNECT_PORT)
         if 0 not in ports and port not in ports:
             allowed = ", ".join(map(str, ports))
             raise Forbidden(
-                f"CONNECT to port {port} is not allowed (allowed: {allowed})", cause=Cause.CONNECT_PORT
+                f"CONNECT to port {port} is not allowed (allowed: {allowed}; see --connect-port)",
+                cause=Cause.CONNECT_PORT,
             )
+
+    def describe_connect_ports(self) -> str:
+        """For the start-up log and check-config."""
+        if not self.connect_ports:
+            return "no port (CONNECT refused)"
+        if 0 in self.connect_ports:
+            return "any port"
+        return "ports " + ", ".join(map(str, self.connect_ports))
 
     def check_http_port(self, port: int) -> None:
         """A plain request carries whatever body the client writes to whatever listens:
@@ -359,3 +372,7 @@ def parse_credential(text: str) -> tuple[str, str]:
     if not password:  # `--basic-auth bob:` is a slip, not a wish for a door without a lock
         raise ValueError(f"the password for {user} is empty")
     return user, password
+
+
+def _within(network: Network, other: Network) -> bool:
+    return network.version == other.version and network.subnet_of(other)  # type: ignore[arg-type]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 
 _PORT_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
+# connect_ports' default, 'auto': every port while only local clients may connect, else these.
+AUTO_CONNECT_PORTS = (-1,)
+PUBLIC_CONNECT_PORTS = (443, 563)
 
 
 def port_ranges(texts: tuple[str, ...]) -> tuple[tuple[int, int], ...] | None:
@@ -34,12 +37,13 @@ def port_range_problem(text: str) -> str:
 
 def connect_ports(values: list[str]) -> tuple[int, ...]:
     """The command line's and environment's spelling: ports (also 443,8443), 'any' (or
-    0), or 'none'."""
+    0), 'none' or 'auto'."""
     words = [word.strip().lower() for value in values for word in value.split(",") if word.strip()]
-    if "none" in words:
-        if len(words) > 1:
-            raise ValueError("'none' refuses CONNECT: give it alone")
-        return ()
+    for word, meaning in (("none", ()), ("auto", AUTO_CONNECT_PORTS)):
+        if word in words:
+            if len(words) > 1:
+                raise ValueError(f"'{word}' stands alone")
+            return meaning
     if bad := [word for word in words if word != "any" and not word.isdigit()]:
-        raise ValueError(f"takes port numbers, 'any' or 'none'; got {bad[0]!r}")
+        raise ValueError(f"takes port numbers, 'any', 'none' or 'auto'; got {bad[0]!r}")
     return tuple(0 if word == "any" else int(word) for word in words)
