@@ -49,10 +49,13 @@ def test_debian_default_config_maps_onto_our_settings() -> None:
 
 def test_unsupported_directives_warn_with_file_and_line() -> None:
     warnings = parse(DEBIAN_DEFAULT, "tinyproxy.conf").warnings
-    assert warnings[0] == (
-        "tinyproxy.conf:4: User: not supported, ignored (run as that user with your service manager instead)"
+    assert (
+        warnings[0]
+        == "tinyproxy.conf:8: DefaultErrorFile: not supported, ignored (custom error pages are not supported)"
     )
-    assert [w.split(":")[1] for w in warnings] == ["4", "5", "8", "9"]
+    assert [w.split(":")[1] for w in warnings] == ["8", "9"]
+    values = parse(DEBIAN_DEFAULT, "tinyproxy.conf").values
+    assert (values["user"], values["group"]) == ("tinyproxy", "tinyproxy")  # dropped to, as root
 
 
 @pytest.mark.parametrize(

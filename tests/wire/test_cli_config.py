@@ -20,10 +20,11 @@ COMMAND = [sys.executable, "-m", "tinyproxy_py"]
 
 
 def tinyproxy_conf(tmp_path: Path, extra: str = "") -> Path:
-    """A tinyproxy.conf as Debian ships it, with log and pid files moved into tmp_path."""
+    """A tinyproxy.conf as Debian ships it, with log and pid files moved into tmp_path, and
+    without its User and Group lines (test_privileges.py drops to a user)."""
     path = tmp_path / "tinyproxy.conf"
     path.write_text(
-        "User tinyproxy\nGroup tinyproxy\nPort 8888\nTimeout 600\n"
+        "Port 8888\nTimeout 600\n"
         'DefaultErrorFile "/usr/share/tinyproxy/default.html"\n'
         'StatFile "/usr/share/tinyproxy/stats.html"\n'
         f'LogFile "{tmp_path / "proxy.log"}"\nLogLevel Info\n'
@@ -55,9 +56,9 @@ def test_unmodified_tinyproxy_config_serves_and_warns_with_file_and_line(
         assert proc.stderr is not None
         terminal = proc.stderr.read()
     log = (tmp_path / "proxy.log").read_text()
-    assert f"{conf}:1: User: not supported" in log and f"{conf}:6: StatFile: not supported" in log
-    assert log.count(f"{conf}:1: User: not supported") == 1  # said once, not at every SIGHUP
-    assert f"warning: {conf}:1: User: not supported" in terminal  # the log is a file: said here too
+    assert f"{conf}:3: DefaultErrorFile: not supported" in log and f"{conf}:4: StatFile: not supported" in log
+    assert log.count(f"{conf}:4: StatFile: not supported") == 1  # said once, not at every SIGHUP
+    assert f"warning: {conf}:4: StatFile: not supported" in terminal  # the log is a file: said here too
     assert f"GET {origin.url('/bytes/100')} 200" in log
     assert not (tmp_path / "proxy.pid").exists()
 
@@ -108,7 +109,7 @@ def test_bad_value_exits_2_naming_file_line_and_reason(tmp_path: Path) -> None:
     conf = tinyproxy_conf(tmp_path, "MaxClients lots\n")
     result = run("serve", "--config", str(conf))
     assert result.returncode == 2
-    assert f"{conf}:14: MaxClients: takes a whole number" in result.stderr
+    assert f"{conf}:12: MaxClients: takes a whole number" in result.stderr
 
 
 def test_a_value_refused_only_by_another_setting_names_its_file_line(tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_a_value_refused_only_by_another_setting_names_its_file_line(tmp_path: P
     conf = tinyproxy_conf(tmp_path, "MaxHeadBytes 100\n")
     result = run("check-config", str(conf))
     assert result.returncode == 2
-    assert f"Error: {conf}:14: MaxHeadBytes: must be at least max_line_bytes" in result.stderr
+    assert f"Error: {conf}:12: MaxHeadBytes: must be at least max_line_bytes" in result.stderr
 
 
 def test_check_config_prints_the_effective_settings_and_masks_passwords(tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_check_config_prints_the_effective_settings_and_masks_passwords(tmp_path
     assert "basic_auth = alice:***" in lines and "s3cret" not in result.stdout
     # The file has Allow lines; without them credentials would let any address try:
     assert "allow = 127.0.0.1, ::1" in lines
-    assert f"warning: {conf}:1: User: not supported" in result.stderr
+    assert f"warning: {conf}:4: StatFile: not supported" in result.stderr
 
 
 def test_command_line_beats_environment_beats_file(tmp_path: Path) -> None:

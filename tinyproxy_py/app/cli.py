@@ -31,7 +31,7 @@ from ..settings.config import CHOICES, SPELLED, Config, SettingError, check_sett
 from ..settings.ports import AUTO_CONNECT_PORTS
 from ..settings.routes import join_host_port
 from ..version import __version__
-from .process import LogSetup, prepare_process
+from .process import LogSetup, drop_privileges, prepare_process
 from .workers import PASSED_ON, SharedStats, supervise
 
 _SCALARS: dict[str, Any] = {
@@ -49,7 +49,7 @@ log = logging.getLogger("tinyproxy_py")
 # environment says otherwise, CONNECT and requests to any port (local test servers use ephemeral ones,
 # as the pytest fixture allows); no serve-only options.
 RUN_DEFAULTS: dict[str, Any] = {"port": 0, "http_ports": ("any",)}
-SERVE_ONLY = frozenset({"workers", "pid_file"})
+SERVE_ONLY = frozenset({"workers", "pid_file", "user", "group"})
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
 
 
@@ -187,9 +187,7 @@ def serve(config_file: str | None, **settings: Any) -> None:
                 _run_worker(proxy, logs, reload, announce=True)
                 return
 
-            # What the first plain request would load (urllib3, http.client, ssl: ~40 ms),
-            # loaded once here: the workers share its pages, and no worker's first client waits.
-            importlib.import_module("tinyproxy_py.origin.connections")
+            _preload()  # once here: the workers share its pages, and no first client waits
 
             def worker(config: Config, shared: SharedStats) -> None:
                 # The certificate the parent loaded: a replacement worker does not depend
@@ -216,6 +214,13 @@ def _run_worker(
     """Serve until a stop signal: the whole of `serve`, or one of its --workers."""
     events = _signal_events()
     _start(proxy)
+    try:
+        if proxy.config.user or proxy.config.group:
+            _preload()  # while its files are readable: the user may not read where they are
+        drop_privileges(proxy.config.user, proxy.config.group)
+    except (OSError, ValueError) as exc:
+        proxy.stop()  # never serve on as root when asked not to
+        raise click.ClickException(f"cannot run as {proxy.config.user}:{proxy.config.group}: {exc}") from exc
     if shared is not None:
         shared.attach(proxy)
     try:
@@ -228,6 +233,12 @@ def _run_worker(
         finally:
             if shared is not None:
                 shared.detach()
+
+
+def _preload() -> None:
+    """Load what the first plain request would (urllib3, http.client, ssl: some 40 ms),
+    and find certifi's bundle (which imports more)."""
+    importlib.import_module("tinyproxy_py.origin.connections").certifi.where()
 
 
 def _reload_tls(proxy: ProxyServer, reload: Callable[[], tuple[Config, list[str]]]) -> None:

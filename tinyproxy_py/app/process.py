@@ -5,6 +5,7 @@ bare), the thread stack size, malloc's mmap threshold and the open-files limit."
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 import threading
@@ -56,11 +57,19 @@ class LogSetup:
         self.access.propagate = False
 
     def reopen(self) -> None:
+        """Open each log file anew (after rotation); one that cannot be opened (after a
+        privilege drop, a directory only root may write) keeps the stream it has."""
         for handler in (self.handler, self.bare):
             if isinstance(handler, logging.FileHandler):
+                try:
+                    stream = handler._open()
+                except OSError as exc:
+                    log.error("cannot reopen %s, writing on where it was: %s", handler.baseFilename, exc)
+                    continue
                 with handler.lock:  # type: ignore[union-attr]
-                    handler.close()
-                    handler.stream = handler._open()
+                    old, handler.stream = handler.stream, stream
+                if old is not None:
+                    old.close()
 
     def close(self) -> None:
         self.access.removeHandler(self.bare)
@@ -147,3 +156,37 @@ def prepare_process(config: Config) -> None:
             f"lower --max-tunnels to {fits}" if fits > 0 else "lower --max-clients and --max-tunnels",
             needed,
         )
+
+
+def account(user: str | None, group: str | None) -> tuple[str, int, int]:
+    """(name, uid, gid) of `user` and `group` (the user's own by default; no user: root's).
+    ValueError naming one that does not exist."""
+    import grp  # on Unix only, and only here
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user) if user else pwd.getpwuid(0)
+    except KeyError:
+        raise ValueError(f"no such user: {user}") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    except KeyError:
+        raise ValueError(f"no such group: {group}") from None
+    return entry.pw_name, entry.pw_uid, gid
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Become `user` and `group` for good, once the ports are bound and the log and pid
+    files open, as tinyproxy does. Not started as root: a log line, nothing else
+    (tinyproxy's behaviour too). Raises OSError or ValueError when it cannot: the caller
+    stops rather than serve as root."""
+    if user is None and group is None:
+        return
+    if os.geteuid() != 0:
+        log.info("not started as root: User/Group (%s:%s) ignored", user or "-", group or "-")
+        return
+    name, uid, gid = account(user, group)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    log.info("running as user %s (uid %d, gid %d)", name, uid, gid)

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..observe.statspage import Snapshot
 from ..server.proxy import ProxyServer
 from ..settings.config import Config
+from .process import account
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def supervise(
             raise
     config = config.replace(port=_port(reserved[0]), tls_port=_port(reserved[-1]) if reserved[1:] else None)
     folder = Path(tempfile.mkdtemp(prefix="tinyproxy-py-"))
+    if (config.user or config.group) and os.geteuid() == 0:  # workers drop to them, then publish here
+        os.chown(folder, *account(config.user, config.group)[1:])
     children: dict[int, tuple[int, float]] = {}  # pid → (worker index, started, monotonic)
     stops = _pass_signals_on(children, on_reload)  # before forking: no window where a signal is lost
 

@@ -51,8 +51,6 @@ LOG_LEVELS = {
 }
 # tinyproxy directives with no counterpart here: reported, never silently dropped.
 UNSUPPORTED = {
-    "user": "run as that user with your service manager instead",
-    "group": "run as that group with your service manager instead",
     "syslog": "send stderr to syslog with your service manager instead",
     "bind": "outgoing source address selection is not supported",
     "bindsame": "outgoing source address selection is not supported",

@@ -279,6 +279,12 @@ class Config:
         "it then holds nothing else, as Common/Combined Log Format parsers want.",
     )
     pid_file: str | None = _opt(None, "Write the process id to this file while serving.")
+    user: str | None = _opt(
+        None,
+        "Started as root: run as this user once listening, with the log and pid files open "
+        "(as tinyproxy does). Ignored, with a log line, when not started as root.",
+    )
+    group: str | None = _opt(None, "The group to run as with --user (default: the user's own).")
 
     def __post_init__(self) -> None:
         if isinstance(self.host, str):  # Config(host="::1"): one address, as before
