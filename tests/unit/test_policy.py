@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import hmac
 import ipaddress
+from pathlib import Path
 
 import pytest
 
 from tinyproxy_py import Config
 from tinyproxy_py.errors import Forbidden, LoopDetected, ProxyAuthRequired, ProxyError
+from tinyproxy_py.settings.conffile import load_file
 from tinyproxy_py.settings.config import SettingError
 from tinyproxy_py.settings.policy import Policy, check_exposure, parse_host_patterns, parse_networks
 
@@ -325,3 +327,15 @@ def test_an_ipv4_wildcard_does_not_answer_on_ipv6_loopback() -> None:
         Policy(Config()).destination_judge("127.0.0.1", [("::", 8888)])(
             ipaddress.ip_address("127.0.0.1"), 8888
         )
+
+
+def test_a_filter_files_glob_line_is_named_as_written_when_it_blocks(tmp_path: Path) -> None:
+    (tmp_path / "filter").write_text("*.doubleclick.net\n")
+    conf = tmp_path / "c.conf"
+    conf.write_text('Filter "filter"\nFilterType fnmatch\n')
+    policy = Policy(Config(**load_file(str(conf)).values))
+    with pytest.raises(
+        Forbidden, match=r"^host ad\.doubleclick\.net is blocked by filter 'glob:\*\.doubleclick\.net'$"
+    ):
+        policy.check_host("ad.doubleclick.net")
+    policy.check_host("doubleclick.net.evil")

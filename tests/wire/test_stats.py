@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tinyproxy_py import ProxyServer
 from tinyproxy_py.observe.accesslog import AccessRecord
 
+from ..kit.browser import CHROMIUM, SKIP_REASON, chromium
 from ..kit.clients import client_from, recv_all, recv_head
 from ..kit.origins import OriginServer
 from ..kit.responses import Response, get, request_over
@@ -175,10 +175,7 @@ def test_an_access_log_file_holds_only_access_lines(origin: OriginServer, tmp_pa
     assert all(CLF_LINE.fullmatch(line) for line in lines), lines
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
 def test_headless_chromium_renders_the_stats_page(
     make_proxy: Callable[..., ProxyServer], origin: OriginServer, tmp_path: Path
 ) -> None:
@@ -191,35 +188,22 @@ def test_headless_chromium_renders_the_stats_page(
     assert tunnel.recv(100).startswith(b"HTTP/1.1 200")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "stats-page.png"
-    dom = subprocess.run(
-        [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--proxy-server={proxy.url}",
-            "--proxy-bypass-list=<-loopback>",
-            "--window-size=1200,900",
-            f"--screenshot={shot}",
-            "--dump-dom",
-            f"{STATS}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=client_env(),
-    )
+    dom = chromium(proxy.url, f"{STATS}/", tmp_path / "profile", shot, env=client_env())
     tunnel.close()
     assert "Responses by status class" in dom.stdout, dom.stderr[-2000:]
     assert f"<td>127.0.0.1:{origin.port}</td>" in dom.stdout  # the open tunnel's target
     assert f"http://127.0.0.1:{origin.port}" in dom.stdout
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_the_page_has_exactly_the_sections_the_docs_name(proxy: ProxyServer) -> None:
+    """docs/operations.md lists the HTML page's sections by their headings."""
+    page = get(proxy.address, f"{STATS}/").body.decode()
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    listed = re.search(r"The HTML page's sections, top to bottom: (.*?)\.\n", docs, re.S)
+    assert listed is not None, "docs/operations.md no longer lists the sections"
+    assert headings == [h.strip() for h in re.findall(r"\*\*(.*?)\*\*", listed[1])]
 
 
 @pytest.mark.parametrize("url", ["http://tinyproxy-py.stats/healthz", "http://tinyproxy-py.stats/readyz"])
@@ -252,3 +236,21 @@ def test_readyz_is_503_once_the_drain_begins_while_healthz_stays_200(
         proxy.drain()  # what stop() (SIGTERM) and SIGUSR2 do first
         sock.sendall(request)
         assert Response(sock).status == 503
+
+
+def test_the_page_says_when_a_tunnel_closed_and_drops_origins_without_connections(
+    proxy: ProxyServer, origin: OriginServer
+) -> None:
+    assert get(proxy.address, origin.url("/close/10")).status == 200  # its connection is not kept
+    with socket.create_connection(proxy.address, timeout=MUST_NOT_EXPIRE) as tunnel:
+        tunnel.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert tunnel.recv(100).startswith(b"HTTP/1.1 200")
+    assert wait_until(lambda: proxy.stats.gauge("tunnels") == 0)
+    assert wait_until(
+        lambda: proxy.pool.usage().get(f"http://127.0.0.1:{origin.port}", {}).get("idle", 0) == 0
+    )
+    page = get(proxy.address, f"{STATS}/").body.decode()
+    closed = page.split("<h2>Recently closed tunnels</h2>", 1)[1]
+    assert re.search(r"<td>\d+\.\d s ago \(\d\d:\d\d:\d\d\)</td>", closed), closed
+    pool = page.split("<h2>Connection pool</h2>", 1)[1].split("<h2>", 1)[0]
+    assert f"127.0.0.1:{origin.port}" not in pool  # in use 0, idle 0: not a row

@@ -24,6 +24,7 @@ import urllib3
 
 from tinyproxy_py import AccessRecord, ProxyServer
 
+from ..kit.browser import CHROMIUM, SKIP_REASON, chromium
 from ..kit.clients import recv_head
 from ..kit.origins import OriginServer
 from ..kit.responses import Response, request_over
@@ -513,11 +514,10 @@ def test_certificate_reloaded_for_new_handshakes_only(
         pass
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
 def test_headless_chromium_loads_a_page_through_the_tls_listener(
     make_tls_proxy: Callable[..., ProxyServer], origin: OriginServer, tmp_path: Path
 ) -> None:
@@ -527,31 +527,8 @@ def test_headless_chromium_loads_a_page_through_the_tls_listener(
     proxy.on_access = records.append
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "chromium-through-tls-proxy.png"
-    dom = subprocess.run(
-        [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--ignore-certificate-errors",  # the test CA is not in Chromium's store
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--proxy-server={proxy.tls_url}",
-            "--proxy-bypass-list=<-loopback>",
-            "--window-size=800,600",
-            f"--screenshot={shot}",
-            "--dump-dom",
-            origin.url("/page"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=client_env(),
-    )
+    profile = tmp_path / "profile"
+    dom = chromium(proxy.tls_url, origin.url("/page"), profile, shot, size="800,600", env=client_env())
     assert "came through the proxy" in dom.stdout, dom.stderr[-2000:]
     assert any(r.target == origin.url("/page") and r.status == 200 for r in records), records
     assert proxy.stats.snapshot()["counters"].get("tls_handshakes.ok", 0) >= 1

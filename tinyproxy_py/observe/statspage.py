@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypedDict
 
@@ -166,7 +167,11 @@ def render_html(snapshot: Snapshot) -> str:
         _table(
             "Connection pool",
             ["origin", "in use", "idle"],
-            [[o, u.get("in_use", 0), u.get("idle", 0)] for o, u in sorted(snapshot["pool"].items())],
+            [
+                [o, u.get("in_use", 0), u.get("idle", 0)]
+                for o, u in sorted(snapshot["pool"].items())
+                if u.get("in_use", 0) or u.get("idle", 0)  # an origin whose connections all closed: gone
+            ],
         ),
         _table(
             "Open tunnels",
@@ -178,9 +183,9 @@ def render_html(snapshot: Snapshot) -> str:
         ),
         _table(
             "Recently closed tunnels",
-            ["client", "target", "lasted", "bytes up", "bytes down", "why"],
+            ["closed", "client", "target", "lasted", "bytes up", "bytes down", "why"],
             [
-                [t["client"], t["target"], _secs(t["duration"]), t["bytes_up"], t["bytes_down"], t["reason"]]
+                [_ago(t["closed_at"]), t["client"], t["target"], _secs(t["duration"]), *_bytes_why(t)]
                 for t in snapshot["closed_tunnels"]
             ],
         ),
@@ -220,6 +225,15 @@ def _cell(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"<td class='n'>{value}</td>"
     return f"<td>{html.escape(str(value))}</td>"
+
+
+def _bytes_why(tunnel: dict[str, Any]) -> list[Any]:
+    return [tunnel["bytes_up"], tunnel["bytes_down"], tunnel["reason"]]
+
+
+def _ago(when: float) -> str:
+    """A wall-clock time as the page's reader wants it: how long ago (and the time of day)."""
+    return f"{_secs(max(0.0, time.time() - when))} ago ({time.strftime('%H:%M:%S', time.localtime(when))})"
 
 
 def _secs(seconds: float) -> str:

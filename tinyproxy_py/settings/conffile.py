@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import os
 import re
 import shlex
@@ -302,7 +301,7 @@ class _Parser:
         except (OSError, ConfigFileError) as exc:
             raise ConfigFileError(f"{self.where(number)}: Filter: {exc}") from None  # names the file
         if self.filter_type == "fnmatch":
-            return tuple("re:" + fnmatch.translate(line) for line in lines if line)
+            return tuple("glob:" + line for line in lines if line)
         for line_number, line in enumerate(lines, 1):
             try:
                 re.compile(line)

@@ -226,7 +226,7 @@ class Config:
     )
     filter_hosts: tuple[str, ...] = _opt(
         (),
-        "Host filter: example.com, *.example.com (subdomains) or re:REGEX (repeatable).",
+        "Host filter: example.com, *.example.com (subdomains), re:REGEX or glob:PATTERN (repeatable).",
         flag="filter-host",
     )
     filter_mode: str = _opt("deny", "deny: refuse hosts matching a filter; allow: refuse all others.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import functools
 import ipaddress
 import re
@@ -60,7 +61,8 @@ def parse_networks(rules: Iterable[str]) -> tuple[Network, ...]:
 
 @dataclass(frozen=True)
 class HostPattern:
-    """One host filter: 'example.com' (exact), '*.example.com' (subdomains), 're:REGEX'."""
+    """One host filter: 'example.com' (exact), '*.example.com' (subdomains), 're:REGEX',
+    'glob:PATTERN' (a tinyproxy filter file's fnmatch line, shown as written)."""
 
     text: str
 
@@ -68,6 +70,8 @@ class HostPattern:
         host = host.lower().rstrip(".")
         if self.text.startswith("re:"):
             return re.search(self.text[3:], host, re.IGNORECASE) is not None
+        if self.text.startswith("glob:"):
+            return fnmatch.fnmatchcase(host, self.text[5:].lower())
         pattern = self.text.lower()
         if pattern.startswith("*."):
             return host.endswith(pattern[1:])

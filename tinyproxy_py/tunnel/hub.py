@@ -91,8 +91,7 @@ class TunnelHub:
 
     @property
     def buffered(self) -> int:
-        """Bytes the hub holds back now, over all tunnels; added up when asked (no event
-        pays for the bookkeeping), a moment stale at worst."""
+        """Bytes held back now, over all tunnels: added up when asked, a moment stale at worst."""
         with self._lock:
             tunnels = list(self._tunnels)
         return sum(t.state.held for t in tunnels if not t.closed)
@@ -434,6 +433,7 @@ class TunnelHub:
             reason,
             detail,
             tunnel.record,
+            time.time(),
         )
         self.stats.count(f"tunnels_closed.{reason.value}")
         log.debug(  # the access log has the line that counts (cause=...)

@@ -156,3 +156,4 @@ class ClosedTunnel:
     reason: Cause  # eof, reset, idle, shutdown or error (a bug: logged with its traceback)
     detail: str = ""
     record: AccessRecord | None = None  # what the caller gave adopt(), to complete
+    closed_at: float = 0.0  # wall clock (time.time()), for the stats page
