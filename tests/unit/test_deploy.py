@@ -27,6 +27,7 @@ import pytest
 
 from tinyproxy_py.settings.conffile import env_variable
 from tinyproxy_py.settings.config import FIELD_TYPES, Config, flag
+from tinyproxy_py.settings.ports import AUTO_CONNECT_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -205,7 +206,8 @@ def test_a_command_line_is_accepted_by_the_real_cli(source: str, tmp_path: Path)
     assert parsed.returncode == 0, f"{command.where}: {parsed.stderr}"
     if config_file is None:
         config_file = tmp_path / "none.conf"
-        config_file.write_text("".join(f"ConnectPort {port}\n" for port in DEFAULTS["connect_ports"]))
+        ports = ["auto"] if DEFAULTS["connect_ports"] == AUTO_CONNECT_PORTS else DEFAULTS["connect_ports"]
+        config_file.write_text("".join(f"ConnectPort {port}\n" for port in ports))
     checked = run_cli("check-config", str(config_file), env={**command.env, **as_environment(options)})
     assert checked.returncode == 0, f"{command.where}: {checked.stderr}"
     assert checked.stderr == "", f"{command.where}: warnings: {checked.stderr}"

@@ -219,6 +219,8 @@ class _Parser:
             self.result.values["connect_ports"] = AUTO_CONNECT_PORTS
             return
         ports = [_checked("connect_ports", (int(value),))[0] for value in values] if values else []
+        if any(port < 0 for port in ports):
+            raise ValueError("takes port numbers, or auto")
         if not ports:
             raise ValueError("needs a value")
         self.connect_ports.extend(port for port in ports if port != 0)
