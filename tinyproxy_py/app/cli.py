@@ -46,8 +46,8 @@ log = logging.getLogger("tinyproxy_py")
 
 
 # `run` wraps one command on this machine: a free port always, and unless a file or the
-# environment says otherwise, CONNECT and requests to any port (local test servers use ephemeral ones,
-# as the pytest fixture allows); no serve-only options.
+# environment says otherwise, plain requests to any port (local test servers use ephemeral
+# ones, as the pytest fixture allows); CONNECT follows serve's 'auto'; no serve-only options.
 RUN_DEFAULTS: dict[str, Any] = {"port": 0, "http_ports": ("any",)}
 SERVE_ONLY = frozenset({"workers", "pid_file", "user", "group"})
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
@@ -88,7 +88,7 @@ def _options(
 
 
 def _shown(name: str, default: Any) -> bool | str:
-    if name == "connect_ports":
+    if default == ("auto",):  # connect_ports' (see _options)
         return "auto"
     return default not in (None, ())
 
