@@ -10,7 +10,6 @@ handlers, signals, the open-files limit, thread stack size, the pid file.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import queue
@@ -76,7 +75,7 @@ def _options(
             multiple=repeatable,
             is_flag=scalar is bool,
             default=default,
-            show_default=_shown(f.name, default),
+            show_default=_shown(default),
             help=f.metadata["help"] + (f" ({unit})" if unit else ""),
         )(command)
     return click.option(
@@ -87,7 +86,7 @@ def _options(
     )(command)
 
 
-def _shown(name: str, default: Any) -> bool | str:
+def _shown(default: Any) -> bool | str:
     if default == ("auto",):  # connect_ports' (see _options)
         return "auto"
     return default not in (None, ())
@@ -238,7 +237,11 @@ def _run_worker(
 def _preload() -> None:
     """Load what the first plain request would (urllib3, http.client, ssl: some 40 ms),
     and find certifi's bundle (which imports more)."""
-    importlib.import_module("tinyproxy_py.origin.connections").certifi.where()
+    import certifi
+
+    from ..origin import connections  # noqa: F401  # loaded for what it imports
+
+    certifi.where()
 
 
 def _reload_tls(proxy: ProxyServer, reload: Callable[[], tuple[Config, list[str]]]) -> None:

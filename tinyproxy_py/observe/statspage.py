@@ -185,7 +185,15 @@ def render_html(snapshot: Snapshot) -> str:
             "Recently closed tunnels",
             ["closed", "client", "target", "lasted", "bytes up", "bytes down", "why"],
             [
-                [_ago(t["closed_at"]), t["client"], t["target"], _secs(t["duration"]), *_bytes_why(t)]
+                [
+                    _ago(t["closed_at"]),
+                    t["client"],
+                    t["target"],
+                    _secs(t["duration"]),
+                    t["bytes_up"],
+                    t["bytes_down"],
+                    t["reason"],
+                ]
                 for t in snapshot["closed_tunnels"]
             ],
         ),
@@ -225,10 +233,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"<td class='n'>{value}</td>"
     return f"<td>{html.escape(str(value))}</td>"
-
-
-def _bytes_why(tunnel: dict[str, Any]) -> list[Any]:
-    return [tunnel["bytes_up"], tunnel["bytes_down"], tunnel["reason"]]
 
 
 def _ago(when: float) -> str:

@@ -399,11 +399,11 @@ class TunnelHub:
             state.last_active = before[2]
 
     def _sweep(self, now: float) -> None:
-        idle, linger = self.config.tunnel_idle_timeout, self.config.tunnel_linger
+        idle, linger, tick = self.config.tunnel_idle_timeout, self.config.tunnel_linger, self._tick()
         for tunnel in [t for t in self._tunnels if t.awaiting is not None and now >= t.awaiting[0]]:
             assert tunnel.awaiting is not None
             self._close(tunnel, Cause.RESET, tunnel.awaiting[1])  # the target went on: a cut
-        for tunnel in [t for t in self._tunnels if now - t.state.last_active >= self._tick()]:
+        for tunnel in [t for t in self._tunnels if now - t.state.last_active >= tick]:
             tunnel.client.notify_if_quiet()  # a TLS client's end, deferred while it might send
         for tunnel in [t for t in self._tunnels if t.state.expired(now, idle, linger)]:
             detail = f"half-closed, linger {linger:g} s" if tunnel.state.half_closed else f"{idle:g} s"
